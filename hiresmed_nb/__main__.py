@@ -1,0 +1,100 @@
+"""Command line: ``python -m hiresmed_nb run params/quick.yaml [-f more.yaml] [-p KEY VALUE]``.
+
+Subcommands:
+
+- ``run``: expand the parameter files into a grid of runs, execute ``notebooks/01_train.ipynb``
+  for each run not yet recorded, then execute ``notebooks/02_report.ipynb`` and render
+  ``outputs/<STUDY>/report.html``. Exits 1 when a run or the report failed, 2 on bad parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from hiresmed_nb.params import HiresmedError, project_root, resolve_path
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hiresmed", description="Run the study notebooks of hiresmed-nb."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run a study grid, then render its report",
+        description="Expand parameter files into runs of notebooks/01_train.ipynb, execute the "
+        "runs not yet recorded, and render outputs/<STUDY>/report.html.",
+    )
+    run.add_argument("params_file", help="YAML parameter file, e.g. params/quick.yaml")
+    run.add_argument(
+        "-f",
+        "--file",
+        dest="more_files",
+        action="append",
+        default=[],
+        metavar="YAML",
+        help="further parameter file; later files override earlier ones (repeatable)",
+    )
+    run.add_argument(
+        "-p",
+        "--parameter",
+        dest="overrides",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("KEY", "VALUE"),
+        help="override one key last; VALUE is typed as papermill's -p does (repeatable)",
+    )
+    run.add_argument("--force", action="store_true", help="rerun runs that already have a record")
+    run.add_argument(
+        "--dry-run", action="store_true", help="print the run ids, one a line, and execute nothing"
+    )
+    run.add_argument("--no-report", action="store_true", help="skip the report notebook")
+    run.add_argument(
+        "--outputs",
+        default="outputs",
+        metavar="DIR",
+        help="folder that holds <STUDY>/ (default: outputs, relative to the project)",
+    )
+    return parser
+
+
+def _param_path(name: str) -> Path:
+    """A parameter file as given (relative to the cwd) or, failing that, in the project."""
+    path = Path(name).expanduser()
+    return path if path.exists() else resolve_path(path)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from hiresmed_nb import study
+
+    files = [_param_path(f) for f in [args.params_file, *args.more_files]]
+    name, runs = study.plan(files, [tuple(pair) for pair in args.overrides])
+    if args.dry_run:
+        for run in runs:
+            print(run.run_id)
+        return 0
+    study_dir = resolve_path(args.outputs) / name
+    result = study.run_study(
+        runs, study_dir, force=args.force, report=not args.no_report, root=project_root()
+    )
+    return 0 if result.ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m hiresmed_nb`` and of ``hiresmed``; returns the exit code."""
+    args = _build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+    except HiresmedError as error:
+        print(f"hiresmed: error: {error}", file=sys.stderr)
+        return 2
+    raise AssertionError(f"unhandled command {args.command}")  # argparse rejects unknown ones
+
+
+if __name__ == "__main__":
+    sys.exit(main())
