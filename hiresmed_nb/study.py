@@ -339,7 +339,7 @@ def run_study(
     runs: list[Run],
     study_dir: Path,
     *,
-    executor: Executor = papermill_executor,
+    executor: Executor | None = None,
     force: bool = False,
     report: bool = True,
     root: Path | None = None,
@@ -350,10 +350,12 @@ def run_study(
 
     Records land in ``study_dir/runs/<run_id>.json`` (written by the notebook), executed notebooks
     beside them, failures in ``<run_id>.failed.json``. Returns a :class:`StudyResult`; it never
-    raises for a failing run (``KeyboardInterrupt`` still stops it).
+    raises for a failing run (``KeyboardInterrupt`` still stops it). ``executor`` defaults to
+    :func:`papermill_executor`; tests pass a fake one.
     """
     from tqdm.auto import tqdm
 
+    executor = executor or papermill_executor
     root = root or P.project_root()
     runs_dir = study_dir / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -405,11 +407,15 @@ def run_study(
     return result
 
 
-def render_report(study_dir: Path, *, executor: Executor = papermill_executor, root: Path) -> Path:
+def render_report(
+    study_dir: Path, *, executor: Executor | None = None, root: Path | None = None
+) -> Path:
     """Execute 02_report into ``study_dir/report.ipynb`` and render ``report.html`` (no code)."""
     import nbformat
     from nbconvert import HTMLExporter
 
+    executor = executor or papermill_executor
+    root = root or P.project_root()
     notebook = study_dir / "report.ipynb"
     executor(root / REPORT_NOTEBOOK, notebook, {"STUDY_DIR": str(study_dir.resolve())}, root)
     exporter = HTMLExporter(exclude_input=True)

@@ -1,0 +1,393 @@
+"""Tests of the study runner: grid expansion, the CLI, resume and failure isolation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from papermill.exceptions import PapermillExecutionError
+
+from hiresmed_nb import study
+from hiresmed_nb.__main__ import main
+from hiresmed_nb.params import HiresmedError, project_root
+from hiresmed_nb.report import load_paper_table
+
+ROOT = project_root()
+PARAMS = ROOT / "params"
+
+
+def write_yaml(path: Path, content: dict) -> Path:
+    path.write_text(yaml.safe_dump(content, sort_keys=False))
+    return path
+
+
+def base(**extra) -> dict:
+    return {"STUDY": "t", "DATASET": "synthetic-skin", "ARCH": "compact", **extra}
+
+
+# --- grid expansion ----------------------------------------------------------------------------
+
+
+def test_list_values_are_axes_and_runs_are_their_product():
+    runs = study.expand(base(IMAGE_SIZE=[32, 64, 96], MODE=["serial", "distributed"], SEEDS=[0, 1]))
+    assert len(runs) == 12
+    assert {r.params["IMAGE_SIZE"] for r in runs} == {32, 64, 96}
+    assert {r.params["SEED"] for r in runs} == {0, 1}
+    assert len({r.run_id for r in runs}) == 12
+    assert runs[0].run_id == "synthetic-skin_compact_32px_20ipc_serial1_seed0"
+    assert runs[1].run_id == "synthetic-skin_compact_32px_20ipc_serial1_seed1"  # last axis fastest
+
+
+def test_later_file_overrides_earlier_and_p_overrides_last(tmp_path):
+    first = write_yaml(tmp_path / "a.yaml", base(IMAGE_SIZE=[32, 64], EPOCHS=3, BATCH_SIZE=2))
+    second = write_yaml(tmp_path / "b.yaml", {"EPOCHS": 5, "IMAGE_SIZE": 48})
+    name, runs = study.plan([first, second], [("BATCH_SIZE", "6"), ("EPOCHS", "7")])
+    assert name == "t"
+    assert len(runs) == 1
+    assert runs[0].params["IMAGE_SIZE"] == 48
+    assert runs[0].params["EPOCHS"] == 7
+    assert runs[0].params["BATCH_SIZE"] == 6
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("True", True),
+        ("False", False),
+        ("None", None),
+        ("12", 12),
+        ("1e-5", 1e-5),
+        ("0.5", 0.5),
+        ("imagenet", "imagenet"),
+        ("[0, 1, 2]", [0, 1, 2]),
+        ("[[a, b], [c, d]]", [["a", "b"], ["c", "d"]]),
+    ],
+)
+def test_p_values_are_typed_like_papermill(text, value):
+    assert study.resolve_value(text) == value
+    assert type(study.resolve_value(text)) is type(value)
+
+
+def test_p_override_with_a_list_makes_an_axis(tmp_path):
+    path = write_yaml(tmp_path / "a.yaml", base(SEEDS=[0]))
+    _, runs = study.plan([path], [("SEEDS", "[3, 4]")])
+    assert [r.params["SEED"] for r in runs] == [3, 4]
+
+
+def test_unknown_key_is_rejected_with_the_nearest_name():
+    with pytest.raises(HiresmedError, match=r"IMAGE_SIZ.*did you mean IMAGE_SIZE"):
+        study.expand(base(IMAGE_SIZ=[32]))
+
+
+@pytest.mark.parametrize("key", ["IMAGE_SIZE", "SEEDS", "CLASSES"])
+def test_empty_axis_is_an_error_naming_the_key(key):
+    with pytest.raises(HiresmedError, match=rf"^{key} is an empty list"):
+        study.expand(base(**{key: []}))
+
+
+def test_classes_is_one_value_unless_a_list_of_lists():
+    one = study.expand(base(CLASSES=["nevus", "melanoma"]))
+    assert len(one) == 1
+    assert one[0].params["CLASSES"] == ["nevus", "melanoma"]
+    with pytest.raises(HiresmedError, match="share run id"):
+        # two class sets are two runs, but the run id does not spell CLASSES
+        study.expand(base(CLASSES=[["nevus", "melanoma"], ["nevus", "wart"]]))
+
+
+def test_runs_that_differ_only_outside_the_run_id_are_refused():
+    with pytest.raises(HiresmedError, match=r"share run id .* differ in LEARNING_RATE"):
+        study.expand(base(LEARNING_RATE=[1e-3, 1e-2]))
+
+
+def test_serial_runs_collapse_across_rank_counts():
+    runs = study.expand(base(MODE=["serial", "distributed"], N_RANKS=[2, 4]))
+    assert sorted(r.run_id for r in runs) == [
+        "synthetic-skin_compact_64px_20ipc_distributed2_seed0",
+        "synthetic-skin_compact_64px_20ipc_distributed4_seed0",
+        "synthetic-skin_compact_64px_20ipc_serial1_seed0",
+    ]
+
+
+def test_a_bad_run_in_the_grid_fails_the_whole_grid_naming_the_parameter():
+    with pytest.raises(HiresmedError, match=r"IMAGE_SIZE=8 .*in the run with IMAGE_SIZE=8"):
+        study.expand(base(IMAGE_SIZE=[64, 8]))
+
+
+def test_missing_or_bad_study_name_is_an_error():
+    with pytest.raises(HiresmedError, match="STUDY is not set"):
+        study.expand({"DATASET": "synthetic-skin"})
+    with pytest.raises(HiresmedError, match="STUDY="):
+        study.expand(base(STUDY="../elsewhere"))
+
+
+def test_seed_and_seeds_together_are_an_error():
+    with pytest.raises(HiresmedError, match="SEEDS .* or SEED"):
+        study.expand(base(SEED=1, SEEDS=[0, 1]))
+
+
+def test_cells_set_values_on_matching_runs_in_order():
+    cells = [
+        {"match": {"MODE": "distributed"}, "set": {"LEARNING_RATE": 2e-3}},
+        {"match": {"MODE": "distributed", "IMAGE_SIZE": [64, 96]}, "set": {"LEARNING_RATE": 5e-3}},
+    ]
+    runs = study.expand(base(IMAGE_SIZE=[32, 64], MODE=["serial", "distributed"], CELLS=cells))
+    lr = {(r.params["IMAGE_SIZE"], r.params["MODE"]): r.params["LEARNING_RATE"] for r in runs}
+    assert lr == {
+        (32, "serial"): 1e-3,
+        (32, "distributed"): 2e-3,
+        (64, "serial"): 1e-3,
+        (64, "distributed"): 5e-3,
+    }
+
+
+def test_cells_with_an_unknown_parameter_are_rejected():
+    cells = [{"match": {"MODES": "serial"}, "set": {"EPOCHS": 1}}]
+    with pytest.raises(HiresmedError, match=r"MODES.*CELLS\[0\].*did you mean MODE"):
+        study.expand(base(CELLS=cells))
+    with pytest.raises(HiresmedError, match=r"CELLS\[0\] must be a mapping"):
+        study.expand(base(CELLS=[{"when": {}}]))
+
+
+def test_missing_and_malformed_parameter_files_are_named(tmp_path):
+    with pytest.raises(HiresmedError, match="nope.yaml"):
+        study.load_param_files([tmp_path / "nope.yaml"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(HiresmedError, match="bad.yaml.*mapping"):
+        study.load_param_files([bad])
+
+
+# --- the shipped parameter files ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["sd198", "nih", "quick", "smoke"])
+def test_shipped_parameter_files_expand_and_validate(name):
+    study_name, runs = study.plan([PARAMS / f"{name}.yaml"])
+    assert study_name == name
+    assert runs
+
+
+def test_sd198_grid_is_the_papers_table1_with_its_distributed_learning_rates():
+    _, runs = study.plan([PARAMS / "sd198.yaml"])
+    assert len(runs) == 7 * 3 * 2 * 2 * 3  # sizes x images/class x archs x modes x seeds
+    paper = load_paper_table()
+    checked = 0
+    for run in runs:
+        p = run.params
+        assert p["BATCH_SIZE"] == (4 if p["IMAGE_SIZE"] == 1024 else 5)
+        row = paper[
+            (paper["dataset"] == "sd198")
+            & (paper["arch"] == p["ARCH"])
+            & (paper["image_size"] == p["IMAGE_SIZE"])
+            & (paper["images_per_class"] == p["IMAGES_PER_CLASS"])
+            & (paper["mode"] == p["MODE"])
+        ]
+        if len(row):
+            assert p["LEARNING_RATE"] == pytest.approx(row["learning_rate"].iloc[0])
+            assert p["N_RANKS"] == row["num_nodes"].iloc[0]
+            checked += 1
+    assert checked == len(paper[paper["dataset"] == "sd198"]) * 3
+
+
+def test_nih_grid_uses_the_papers_ranks_and_learning_rate_per_cell():
+    _, runs = study.plan([PARAMS / "nih.yaml"])
+    assert len(runs) == 4 * 3 * 2 * 3
+    paper = load_paper_table()
+    paper = paper[paper["dataset"] == "nih"]
+    cells = {
+        (row.image_size, row.images_per_class, row.mode): (row.num_nodes, row.learning_rate)
+        for row in paper.itertuples()
+    }
+    assert len(cells) == 24
+    for run in runs:
+        p = run.params
+        ranks, lr = cells[(p["IMAGE_SIZE"], p["IMAGES_PER_CLASS"], p["MODE"])]
+        assert p["N_RANKS"] == ranks
+        assert p["LEARNING_RATE"] == pytest.approx(lr)
+
+
+# --- the command line --------------------------------------------------------------------------
+
+
+def test_dry_run_prints_one_run_id_per_line_and_writes_nothing(tmp_path, capsys):
+    code = main(["run", str(PARAMS / "smoke.yaml"), "--dry-run", "--outputs", str(tmp_path)])
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [r.run_id for r in study.plan([PARAMS / "smoke.yaml"])[1]]
+    assert len(lines) == 4
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_grid_exits_2_with_one_error_and_runs_nothing(tmp_path, capsys, monkeypatch):
+    def executor(*args):
+        raise AssertionError("nothing may execute for a bad grid")
+
+    monkeypatch.setattr(study, "papermill_executor", executor)
+    argv = ["run", str(PARAMS / "smoke.yaml"), "-p", "IMAGE_SIZE", "[32, 5]"]
+    code = main([*argv, "--outputs", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("hiresmed: error: IMAGE_SIZE=5")
+    assert len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- the runner with a fake executor -----------------------------------------------------------
+
+
+def fake_executor(fail: set[str] = frozenset(), calls: list | None = None, record: bool = True):
+    """An executor that writes a record like 01_train does, or raises like papermill."""
+
+    def execute(notebook: Path, output: Path, parameters: dict, cwd: Path) -> None:
+        from hiresmed_nb.params import run_id
+
+        rid = run_id(parameters)
+        if calls is not None:
+            calls.append(rid)
+        output.write_text("{}")
+        if rid in fail:
+            raise PapermillExecutionError(5, 5, "train()", "HiresmedError", "too few images", [])
+        if record:
+            out = Path(parameters["RESULTS_DIR"]) / f"{rid}.json"
+            out.write_text(json.dumps({"run_id": rid, "status": "ok"}))
+
+    return execute
+
+
+def smoke_runs():
+    return study.plan([PARAMS / "smoke.yaml"])[1]
+
+
+def test_resume_skips_recorded_runs_and_reruns_only_deleted_records(tmp_path):
+    runs = smoke_runs()
+    calls: list[str] = []
+    first = study.run_study(
+        runs, tmp_path, executor=fake_executor(calls=calls), report=False, progress=False
+    )
+    assert first.ok and first.executed == [r.run_id for r in runs] and first.skipped == []
+    calls.clear()
+    second = study.run_study(
+        runs, tmp_path, executor=fake_executor(calls=calls), report=False, progress=False
+    )
+    assert calls == [] and second.executed == [] and len(second.skipped) == 4
+    (tmp_path / "runs" / f"{runs[2].run_id}.json").unlink()
+    third = study.run_study(
+        runs, tmp_path, executor=fake_executor(calls=calls), report=False, progress=False
+    )
+    assert calls == [runs[2].run_id] and third.executed == [runs[2].run_id]
+    calls.clear()
+    study.run_study(
+        runs,
+        tmp_path,
+        executor=fake_executor(calls=calls),
+        report=False,
+        force=True,
+        progress=False,
+    )
+    assert calls == [r.run_id for r in runs]
+
+
+def test_a_failing_run_is_recorded_with_its_cell_and_the_others_go_on(tmp_path):
+    runs = smoke_runs()
+    bad = runs[1].run_id
+    result = study.run_study(
+        runs, tmp_path, executor=fake_executor(fail={bad}), report=False, progress=False
+    )
+    assert not result.ok
+    assert list(result.failed) == [bad]
+    assert len(result.executed) == 3
+    failure = json.loads((tmp_path / "runs" / f"{bad}.failed.json").read_text())
+    assert failure["cell_index"] == 5
+    assert failure["ename"] == "HiresmedError"
+    assert failure["params"]["IMAGE_SIZE"] == runs[1].params["IMAGE_SIZE"]
+    lines = study.summary_lines(result)
+    assert lines[0].startswith("executed 3, skipped 0")
+    assert any(bad in line and "cell 5" in line and "too few images" in line for line in lines)
+    # the next invocation retries only the failed run and clears its failure on success
+    calls: list[str] = []
+    again = study.run_study(
+        runs, tmp_path, executor=fake_executor(calls=calls), report=False, progress=False
+    )
+    assert calls == [bad] and again.ok
+    assert not (tmp_path / "runs" / f"{bad}.failed.json").exists()
+
+
+def test_a_notebook_that_writes_no_record_counts_as_failed(tmp_path):
+    runs = smoke_runs()[:1]
+    result = study.run_study(
+        runs, tmp_path, executor=fake_executor(record=False), report=False, progress=False
+    )
+    assert list(result.failed) == [runs[0].run_id]
+    assert "wrote no record" in result.failed[runs[0].run_id]["evalue"]
+
+
+def test_cli_exits_nonzero_and_lists_the_failure(tmp_path, capsys, monkeypatch):
+    bad = smoke_runs()[0].run_id
+    monkeypatch.setattr(study, "papermill_executor", fake_executor(fail={bad}))
+    code = main(["run", str(PARAMS / "smoke.yaml"), "--no-report", "--outputs", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert f"FAILED {bad}" in out
+    assert (tmp_path / "smoke" / "runs" / f"{bad}.failed.json").exists()
+
+
+# --- the real notebooks ------------------------------------------------------------------------
+
+TRAIN = ROOT / study.TRAIN_NOTEBOOK
+needs_train = pytest.mark.skipif(
+    not TRAIN.exists(), reason="notebooks/01_train.ipynb not there yet"
+)
+
+
+def record_ids(study_dir: Path) -> set[str]:
+    return {p.stem for p in (study_dir / "runs").glob("*.json") if ".failed" not in p.name}
+
+
+@pytest.mark.notebook
+@pytest.mark.distributed
+@needs_train
+def test_smoke_study_runs_the_train_notebook_resumes_and_reports(tmp_path, capsys):
+    argv = ["run", str(PARAMS / "smoke.yaml"), "--outputs", str(tmp_path)]
+    assert main(argv) == 0
+    study_dir = tmp_path / "smoke"
+    runs = smoke_runs()
+    assert record_ids(study_dir) == {r.run_id for r in runs}
+    for run in runs:
+        record = json.loads((study_dir / "runs" / f"{run.run_id}.json").read_text())
+        assert record["mode"] == run.params["MODE"]
+        assert record["n_ranks"] == run.params["N_RANKS"]
+        assert 0.0 <= record["accuracy"] <= 1.0
+        assert (study_dir / "runs" / f"{run.run_id}.ipynb").exists()
+    html = (study_dir / "report.html").read_text()
+    assert "SYNTHETIC DATA" in html and "Table 2 replica" in html
+    out = capsys.readouterr().out
+    assert f"report: {study_dir / 'report.html'}" in out
+
+    stamps = {p.name: p.stat().st_mtime_ns for p in (study_dir / "runs").glob("*.json")}
+    assert main([*argv, "--no-report"]) == 0
+    assert "executed 0, skipped 4" in capsys.readouterr().out
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in (study_dir / "runs").glob("*.json")}
+
+    (study_dir / "runs" / f"{runs[0].run_id}.json").unlink()
+    assert main([*argv, "--no-report"]) == 0
+    assert "executed 1, skipped 3" in capsys.readouterr().out
+    assert record_ids(study_dir) == {r.run_id for r in runs}
+
+
+@pytest.mark.notebook
+@needs_train
+def test_an_impossible_run_fails_alone_and_the_study_exits_nonzero(tmp_path, capsys):
+    argv = ["run", str(PARAMS / "smoke.yaml"), "--outputs", str(tmp_path)]
+    argv += ["-p", "MODE", "serial", "-p", "IMAGE_SIZE", "32"]
+    argv += ["-p", "IMAGES_PER_CLASS", "[4, 100000]"]
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    study_dir = tmp_path / "smoke"
+    assert record_ids(study_dir) == {"synthetic-skin_compact_32px_4ipc_serial1_seed0"}
+    failed = "synthetic-skin_compact_32px_100000ipc_serial1_seed0"
+    assert f"FAILED {failed}" in out
+    failure = json.loads((study_dir / "runs" / f"{failed}.failed.json").read_text())
+    assert isinstance(failure["cell_index"], int)
+    assert failed in (study_dir / "report.html").read_text()  # the report lists it
