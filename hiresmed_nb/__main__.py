@@ -10,6 +10,7 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -74,8 +75,12 @@ def _run(args: argparse.Namespace) -> int:
     files = [_param_path(f) for f in [args.params_file, *args.more_files]]
     name, runs = study.plan(files, [tuple(pair) for pair in args.overrides])
     if args.dry_run:
-        for run in runs:
-            print(run.run_id)
+        try:
+            for run in runs:
+                print(run.run_id)
+            sys.stdout.flush()
+        except BrokenPipeError:  # e.g. piped into head: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     study_dir = resolve_path(args.outputs) / name
     result = study.run_study(
