@@ -165,7 +165,7 @@ def summarise(records: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
     check_metric(metric)
     keys = [*CELL, "n_ranks", "learning_rate", "effective_batch_size"]
     rows = []
-    for cell, group in records.groupby(keys, sort=True):
+    for cell, group in records.groupby(keys, sort=True, dropna=False):
         mean, half = mean_ci(group[metric])
         sd = float(group[metric].std(ddof=1)) if len(group) > 1 else math.nan
         rows.append(

@@ -216,7 +216,11 @@ def expand(config: dict[str, Any]) -> list[Run]:
             raise HiresmedError("give SEEDS (the seed axis) or SEED, not both")
         seeds = config["SEEDS"]
         notebook["SEED"] = seeds if isinstance(seeds, list) else [seeds]
-    notebook.pop("RESULTS_DIR", None)  # the runner chooses where records go
+    if "RESULTS_DIR" in notebook:
+        raise HiresmedError(
+            "RESULTS_DIR is chosen by the runner (outputs/<STUDY>/runs): remove it from the "
+            "parameter files and set STUDY (or --outputs) instead"
+        )
 
     axes: list[tuple[str, list[Any]]] = []
     fixed: dict[str, Any] = {}

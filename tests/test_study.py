@@ -122,6 +122,11 @@ def test_missing_or_bad_study_name_is_an_error():
         study.expand(base(STUDY="../elsewhere"))
 
 
+def test_results_dir_is_left_to_the_runner():
+    with pytest.raises(HiresmedError, match="RESULTS_DIR is chosen by the runner"):
+        study.expand(base(RESULTS_DIR="elsewhere"))
+
+
 def test_seed_and_seeds_together_are_an_error():
     with pytest.raises(HiresmedError, match="SEEDS .* or SEED"):
         study.expand(base(SEED=1, SEEDS=[0, 1]))
