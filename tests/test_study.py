@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import nbformat
 import pytest
 import yaml
 from papermill.exceptions import PapermillExecutionError
@@ -396,3 +398,76 @@ def test_an_impossible_run_fails_alone_and_the_study_exits_nonzero(tmp_path, cap
     failure = json.loads((study_dir / "runs" / f"{failed}.failed.json").read_text())
     assert isinstance(failure["cell_index"], int)
     assert failed in (study_dir / "report.html").read_text()  # the report lists it
+
+
+def stub_train_notebook(path: Path) -> None:
+    """A stand-in for 01_train: validates its parameters, fails on purpose for >50 images per
+    class, and writes a record of the documented schema (accuracy derived from the seed)."""
+    import nbformat
+
+    from hiresmed_nb.params import defaults
+
+    nb = nbformat.v4.new_notebook()
+    parameters = nbformat.v4.new_code_cell(
+        "\n".join(f"{name} = {value!r}" for name, value in defaults().items())
+    )
+    parameters.metadata["tags"] = ["parameters"]
+    nb.cells = [
+        parameters,
+        nbformat.v4.new_code_cell(
+            "import json, pathlib\n"
+            "from hiresmed_nb.params import PARAMETERS, validate, run_id\n"
+            "p = validate({name: globals()[name] for name in PARAMETERS})"
+        ),
+        nbformat.v4.new_code_cell(
+            "if p['IMAGES_PER_CLASS'] > 50:\n"
+            "    raise ValueError('IMAGES_PER_CLASS is more than the class holds')"
+        ),
+        nbformat.v4.new_code_cell(
+            "ranks = p['N_RANKS']\n"
+            "record = {'run_id': run_id(p), 'status': 'ok', 'synthetic': True, 'params': p,\n"
+            "  'dataset': p['DATASET'], 'arch': p['ARCH'], 'image_size': p['IMAGE_SIZE'],\n"
+            "  'images_per_class': p['IMAGES_PER_CLASS'], 'mode': p['MODE'], 'n_ranks': ranks,\n"
+            "  'seed': p['SEED'], 'learning_rate': p['LEARNING_RATE'], 'epochs': p['EPOCHS'],\n"
+            "  'batch_size_per_rank': p['BATCH_SIZE'],\n"
+            "  'effective_batch_size': p['BATCH_SIZE'] * ranks,\n"
+            "  'accuracy': 0.5 + 0.01 * p['SEED'], 'balanced_accuracy': 0.5, 'macro_f1': 0.5,\n"
+            "  'n_train': 4 * p['IMAGES_PER_CLASS'], 'n_test': 8, 'train_seconds': 1.0}\n"
+            "out = pathlib.Path(p['RESULTS_DIR']) / f\"{run_id(p)}.json\"\n"
+            "out.write_text(json.dumps(record))"
+        ),
+    ]
+    nb.metadata["kernelspec"] = {
+        "name": "hiresmed",
+        "display_name": "Python 3 (hiresmed)",
+        "language": "python",
+    }
+    nbformat.write(nb, path)
+
+
+@pytest.mark.notebook
+def test_papermill_runner_isolates_the_failing_cell_and_renders_the_report(tmp_path):
+    root = tmp_path / "project"
+    (root / "notebooks").mkdir(parents=True)
+    stub_train_notebook(root / study.TRAIN_NOTEBOOK)
+    shutil.copy(ROOT / study.REPORT_NOTEBOOK, root / study.REPORT_NOTEBOOK)
+    runs = study.expand(
+        base(STUDY="stub", IMAGE_SIZE=32, IMAGES_PER_CLASS=[4, 100], SEEDS=[0, 1], EPOCHS=1)
+    )
+    study_dir = tmp_path / "outputs" / "stub"
+    result = study.run_study(runs, study_dir, root=root, progress=False)
+
+    bad = {r.run_id for r in runs if r.params["IMAGES_PER_CLASS"] == 100}
+    assert set(result.failed) == bad and len(result.executed) == 2
+    assert record_ids(study_dir) == {r.run_id for r in runs} - bad
+    for rid in bad:
+        failure = json.loads((study_dir / "runs" / f"{rid}.failed.json").read_text())
+        assert "raise ValueError" in failure["cell_source"]
+        executed = nbformat.read(study_dir / "runs" / f"{rid}.ipynb", as_version=4)
+        assert any(c.source == failure["cell_source"] for c in executed.cells)
+        assert failure["ename"] == "ValueError"
+    assert not list((study_dir / "runs").glob("*.partial.ipynb"))
+    assert result.report_error is None
+    html = result.report_html.read_text()
+    assert all(rid in html for rid in bad)
+    assert "50.5 ± " in html  # seeds 0 and 1 of the 4-image cell: 50% and 51%
