@@ -1,0 +1,144 @@
+"""Run parameters: names, defaults, checks and the run id.
+
+The names are those of the parameters cell of ``notebooks/01_train.ipynb``. Every check here runs
+before any data is read or any cluster starts, and fails with one :class:`HiresmedError` that names
+the parameter.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+DATASETS = ("synthetic-skin", "synthetic-xray", "sd198", "nih")
+SYNTHETIC_DATASETS = ("synthetic-skin", "synthetic-xray")
+ARCHS = ("compact", "VGG16", "ResNet50", "DenseNet169")
+MODES = ("serial", "distributed")
+LR_SCALINGS = ("none", "linear")
+LAUNCHERS = ("local", "mpi", "ssh", "slurm")
+MIN_IMAGE_SIZE = 32
+MAX_IMAGE_SIZE = 4096
+
+# name: (default, allowed types, one-line description)
+PARAMETERS: dict[str, tuple[Any, tuple[type, ...], str]] = {
+    "DATASET": ("synthetic-skin", (str,), "one of " + ", ".join(DATASETS)),
+    "DATA_DIR": ("", (str,), "dataset folder as downloaded; empty: the embedded dataset's cache"),
+    "ARCH": ("compact", (str,), "one of " + ", ".join(ARCHS)),
+    "WEIGHTS": (None, (str, type(None)), "'imagenet', None (random) or a weights file"),
+    "IMAGE_SIZE": (64, (int,), "square input side, pixels"),
+    "IMAGES_PER_CLASS": (20, (int,), "training images per class"),
+    "TEST_IMAGES_PER_CLASS": (0, (int,), "cap on test images per class; 0: the whole test set"),
+    "CLASSES": (None, (list, type(None)), "class names to use; None: the dataset's default"),
+    "MODE": ("serial", (str,), "'serial' (the kernel) or 'distributed' (Horovod ranks)"),
+    "N_RANKS": (2, (int,), "Horovod ranks in distributed mode (serial runs use 1)"),
+    "BATCH_SIZE": (8, (int,), "images per step per rank"),
+    "LEARNING_RATE": (1e-3, (float, int), "Adam learning rate per run"),
+    "LR_SCALING": ("none", (str,), "'none' or 'linear' (learning rate x ranks)"),
+    "EPOCHS": (10, (int,), "passes over the training set"),
+    "SEED": (0, (int,), "seed for the split, the shuffling and the initialisation"),
+    "RESULTS_DIR": ("outputs/runs", (str,), "where the JSON record goes; relative to the project"),
+    "IPP_LAUNCHER": ("local", (str,), "ipyparallel engine launcher: " + ", ".join(LAUNCHERS)),
+    "RENDEZVOUS_ADDR": ("127.0.0.1", (str,), "address the Gloo rendezvous server listens on"),
+    "NETWORK_INTERFACE": ("lo", (str,), "network interface Gloo uses between ranks"),
+    "OVERWRITE": (False, (bool,), "redo a run whose record already exists"),
+}
+
+
+class HiresmedError(ValueError):
+    """The project's own error: one clear sentence naming the parameter or file at fault."""
+
+
+def defaults() -> dict[str, Any]:
+    """Return a fresh dict of every parameter at its default."""
+    return {name: spec[0] for name, spec in PARAMETERS.items()}
+
+
+def project_root() -> Path:
+    """Return the folder that holds ``hiresmed_nb/`` (the project's checkout)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def resolve_path(path: str | Path) -> Path:
+    """Resolve a relative path against the project root, so notebooks agree whatever their cwd."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else project_root() / path
+
+
+def suggest(name: str, known: list[str] | tuple[str, ...]) -> str:
+    """Return ' (did you mean X?)' for the nearest known name, or ''."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _check_choice(params: dict[str, Any], name: str, choices: tuple[str, ...]) -> None:
+    if params[name] not in choices:
+        raise HiresmedError(
+            f"{name}={params[name]!r} is not one of {', '.join(choices)}"
+            + suggest(str(params[name]), choices)
+        )
+
+
+def _check_at_least(params: dict[str, Any], name: str, minimum: float) -> None:
+    if params[name] < minimum:
+        raise HiresmedError(f"{name}={params[name]!r} must be at least {minimum}")
+
+
+def validate(params: dict[str, Any]) -> dict[str, Any]:
+    """Check run parameters and return a complete, normalised copy.
+
+    Missing names take their defaults; ``WEIGHTS`` "none"/"None" becomes None; serial runs get
+    ``N_RANKS`` 1. Raises :class:`HiresmedError` on the first unknown name, wrong type or
+    out-of-range value.
+    """
+    checked = defaults()
+    for name, value in params.items():
+        if name not in PARAMETERS:
+            raise HiresmedError(f"unknown parameter {name!r}" + suggest(name, tuple(PARAMETERS)))
+        checked[name] = value
+    if isinstance(checked["WEIGHTS"], str) and checked["WEIGHTS"].lower() == "none":
+        checked["WEIGHTS"] = None
+    for name, (_, types, description) in PARAMETERS.items():
+        value = checked[name]
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+            allowed = " or ".join("None" if t is type(None) else t.__name__ for t in types)
+            raise HiresmedError(f"{name}={value!r} must be {allowed} ({description})")
+    checked["LEARNING_RATE"] = float(checked["LEARNING_RATE"])
+    for name, choices in (
+        ("DATASET", DATASETS),
+        ("ARCH", ARCHS),
+        ("MODE", MODES),
+        ("LR_SCALING", LR_SCALINGS),
+        ("IPP_LAUNCHER", LAUNCHERS),
+    ):
+        _check_choice(checked, name, choices)
+    if not MIN_IMAGE_SIZE <= checked["IMAGE_SIZE"] <= MAX_IMAGE_SIZE:
+        raise HiresmedError(
+            f"IMAGE_SIZE={checked['IMAGE_SIZE']} must be between {MIN_IMAGE_SIZE} and "
+            f"{MAX_IMAGE_SIZE} pixels"
+        )
+    for name in ("N_RANKS", "BATCH_SIZE", "EPOCHS", "IMAGES_PER_CLASS"):
+        _check_at_least(checked, name, 1)
+    for name in ("TEST_IMAGES_PER_CLASS", "SEED"):
+        _check_at_least(checked, name, 0)
+    if not checked["LEARNING_RATE"] > 0:
+        raise HiresmedError(f"LEARNING_RATE={checked['LEARNING_RATE']!r} must be positive")
+    if checked["CLASSES"] is not None and len(checked["CLASSES"]) < 2:
+        raise HiresmedError(f"CLASSES={checked['CLASSES']!r} must name at least two classes")
+    if checked["MODE"] == "serial":
+        checked["N_RANKS"] = 1
+    return checked
+
+
+def run_id(params: dict[str, Any]) -> str:
+    """Spell a run: dataset, arch, size, images per class, mode with ranks, seed.
+
+    >>> run_id({"DATASET": "synthetic-skin", "ARCH": "compact", "IMAGE_SIZE": 64,
+    ...         "IMAGES_PER_CLASS": 20, "MODE": "distributed", "N_RANKS": 2, "SEED": 0})
+    'synthetic-skin_compact_64px_20ipc_distributed2_seed0'
+    """
+    ranks = 1 if params["MODE"] == "serial" else params["N_RANKS"]
+    return (
+        f"{params['DATASET']}_{params['ARCH']}_{params['IMAGE_SIZE']}px_"
+        f"{params['IMAGES_PER_CLASS']}ipc_{params['MODE']}{ranks}_seed{params['SEED']}"
+    )

@@ -1,0 +1,169 @@
+"""Result records: one small JSON dict per run, written atomically, glued into the notebook."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import tempfile
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from hiresmed_nb.params import SYNTHETIC_DATASETS, HiresmedError, project_root, run_id
+
+GLUE_MIMETYPE = "application/vnd.hiresmed.record+json"
+VERSIONED_PACKAGES = (
+    "tensorflow-cpu",
+    "tensorflow",
+    "horovod",
+    "ipyparallel",
+    "papermill",
+    "hiresmed-nb",
+)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def versions() -> dict[str, str | None]:
+    """Python and the installed versions of the packages a result depends on (None: absent)."""
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for package in VERSIONED_PACKAGES:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = None
+    tensorflow = found.pop("tensorflow-cpu") or found["tensorflow"]
+    found["tensorflow"] = tensorflow
+    found["hiresmed_nb"] = found.pop("hiresmed-nb")
+    return found
+
+
+def git_state(root: Path | None = None) -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the project's checkout, or (None, None) outside git."""
+    root = root or project_root()
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None, None
+    return commit, bool(status.strip())
+
+
+def weights_label(weights: str | None) -> str:
+    return "random" if weights is None else weights
+
+
+def build_record(params: dict[str, Any], ranks: list[dict[str, Any]], started_at: str) -> dict:
+    """Assemble the run's record from validated parameters and the ranks' results."""
+    head = ranks[0]
+    commit, dirty = git_state()
+    return {
+        "run_id": run_id(params),
+        "status": "ok",
+        "synthetic": params["DATASET"] in SYNTHETIC_DATASETS,
+        "params": dict(params),
+        "dataset": params["DATASET"],
+        "arch": params["ARCH"],
+        "image_size": params["IMAGE_SIZE"],
+        "images_per_class": params["IMAGES_PER_CLASS"],
+        "mode": params["MODE"],
+        "n_ranks": head["n_ranks"],
+        "seed": params["SEED"],
+        "weights": weights_label(params["WEIGHTS"]),
+        "batch_size_per_rank": params["BATCH_SIZE"],
+        "effective_batch_size": head["effective_batch_size"],
+        "learning_rate": head["learning_rate"],
+        "epochs": params["EPOCHS"],
+        **{
+            key: head[key]
+            for key in (
+                "accuracy",
+                "balanced_accuracy",
+                "macro_f1",
+                "confusion_matrix",
+                "class_names",
+                "n_train",
+                "n_test",
+                "history",
+                "train_seconds",
+                "images_per_second",
+            )
+        },
+        "ranks": [
+            {key: rank[key] for key in ("rank", "hostname", "train_files", "weights_digest")}
+            for rank in ranks
+        ],
+        "versions": versions(),
+        "host": socket.gethostname(),
+        "cpu_count": os.cpu_count(),
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "started_at": started_at,
+        "finished_at": now_iso(),
+    }
+
+
+def record_path(results_dir: Path, params: dict[str, Any]) -> Path:
+    return results_dir / f"{run_id(params)}.json"
+
+
+def check_results_dir(results_dir: Path, params: dict[str, Any], overwrite: bool) -> Path:
+    """Fail before training if the record cannot be written or would overwrite a finished run."""
+    path = record_path(results_dir, params)
+    if path.exists() and not overwrite:
+        raise HiresmedError(f"{path} already holds a finished run; set OVERWRITE=True to redo it")
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=results_dir, prefix=".probe-"):
+            pass
+    except OSError as error:
+        raise HiresmedError(f"RESULTS_DIR {results_dir} is not writable: {error}") from None
+    return path
+
+
+def write_json_atomic(payload: dict[str, Any], path: Path) -> Path:
+    """Write JSON to a temporary file beside ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(payload, stream, indent=2, sort_keys=True)
+            stream.write("\n")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def glue(record: dict[str, Any]) -> None:
+    """Show the record in the notebook under a dedicated mimetype that :func:`read_glued` finds."""
+    from IPython.display import display
+
+    display({GLUE_MIMETYPE: record, "text/plain": f"record {record['run_id']}"}, raw=True)
+
+
+def read_glued(notebook_path: str | Path) -> dict[str, Any]:
+    """Read the record glued into an executed notebook."""
+    import nbformat
+
+    notebook = nbformat.read(str(notebook_path), as_version=4)
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            if GLUE_MIMETYPE in output.get("data", {}):
+                return dict(output["data"][GLUE_MIMETYPE])
+    raise HiresmedError(f"{notebook_path} holds no glued record")

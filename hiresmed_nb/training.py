@@ -1,0 +1,227 @@
+"""One training function, run in the notebook's kernel (serial) or on every Horovod rank.
+
+:func:`train` is what each rank executes: it reads only its own shard of the training files,
+trains with gradients averaged across ranks, and returns plain values. Rank 0 also evaluates on
+the whole test set and returns the learning curves. Only model parameters (and, once at the end,
+batch-norm statistics) cross ranks; images never leave the rank that read them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import socket
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hiresmed_nb import data, models
+from hiresmed_nb.params import SYNTHETIC_DATASETS, HiresmedError, resolve_path, validate
+
+
+def data_dir_for(params: dict[str, Any]) -> Path:
+    """The dataset folder: ``DATA_DIR`` if set, else the embedded dataset's cache."""
+    if params["DATA_DIR"]:
+        return resolve_path(params["DATA_DIR"])
+    if params["DATASET"] in SYNTHETIC_DATASETS:
+        from hiresmed_nb.synthetic import default_data_dir
+
+        return default_data_dir(params["DATASET"])
+    raise HiresmedError(f"DATA_DIR must name the {params['DATASET']} folder as downloaded")
+
+
+def select_gpu(gpus: Sequence[Any], local_rank: int) -> Any | None:
+    """The GPU this rank should use: the one at its local rank; None on a host without GPUs."""
+    if not gpus:
+        return None
+    if local_rank >= len(gpus):
+        raise HiresmedError(
+            f"local rank {local_rank} has no GPU: this host shows {len(gpus)}; "
+            f"start at most {len(gpus)} ranks per host"
+        )
+    return gpus[local_rank]
+
+
+def pin_gpu(local_rank: int) -> None:
+    """Horovod's recipe: memory growth on every GPU, and only the local rank's GPU visible."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        tf.config.experimental.set_memory_growth(gpu, True)
+    selected = select_gpu(gpus, local_rank)
+    if selected is not None:
+        tf.config.set_visible_devices(selected, "GPU")
+
+
+def configure_threads(threads: int) -> bool:
+    """Limit TensorFlow's intra-op threads so ranks on one host do not fight over cores.
+
+    Returns False when TensorFlow was already initialised in this process (then unchanged).
+    """
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+    except RuntimeError:
+        return False
+    return True
+
+
+def weights_digest(weights: Sequence[np.ndarray]) -> str:
+    """SHA-256 over every weight array's bytes, in order: equal digests mean equal models."""
+    digest = hashlib.sha256()
+    for array in weights:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def evaluate(model: Any, dataset: Any, labels: Sequence[int], n_classes: int) -> dict[str, Any]:
+    """Accuracy, balanced accuracy, macro-F1 and the confusion matrix on ``dataset``."""
+    from sklearn import metrics
+
+    predicted = np.argmax(model.predict(dataset, verbose=0), axis=1)
+    return {
+        "accuracy": float(metrics.accuracy_score(labels, predicted)),
+        "balanced_accuracy": float(metrics.balanced_accuracy_score(labels, predicted)),
+        "macro_f1": float(metrics.f1_score(labels, predicted, average="macro")),
+        "confusion_matrix": metrics.confusion_matrix(
+            labels, predicted, labels=list(range(n_classes))
+        ).tolist(),
+    }
+
+
+def train(params: dict[str, Any]) -> dict[str, Any]:
+    """Train one run; in distributed mode call it on every rank at once (hvd.init() waits).
+
+    Returns, on every rank: rank, hostname, pid, the training files it read and its final
+    weights digest. Rank 0 adds the evaluation, learning curves and timings.
+    """
+    params = validate(params)
+    distributed = params["MODE"] == "distributed"
+    if distributed:
+        import horovod.tensorflow.keras as hvd
+
+        hvd.init()  # Horovod: join the Gloo rendezvous; blocks until every rank is here.
+        rank, size, local_rank, local_size = (
+            hvd.rank(),
+            hvd.size(),
+            hvd.local_rank(),
+            hvd.local_size(),
+        )
+    else:
+        rank, size, local_rank, local_size = 0, 1, 0, 1
+    configure_threads(max(1, (os.cpu_count() or 1) // local_size))
+    pin_gpu(local_rank)  # Horovod: one GPU per process, chosen by local rank.
+
+    import tensorflow as tf
+
+    split = data.make_split(
+        params["DATASET"],
+        data_dir_for(params),
+        params["IMAGES_PER_CLASS"],
+        params["SEED"],
+        params["CLASSES"],
+        params["TEST_IMAGES_PER_CLASS"],
+    )
+    # Horovod: each rank reads only its own shard of the training files.
+    files, labels = data.shard(split.train_files, split.train_labels, rank, size, params["SEED"])
+    preprocess = models.preprocessing_for(params["ARCH"])
+    batch_size = params["BATCH_SIZE"]
+    # Horovod: every rank takes the same number of steps, so allreduces pair up.
+    steps_per_epoch = math.ceil(len(split.train_files) / (batch_size * size))
+    train_data = data.make_dataset(
+        split,
+        files,
+        labels,
+        params["IMAGE_SIZE"],
+        preprocess,
+        batch_size,
+        shuffle_seed=params["SEED"] + rank,
+        repeat=True,
+    )
+
+    model = models.build_model(
+        params["ARCH"],
+        params["IMAGE_SIZE"],
+        len(split.class_names),
+        params["WEIGHTS"],
+        params["SEED"],
+    )
+    learning_rate = params["LEARNING_RATE"]
+    if params["LR_SCALING"] == "linear":
+        learning_rate = learning_rate * size  # Horovod: linear scaling rule, lr x ranks.
+    optimizer = tf.keras.optimizers.Adam(learning_rate)
+    callbacks = []
+    if distributed:
+        optimizer = hvd.DistributedOptimizer(optimizer)  # Horovod: average gradients.
+        callbacks = [
+            hvd.callbacks.BroadcastGlobalVariablesCallback(0),  # Horovod: same start on all.
+            hvd.callbacks.MetricAverageCallback(),  # Horovod: report metrics over all ranks.
+        ]
+    model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"])
+
+    started = time.perf_counter()
+    history = model.fit(
+        train_data,
+        epochs=params["EPOCHS"],
+        steps_per_epoch=steps_per_epoch,
+        callbacks=callbacks,
+        verbose=2 if rank == 0 else 0,
+    )
+    train_seconds = time.perf_counter() - started
+    if distributed:
+        # Horovod: batch-norm statistics are per rank; average them so every rank ends equal.
+        for variable in model.non_trainable_variables:
+            variable.assign(hvd.allreduce(variable, op=hvd.Average, name=f"final_{variable.name}"))
+
+    result = {
+        "rank": rank,
+        "hostname": socket.gethostname(),
+        "pid": os.getpid(),
+        "train_files": files,
+        "weights_digest": weights_digest(model.get_weights()),
+    }
+    if rank == 0:
+        test_data = data.make_dataset(
+            split, split.test_files, split.test_labels, params["IMAGE_SIZE"], preprocess, batch_size
+        )
+        images_seen = steps_per_epoch * batch_size * size * params["EPOCHS"]
+        result.update(evaluate(model, test_data, split.test_labels, len(split.class_names)))
+        result.update(
+            {
+                "class_names": split.class_names,
+                "n_train": len(split.train_files),
+                "n_test": len(split.test_files),
+                "n_ranks": size,
+                "learning_rate": learning_rate,
+                "effective_batch_size": batch_size * size,
+                "history": {
+                    key: [float(v) for v in values] for key, values in history.history.items()
+                },
+                "train_seconds": train_seconds,
+                "images_per_second": images_seen / train_seconds,
+            }
+        )
+    return result
+
+
+def run(params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Train serially in this process, or on ``N_RANKS`` Horovod ranks; results in rank order."""
+    params = validate(params)
+    if params["MODE"] == "serial":
+        return [train(params)]
+    from hiresmed_nb.cluster import HorovodCluster
+
+    with HorovodCluster(
+        params["N_RANKS"],
+        params["IPP_LAUNCHER"],
+        params["RENDEZVOUS_ADDR"],
+        params["NETWORK_INTERFACE"],
+    ) as cluster:
+        return cluster.run(train, params)
