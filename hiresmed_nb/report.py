@@ -346,6 +346,13 @@ def best_resolution(records: pd.DataFrame, metric: str = "accuracy") -> list[str
                 "no best resolution to pick."
             )
             continue
+        tied = [int(size) for size, value in by_size.items() if value >= by_size[best] - 1e-12]
+        if len(tied) > 1:
+            sizes = ", ".join(f"{size} px" for size in tied)
+            sentences.append(
+                f"{where}: no single best resolution; {sizes} tie at {100 * by_size[best]:.1f}%."
+            )
+            continue
         runner_up = by_size.drop(best)
         second = int(runner_up.idxmax())
         margin = 100 * (by_size[best] - runner_up.max())

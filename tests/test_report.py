@@ -191,6 +191,12 @@ def test_best_resolution_at_the_edge_says_so():
     assert "best at 128 px (80.0%), the largest size tried" in sentence
 
 
+def test_tied_resolutions_have_no_single_best():
+    frame = records(*seeds([0.25], image_size=32), *seeds([0.25], image_size=48))
+    (sentence,) = report.best_resolution(frame)
+    assert "no single best resolution; 32 px, 48 px tie at 25.0%" in sentence
+
+
 def test_distributed_beating_serial_beyond_the_seed_spread():
     frame = records(
         *seeds([0.50, 0.52, 0.54]),
