@@ -55,8 +55,13 @@ def _blob_mask(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.n
     return np.clip((radius - distance) / 0.02, 0.0, 1.0)
 
 
-def render_image(label: int, rng: np.random.Generator, channels: int = 3) -> np.ndarray:
-    """Render one NATIVE_SIZE x NATIVE_SIZE image of class ``label`` as uint8 (H, W, channels)."""
+def render_image(
+    label: int, rng: np.random.Generator, channels: int = 3, texture_scale: float = 1.0
+) -> np.ndarray:
+    """Render one NATIVE_SIZE x NATIVE_SIZE image of class ``label`` as uint8 (H, W, channels).
+
+    ``texture_scale`` multiplies the class texture (0 renders the same image without it).
+    """
     coords = (np.arange(NATIVE_SIZE, dtype=np.float32) + 0.5) / NATIVE_SIZE
     yy, xx = np.meshgrid(coords, coords, indexing="ij")
     gradient_angle = rng.uniform(0, 2 * np.pi)
@@ -69,7 +74,7 @@ def render_image(label: int, rng: np.random.Generator, channels: int = 3) -> np.
     phase = rng.uniform(0, 2 * np.pi)
     along = (np.cos(theta) * xx + np.sin(theta) * yy) * NATIVE_SIZE
     texture = np.sin(2 * np.pi * along / TEXTURE_PERIOD_PX + phase)
-    amplitude = rng.uniform(*TEXTURE_AMPLITUDE)
+    amplitude = rng.uniform(*TEXTURE_AMPLITUDE) * texture_scale
     luminance = background - 0.25 * blob + amplitude * blob * texture
 
     if channels == 3:
@@ -189,7 +194,11 @@ def ensure_dataset(name: str, root: str | Path | None = None, workers: int | Non
         )
         if root.exists():
             root.rmdir()
-        staging.rename(root)
+        try:
+            staging.rename(root)
+        except OSError:
+            if not (root / _MARKER).exists():  # another process finished first: keep its copy
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return root

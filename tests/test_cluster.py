@@ -1,0 +1,103 @@
+"""Rank placement, GPU selection, and a real 2-rank cluster: results, errors, clean stop."""
+
+import socket
+
+import numpy as np
+import pytest
+
+from hiresmed_nb import cluster, training
+from hiresmed_nb.cluster import HorovodCluster, RankFailedError, assign_ranks
+from hiresmed_nb.params import HiresmedError
+
+
+def test_ranks_on_two_hosts_get_horovods_local_and_cross_numbers():
+    slots = assign_ranks(["a", "a", "b", "b", "b"])
+    assert [s.local_rank for s in slots] == [0, 1, 0, 1, 2]
+    assert [s.local_size for s in slots] == [2, 2, 3, 3, 3]
+    assert [s.cross_rank for s in slots] == [0, 0, 1, 1, 0]
+    assert [s.cross_size for s in slots] == [2, 2, 2, 2, 1]
+    assert {s.size for s in slots} == {5}
+
+
+def test_environment_carries_rank_and_rendezvous():
+    slot = assign_ranks(["localhost", "localhost"])[1]
+    env = cluster.horovod_environment(slot, "127.0.0.1", 4242, "lo", threads=1)
+    assert env["HOROVOD_RANK"] == "1" and env["HOROVOD_SIZE"] == "2"
+    assert env["HOROVOD_GLOO_RENDEZVOUS_PORT"] == "4242"
+    assert env["HOROVOD_CONTROLLER"] == env["HOROVOD_CPU_OPERATIONS"] == "gloo"
+    assert env["HOROVOD_GLOO_IFACE"] == "lo"
+
+
+def test_threads_are_split_between_ranks_on_a_host():
+    assert cluster.threads_per_rank(8, 2) == 4
+    assert cluster.threads_per_rank(2, 4) == 1
+
+
+def test_each_rank_selects_the_gpu_of_its_local_rank():
+    gpus = ["gpu0", "gpu1", "gpu2"]
+    assert [training.select_gpu(gpus, r) for r in range(3)] == gpus
+    assert training.select_gpu([], 0) is None
+    with pytest.raises(HiresmedError, match="local rank 3 has no GPU"):
+        training.select_gpu(gpus, 3)
+
+
+def test_pin_gpu_turns_on_memory_growth_and_hides_other_gpus(monkeypatch):
+    import tensorflow as tf
+
+    growth, visible = [], []
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind: ["g0", "g1"])
+    monkeypatch.setattr(
+        tf.config.experimental, "set_memory_growth", lambda gpu, on: growth.append((gpu, on))
+    )
+    monkeypatch.setattr(
+        tf.config, "set_visible_devices", lambda gpu, kind: visible.append((gpu, kind))
+    )
+    training.pin_gpu(1)
+    assert growth == [("g0", True), ("g1", True)]
+    assert visible == [("g1", "GPU")]
+
+
+def port_is_open(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.distributed
+def test_cluster_runs_on_every_rank_then_leaves_nothing_behind():
+    with HorovodCluster(2) as running:
+        host, port = running._server._httpd.server_address
+        assert host == "127.0.0.1"  # the rendezvous listens on loopback only
+        ranks = running.run(eval, "__import__('os').environ['HOROVOD_RANK']")
+        pids = running.engine_pids
+    assert ranks == ["0", "1"]
+    assert len(set(pids)) == 2
+    assert cluster.cluster_processes(running.cluster_id) == []
+    assert not port_is_open(port)
+
+
+@pytest.mark.distributed
+def test_an_error_on_one_rank_is_raised_with_its_rank_and_traceback():
+    failing = "1 // (1 - int(__import__('os').environ['HOROVOD_RANK']))"
+    with pytest.raises(RankFailedError) as raised:
+        with HorovodCluster(2) as running:
+            running.run(eval, failing)
+    assert raised.value.rank == 1
+    assert raised.value.ename == "ZeroDivisionError"
+    assert "ZeroDivisionError" in str(raised.value)
+    assert cluster.cluster_processes(running.cluster_id) == []
+
+
+@pytest.mark.distributed
+def test_two_ranks_average_gradients_like_one_serial_step_on_both_halves():
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(8, 12, 12, 3)).astype(np.float32)
+    labels = rng.integers(0, 3, size=8)
+    labels[:3] = [0, 1, 2]
+    serial = training.one_sgd_step(images, labels, distributed=False)
+    with HorovodCluster(2) as running:
+        per_rank = running.run(training.one_sgd_step, images, labels, True)
+    initial = training.one_sgd_step(images, labels, distributed=False, learning_rate=0.0)
+    assert any(not np.allclose(a, b) for a, b in zip(serial, initial, strict=True))
+    for rank_weights in per_rank:
+        for got, want in zip(rank_weights, serial, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,52 @@
+"""Model builders at tiny sizes, and the weights checks (no download ever happens here)."""
+
+import numpy as np
+import pytest
+
+from hiresmed_nb import models
+from hiresmed_nb.params import HiresmedError
+
+
+@pytest.mark.parametrize("arch", ["compact", "VGG16", "ResNet50", "DenseNet169"])
+def test_each_architecture_builds_with_a_new_head(arch):
+    model = models.build_model(arch, 32, num_classes=3, weights=None, seed=0)
+    assert model.output_shape == (None, 3)
+    probabilities = model.predict(np.zeros((2, 32, 32, 3), np.float32), verbose=0)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_same_seed_gives_the_same_initial_weights():
+    first = models.build_model("compact", 32, 4, None, seed=3).get_weights()
+    again = models.build_model("compact", 32, 4, None, seed=3).get_weights()
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_missing_imagenet_file_names_the_file_and_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+
+    def offline(*_args, **_kwargs):
+        raise OSError("no network")
+
+    with pytest.raises(HiresmedError) as raised:
+        models.imagenet_weights_file("ResNet50", download=offline)
+    message = str(raised.value)
+    assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
+    assert str(tmp_path / "models") in message and "\n" not in message
+
+
+def test_weights_checks_fail_early(tmp_path):
+    with pytest.raises(HiresmedError, match="WEIGHTS file"):
+        models.check_weights(str(tmp_path / "absent.h5"), "VGG16")
+    with pytest.raises(HiresmedError, match="compact"):
+        models.check_weights("imagenet", "compact")
+    models.check_weights(None, "VGG16")
+
+
+def test_weights_path_is_loaded(tmp_path):
+    saved = models.build_model("compact", 32, 4, None, seed=1)
+    path = tmp_path / "w.h5"
+    saved.save_weights(str(path))
+    loaded = models.build_model("compact", 32, 4, str(path), seed=2)
+    for a, b in zip(saved.get_weights(), loaded.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -1,0 +1,129 @@
+"""01_train.ipynb through papermill: serial and 2-rank runs, bad inputs, nothing left behind."""
+
+import json
+
+import nbformat
+import papermill as pm
+import psutil
+import pytest
+from papermill.exceptions import PapermillExecutionError
+
+from hiresmed_nb import records
+from hiresmed_nb.params import PARAMETERS, project_root
+
+NOTEBOOK = project_root() / "notebooks" / "01_train.ipynb"
+TINY = {"IMAGE_SIZE": 32, "IMAGES_PER_CLASS": 4, "EPOCHS": 1, "BATCH_SIZE": 4}
+
+
+def execute(tmp_path, **parameters):
+    out = tmp_path / "executed.ipynb"
+    parameters = {**TINY, "RESULTS_DIR": str(tmp_path / "runs"), **parameters}
+    pm.execute_notebook(
+        str(NOTEBOOK),
+        str(out),
+        parameters=parameters,
+        kernel_name="hiresmed",
+        cwd=str(project_root()),
+        progress_bar=False,
+    )
+    [record_file] = (tmp_path / "runs").glob("*.json")
+    return json.loads(record_file.read_text()), out
+
+
+def engine_processes_of_this_project():
+    profile = str(project_root() / ".ipyparallel")
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if "ipyparallel" in cmdline and profile in cmdline:
+            found.append(cmdline)
+    return found
+
+
+def test_parameters_cell_is_tagged_and_names_every_parameter():
+    notebook = nbformat.read(str(NOTEBOOK), as_version=4)
+    tagged = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    names = {line.split(":")[0] for line in tagged[0].source.splitlines() if line.strip()}
+    assert names == set(PARAMETERS)
+    assert notebook.metadata.kernelspec.name == "hiresmed"
+    assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code")
+
+
+@pytest.mark.notebook
+def test_serial_run_writes_and_glues_a_complete_record(tmp_path, skin_dir):
+    record, executed = execute(tmp_path, MODE="serial")
+    assert record == records.read_glued(executed)
+    assert record["run_id"] == "synthetic-skin_compact_32px_4ipc_serial1_seed0"
+    assert record["synthetic"] is True and record["n_ranks"] == 1
+    assert record["n_train"] == 16 and record["n_test"] == 80
+    assert 0.0 <= record["accuracy"] <= 1.0
+    assert sum(map(sum, record["confusion_matrix"])) == 80
+    assert record["effective_batch_size"] == 4
+    assert len(record["ranks"][0]["train_files"]) == 16
+    assert record["versions"]["tensorflow"] == "2.15.1"
+    assert record["versions"]["horovod"] == "0.28.1"
+    assert len(record["history"]["loss"]) == 1
+
+
+@pytest.mark.notebook
+@pytest.mark.distributed
+def test_two_rank_run_reads_disjoint_shards_and_ends_with_equal_weights(tmp_path, skin_dir):
+    record, executed = execute(tmp_path, MODE="distributed", N_RANKS=2, EPOCHS=2)
+    assert record["run_id"].endswith("_distributed2_seed0")
+    assert record["n_ranks"] == 2 and record["effective_batch_size"] == 8
+    shards = [set(rank["train_files"]) for rank in record["ranks"]]
+    assert [rank["rank"] for rank in record["ranks"]] == [0, 1]
+    assert not shards[0] & shards[1]
+    assert len(shards[0] | shards[1]) == record["n_train"] == 16
+    assert len({rank["weights_digest"] for rank in record["ranks"]}) == 1
+    streamed = "".join(
+        str(output.get("data", {}).get("text/plain", ""))
+        for cell in nbformat.read(str(executed), as_version=4).cells
+        for output in cell.get("outputs", [])
+    )
+    assert "[stdout:0]" in streamed and "Epoch 2/2" in streamed  # rank 0's progress, live
+    assert engine_processes_of_this_project() == []
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"DATASET": "mnist"}, "DATASET='mnist'"),
+        ({"ARCH": "AlexNet"}, "ARCH='AlexNet'"),
+        ({"MODE": "parallel"}, "MODE='parallel'"),
+        ({"IMAGE_SIZE": 16}, "IMAGE_SIZE=16"),
+        ({"N_RANKS": 0, "MODE": "distributed"}, "N_RANKS=0"),
+        ({"IMAGES_PER_CLASS": 500, "MODE": "distributed"}, "holds only 60"),
+        ({"DATASET": "nih", "DATA_DIR": "/nonexistent/nih"}, "nih layout"),
+    ],
+)
+def test_bad_input_stops_in_the_checks_cell_before_any_cluster(
+    tmp_path, skin_dir, parameters, message
+):
+    keep = tmp_path / "runs" / "earlier.json"
+    keep.parent.mkdir()
+    keep.write_text('{"kept": true}')
+    with pytest.raises(PapermillExecutionError) as raised:
+        execute(tmp_path, **parameters)
+    assert raised.value.ename == "HiresmedError"
+    assert message in raised.value.evalue
+    executed = nbformat.read(str(tmp_path / "executed.ipynb"), as_version=4)
+    [failed] = [
+        cell
+        for cell in executed.cells
+        if any(o.output_type == "error" for o in cell.get("outputs", []))
+    ]
+    assert "validate(" in failed.source or "make_split(" in failed.source
+    assert keep.read_text() == '{"kept": true}'
+    assert sorted(p.name for p in keep.parent.iterdir()) == ["earlier.json"]
+
+
+@pytest.mark.notebook
+def test_a_finished_run_is_not_overwritten(tmp_path, skin_dir):
+    record, _ = execute(tmp_path)
+    with pytest.raises(PapermillExecutionError, match="already holds a finished run"):
+        execute(tmp_path)
+    [record_file] = (tmp_path / "runs").glob("*.json")
+    assert json.loads(record_file.read_text()) == record
