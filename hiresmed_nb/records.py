@@ -94,6 +94,8 @@ def build_record(params: dict[str, Any], ranks: list[dict[str, Any]], started_at
                 "accuracy",
                 "balanced_accuracy",
                 "macro_f1",
+                "per_class_auroc",
+                "macro_auroc",
                 "confusion_matrix",
                 "class_names",
                 "n_train",

@@ -81,17 +81,39 @@ def weights_digest(weights: Sequence[np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def evaluate(model: Any, dataset: Any, labels: Sequence[int], n_classes: int) -> dict[str, Any]:
-    """Accuracy, balanced accuracy, macro-F1 and the confusion matrix on ``dataset``."""
+def evaluate(
+    model: Any, dataset: Any, labels: Sequence[int], class_names: Sequence[str]
+) -> dict[str, Any]:
+    """Metrics of ``model`` on ``dataset`` (whose true labels, in order, are ``labels``).
+
+    Returns fractions in [0, 1]: ``accuracy``; ``balanced_accuracy`` (mean per-class recall
+    over the classes present); ``macro_f1`` (over the classes in labels or predictions);
+    ``per_class_auroc`` (class name -> one-vs-rest AUROC of that class's softmax probability,
+    None when the test set lacks the class or holds nothing else); ``macro_auroc`` (the mean of
+    the defined ones, None if none is); and ``confusion_matrix`` (rows: true class, columns:
+    predicted, in ``class_names`` order).
+    """
     from sklearn import metrics
 
-    predicted = np.argmax(model.predict(dataset, verbose=0), axis=1)
+    labels = np.asarray(labels)
+    probabilities = model.predict(dataset, verbose=0)
+    predicted = np.argmax(probabilities, axis=1)
+    per_class_auroc: dict[str, float | None] = {}
+    for index, name in enumerate(class_names):
+        positive = labels == index
+        defined = 0 < positive.sum() < len(labels)
+        per_class_auroc[name] = (
+            float(metrics.roc_auc_score(positive, probabilities[:, index])) if defined else None
+        )
+    defined_aurocs = [value for value in per_class_auroc.values() if value is not None]
     return {
         "accuracy": float(metrics.accuracy_score(labels, predicted)),
         "balanced_accuracy": float(metrics.balanced_accuracy_score(labels, predicted)),
         "macro_f1": float(metrics.f1_score(labels, predicted, average="macro")),
+        "per_class_auroc": per_class_auroc,
+        "macro_auroc": float(np.mean(defined_aurocs)) if defined_aurocs else None,
         "confusion_matrix": metrics.confusion_matrix(
-            labels, predicted, labels=list(range(n_classes))
+            labels, predicted, labels=list(range(len(class_names)))
         ).tolist(),
     }
 
@@ -192,7 +214,7 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
             split, split.test_files, split.test_labels, params["IMAGE_SIZE"], preprocess, batch_size
         )
         images_seen = steps_per_epoch * batch_size * size * params["EPOCHS"]
-        result.update(evaluate(model, test_data, split.test_labels, len(split.class_names)))
+        result.update(evaluate(model, test_data, split.test_labels, split.class_names))
         result.update(
             {
                 "class_names": split.class_names,
