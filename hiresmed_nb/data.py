@@ -21,15 +21,17 @@ Two layouts, read as downloaded, shared by the real datasets and the embedded sy
   selected classes, or the first ``TEST_IMAGES_PER_CLASS`` in a seed-independent hashed order.
 
 Unusable images. A row whose image file is missing, or a file that does not decode, is skipped
-and counted in :attr:`Split.skipped`; if more than 1% of those checked are unusable the split
-fails with a :class:`HiresmedError`. Existence is checked for every selected row (a dict lookup
-in the image index). Decodability is checked only for the files the run will read, the drawn
-training images and the test set, with PIL (``verify()`` for PNG reads the chunks and checksums
-without decompressing; JPEG is decoded at 1/8 scale, since its ``verify()`` checks nothing). An
-undecodable training draw is replaced by the next image of that class in the seed's order, so
-every run still trains on exactly ``IMAGES_PER_CLASS`` images per class. Checking all 112,120
-NIH images up front would cost a full read of the 45 GB dataset for every run; this costs a read
-of the files the run decodes anyway.
+and counted in :attr:`Split.skipped`. Existence is checked for every selected row (a lookup in
+the image index); decodability only for the files the run will read, the drawn training images
+and the test set, with PIL (``verify()`` for PNG reads the chunks and checksums without
+decompressing; JPEG is decoded at 1/8 scale, since its ``verify()`` checks nothing). Checking all
+112,120 NIH images up front would read the whole 45 GB dataset for every run; this reads only
+the files the run decodes anyway (once per process: answers are remembered). The split fails
+with a :class:`HiresmedError` when more than 1% of the rows looked up have no file, or more than
+1% of the files decode-checked fail (so a single corrupt file in a test set capped at 30 images
+fails the run). An undecodable training draw is replaced by the next image of its class in the
+seed's order, and an undecodable SD-198 test image by the next in the test order, so runs keep
+exactly ``IMAGES_PER_CLASS`` training and 30 test images per class.
 
 Decoding. PNGs go through TensorFlow's decoder (fast; 16-bit and RGBA greyscale PNGs come out as
 8-bit one-channel images). JPEGs go through PIL, which applies the EXIF orientation and converts
@@ -39,6 +41,7 @@ decoded at the smallest DCT scale that keeps them at least as large as the targe
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections import Counter
@@ -137,7 +140,20 @@ class _Checker:
 
 
 def is_decodable(path: Path) -> bool:
-    """True when PIL can read ``path`` as an image (PNG: chunks and CRCs; JPEG: a 1/8 decode)."""
+    """True when PIL can read ``path`` as an image (PNG: chunks and CRCs; JPEG: a 1/8 decode).
+
+    Answers are remembered per (path, size, modification time) for the life of the process, so
+    the notebook's check and a serial run in the same kernel read each file once.
+    """
+    try:
+        stat = path.stat()
+    except OSError:
+        return False
+    return _is_decodable(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1_000_000)
+def _is_decodable(path: str, size: int, mtime_ns: int) -> bool:
     from PIL import Image
 
     try:
