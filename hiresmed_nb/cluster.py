@@ -24,6 +24,14 @@ from hiresmed_nb.params import resolve_path
 IPP_PROFILE_DIR = ".ipyparallel/profile_hiresmed"
 GLOO_TIMEOUT_SECONDS = 60
 STOP_GRACE_SECONDS = 10
+LIVENESS_POLL_SECONDS = 1.0
+
+
+def _process_alive(pid: int, psutil: Any) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 class RankFailedError(RuntimeError):
@@ -34,6 +42,18 @@ class RankFailedError(RuntimeError):
         super().__init__(
             f"rank {rank} failed with {ename}: {evalue}\n\n"
             f"--- traceback on rank {rank} ---\n{traceback_text}"
+        )
+
+
+class RankLostError(RankFailedError):
+    """A rank's engine died (killed, out of memory, node lost) while the ranks were running."""
+
+    def __init__(self, rank: int, pid: int):
+        super().__init__(
+            rank,
+            "RankLost",
+            f"the engine process of rank {rank} (pid {pid}) is gone; the other ranks were stopped",
+            "(no traceback: the process ended without one, e.g. killed or out of memory)",
         )
 
 
@@ -193,8 +213,9 @@ class HorovodCluster:
         )
         self._client = self._cluster.start_and_connect_sync(activate=False)
         self._client.wait_for_engines(self.n_ranks, timeout=120)
-        engine_ids = sorted(self._client.ids)[: self.n_ranks]
-        self._engines = [self._client[i] for i in engine_ids]
+        self._make_files_private()
+        self._engine_ids = sorted(self._client.ids)[: self.n_ranks]
+        self._engines = [self._client[i] for i in self._engine_ids]
         hostnames = [view.apply_sync(engine_hostname) for view in self._engines]
         self.slots = assign_ranks(_rendezvous_hostnames(hostnames, self.launcher))
         self._server, port = start_rendezvous(self.rendezvous_addr)
@@ -205,6 +226,13 @@ class HorovodCluster:
                 slot, self.rendezvous_addr, port, self.network_interface, threads
             )
             self.engine_pids.append(view.apply_sync(set_environment, env))
+
+    def _make_files_private(self) -> None:
+        """Connection and cluster files carry keys and addresses: owner-only, as is the folder."""
+        security = self.profile_dir / "security"
+        security.chmod(0o700)
+        for path in security.glob(f"*{self.cluster_id}*"):
+            path.chmod(0o600)
 
     def _init_rendezvous(self) -> None:
         from horovod.runner.common.util.hosts import SlotInfo
@@ -220,23 +248,50 @@ class HorovodCluster:
     def run(self, function: Callable, *args: Any, stream_rank: int = 0) -> list[Any]:
         """Run ``function(*args)`` on every rank at once; stream ``stream_rank``'s output.
 
-        The first rank to fail stops the wait and raises :class:`RankFailedError` with that
-        rank's traceback; KeyboardInterrupt interrupts every engine. Either way, leaving the
-        ``with`` block stops the whole cluster.
+        The first rank to fail, or to be lost (its engine process gone), ends the wait with
+        :class:`RankFailedError` naming that rank; KeyboardInterrupt interrupts every engine.
+        Either way, leaving the ``with`` block stops the whole cluster.
         """
         futures = [view.apply_async(function, *args) for view in self._engines]
         try:
             with futures[stream_rank].stream_output():
-                done, _ = concurrent.futures.wait(
-                    futures, return_when=concurrent.futures.FIRST_EXCEPTION
-                )
+                self._wait(futures)
         except KeyboardInterrupt:
-            self._client.send_signal(signal.SIGINT, block=False)
-            raise
-        for rank, future in enumerate(futures):
-            if future in done and future.exception() is not None:
-                raise _as_rank_failure(rank, future.exception()) from None
+            try:
+                self._client.send_signal(signal.SIGINT, block=False)
+            finally:
+                raise
         return [future.get() for future in futures]
+
+    def _wait(self, futures: list[Any]) -> None:
+        """Wait for every rank, checking every LIVENESS_POLL_SECONDS that none was lost."""
+        pending = set(futures)
+        while pending:
+            done, pending = concurrent.futures.wait(
+                pending,
+                timeout=LIVENESS_POLL_SECONDS,
+                return_when=concurrent.futures.FIRST_EXCEPTION,
+            )
+            lost = self.lost_ranks()
+            if lost:
+                raise RankLostError(lost[0], self.engine_pids[lost[0]])
+            for future in done:
+                if future.exception() is not None:
+                    raise _as_rank_failure(futures.index(future), future.exception()) from None
+
+    def lost_ranks(self) -> list[int]:
+        """Ranks whose engine is gone: its local process exited, or it left the controller."""
+        import psutil
+
+        registered = set(self._client.ids)
+        lost = []
+        for rank, (engine_id, pid) in enumerate(
+            zip(self._engine_ids, self.engine_pids, strict=True)
+        ):
+            local_and_dead = self.launcher == "local" and not _process_alive(pid, psutil)
+            if local_and_dead or engine_id not in registered:
+                lost.append(rank)
+        return lost
 
     def stop(self) -> None:
         """Stop the rendezvous server and the cluster; reap any engine process left behind."""

@@ -25,11 +25,11 @@ PARAMETERS: dict[str, tuple[Any, tuple[type, ...], str]] = {
     "DATASET": ("synthetic-skin", (str,), "one of " + ", ".join(DATASETS)),
     "DATA_DIR": ("", (str,), "dataset folder as downloaded; empty: the embedded dataset's cache"),
     "ARCH": ("compact", (str,), "one of " + ", ".join(ARCHS)),
-    "WEIGHTS": (None, (str, type(None)), "'imagenet', None (random) or a weights file"),
+    "WEIGHTS": (None, (str, type(None)), "'imagenet', None or 'none' (random) or a weights file"),
     "IMAGE_SIZE": (64, (int,), "square input side, pixels"),
     "IMAGES_PER_CLASS": (20, (int,), "training images per class"),
     "TEST_IMAGES_PER_CLASS": (0, (int,), "cap on test images per class; 0: the whole test set"),
-    "CLASSES": (None, (list, type(None)), "class names to use; None: the dataset's default"),
+    "CLASSES": (None, (list, type(None)), "class names to use; None or []: the dataset's default"),
     "MODE": ("serial", (str,), "'serial' (the kernel) or 'distributed' (Horovod ranks)"),
     "N_RANKS": (2, (int,), "Horovod ranks in distributed mode (serial runs use 1)"),
     "BATCH_SIZE": (8, (int,), "images per step per rank"),
@@ -98,6 +98,8 @@ def validate(params: dict[str, Any]) -> dict[str, Any]:
         checked[name] = value
     if isinstance(checked["WEIGHTS"], str) and checked["WEIGHTS"].lower() == "none":
         checked["WEIGHTS"] = None
+    if checked["CLASSES"] == []:
+        checked["CLASSES"] = None
     for name, (_, types, description) in PARAMETERS.items():
         value = checked[name]
         if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -16,6 +17,7 @@ from typing import Any
 from hiresmed_nb.params import SYNTHETIC_DATASETS, HiresmedError, project_root, run_id
 
 GLUE_MIMETYPE = "application/vnd.hiresmed.record+json"
+MIN_FREE_BYTES = 100_000_000
 VERSIONED_PACKAGES = (
     "tensorflow-cpu",
     "tensorflow",
@@ -101,6 +103,7 @@ def build_record(params: dict[str, Any], ranks: list[dict[str, Any]], started_at
                 "n_train",
                 "n_test",
                 "history",
+                "resumed_from_epoch",
                 "train_seconds",
                 "images_per_second",
             )
@@ -134,6 +137,12 @@ def check_results_dir(results_dir: Path, params: dict[str, Any], overwrite: bool
             pass
     except OSError as error:
         raise HiresmedError(f"RESULTS_DIR {results_dir} is not writable: {error}") from None
+    free = shutil.disk_usage(results_dir).free
+    if free < MIN_FREE_BYTES:
+        raise HiresmedError(
+            f"RESULTS_DIR {results_dir} has only {free / 1e6:.0f} MB free; a run needs at least "
+            f"{MIN_FREE_BYTES / 1e6:.0f} MB for its checkpoints and record"
+        )
     return path
 
 

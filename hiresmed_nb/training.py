@@ -118,9 +118,11 @@ def evaluate(
     }
 
 
-def train(params: dict[str, Any]) -> dict[str, Any]:
+def train(params: dict[str, Any], callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train one run; in distributed mode call it on every rank at once (hvd.init() waits).
 
+    Rank 0 checkpoints every epoch; a run whose checkpoint exists (same parameters) continues
+    from its last complete epoch. ``callbacks`` are extra Keras callbacks for every rank.
     Returns, on every rank: rank, hostname, pid, the training files it read and its final
     weights digest. Rank 0 adds the evaluation, learning curves and timings.
     """
@@ -143,6 +145,7 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
 
     import tensorflow as tf
 
+    tf.keras.utils.set_random_seed(params["SEED"])  # before the pipeline: its shuffle uses it
     split = data.make_split(
         params["DATASET"],
         data_dir_for(params),
@@ -179,21 +182,43 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
     if params["LR_SCALING"] == "linear":
         learning_rate = learning_rate * size  # Horovod: linear scaling rule, lr x ranks.
     optimizer = tf.keras.optimizers.Adam(learning_rate)
-    callbacks = []
+    fit_callbacks = []
     if distributed:
         optimizer = hvd.DistributedOptimizer(optimizer)  # Horovod: average gradients.
-        callbacks = [
+        fit_callbacks = [
             hvd.callbacks.BroadcastGlobalVariablesCallback(0),  # Horovod: same start on all.
             hvd.callbacks.MetricAverageCallback(),  # Horovod: report metrics over all ranks.
         ]
     model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"])
 
+    from hiresmed_nb import checkpoints
+
+    checkpoint_dir = checkpoints.checkpoint_dir(params)
+    state = checkpoints.load_state(checkpoint_dir, params) if rank == 0 else None
+    if distributed:
+        # Horovod: every rank resumes at the epoch rank 0 found, from rank 0's weights.
+        import horovod.tensorflow as hvd_tf
+
+        state = hvd_tf.broadcast_object(state, root_rank=0, name="resume_state")
+    if state and rank == 0:
+        checkpoints.restore(checkpoint_dir, state, model, optimizer)
+    if state and distributed:
+        hvd_tf.broadcast_variables(model.variables, root_rank=0)
+    initial_epoch = state["epoch"] if state else 0
+    if rank == 0:
+        checkpointer = checkpoints.EpochCheckpoint(
+            checkpoint_dir, optimizer, params, state["history"] if state else {}
+        )
+        fit_callbacks.append(checkpointer)
+    fit_callbacks.extend(callbacks)
+
     started = time.perf_counter()
-    history = model.fit(
+    model.fit(
         train_data,
         epochs=params["EPOCHS"],
+        initial_epoch=initial_epoch,
         steps_per_epoch=steps_per_epoch,
-        callbacks=callbacks,
+        callbacks=fit_callbacks,
         verbose=2 if rank == 0 else 0,
     )
     train_seconds = time.perf_counter() - started
@@ -213,7 +238,7 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
         test_data = data.make_dataset(
             split, split.test_files, split.test_labels, params["IMAGE_SIZE"], preprocess, batch_size
         )
-        images_seen = steps_per_epoch * batch_size * size * params["EPOCHS"]
+        images_seen = steps_per_epoch * batch_size * size * (params["EPOCHS"] - initial_epoch)
         result.update(evaluate(model, test_data, split.test_labels, split.class_names))
         result.update(
             {
@@ -223,11 +248,10 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
                 "n_ranks": size,
                 "learning_rate": learning_rate,
                 "effective_batch_size": batch_size * size,
-                "history": {
-                    key: [float(v) for v in values] for key, values in history.history.items()
-                },
+                "history": checkpointer.history,
+                "resumed_from_epoch": initial_epoch,
                 "train_seconds": train_seconds,
-                "images_per_second": images_seen / train_seconds,
+                "images_per_second": images_seen / train_seconds if images_seen else 0.0,
             }
         )
     return result

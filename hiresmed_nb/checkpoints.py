@@ -1,0 +1,99 @@
+"""Per-epoch checkpoints, so an interrupted run continues from its last complete epoch.
+
+Rank 0 writes ``RESULTS_DIR/checkpoints/<run_id>/``: the model and optimizer state of the last
+complete epoch (``epoch-NNNN.*``) and ``state.json`` naming it with the learning curves so far.
+``state.json`` is written last and atomically, so it always points at a complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import tensorflow as tf
+
+from hiresmed_nb.params import resolve_path, run_id
+from hiresmed_nb.records import write_json_atomic
+
+STATE_FILE = "state.json"
+
+
+def checkpoint_dir(params: dict[str, Any]) -> Path:
+    return resolve_path(params["RESULTS_DIR"]) / "checkpoints" / run_id(params)
+
+
+def _identity(params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters a checkpoint must share with a run to be resumed by it."""
+    return {key: value for key, value in params.items() if key != "OVERWRITE"}
+
+
+def load_state(directory: Path, params: dict[str, Any]) -> dict[str, Any] | None:
+    """The last complete epoch's state (``epoch``, ``prefix``, ``history``) of a run with
+    these same parameters, or None (no checkpoint, or one left by different parameters)."""
+    path = directory / STATE_FILE
+    if not path.exists():
+        return None
+    state = json.loads(path.read_text())
+    return state if state.get("params") == json.loads(json.dumps(_identity(params))) else None
+
+
+def _tracked(model: tf.keras.Model, optimizer: Any) -> tf.train.Checkpoint:
+    return tf.train.Checkpoint(model=model, optimizer=optimizer)
+
+
+def save(
+    directory: Path,
+    model: tf.keras.Model,
+    optimizer: Any,
+    params: dict[str, Any],
+    epochs_done: int,
+    history: dict[str, list[float]],
+) -> None:
+    """Write the state after ``epochs_done`` complete epochs, then drop older checkpoints."""
+    directory.mkdir(parents=True, exist_ok=True)
+    prefix = directory / f"epoch-{epochs_done:04d}"
+    _tracked(model, optimizer).write(str(prefix))
+    state = {
+        "epoch": epochs_done,
+        "prefix": prefix.name,
+        "history": history,
+        "params": _identity(params),
+    }
+    write_json_atomic(state, directory / STATE_FILE)
+    for old in directory.glob("epoch-*"):
+        if not old.name.startswith(prefix.name):
+            old.unlink()
+
+
+def restore(directory: Path, state: dict[str, Any], model: tf.keras.Model, optimizer: Any) -> None:
+    """Load the model and optimizer state named by ``state`` (optimizer slots restore lazily)."""
+    _tracked(model, optimizer).read(str(directory / state["prefix"])).expect_partial()
+
+
+def clear(directory: Path) -> None:
+    """Remove a finished run's checkpoints."""
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+class EpochCheckpoint(tf.keras.callbacks.Callback):
+    """Checkpoint after every epoch (on rank 0 only), continuing ``history`` from a resume."""
+
+    def __init__(
+        self,
+        directory: Path,
+        optimizer: Any,
+        params: dict[str, Any],
+        history: dict[str, list[float]],
+    ):
+        super().__init__()
+        self.directory = directory
+        self.optimizer = optimizer
+        self.run_params = params
+        self.history = {key: list(values) for key, values in history.items()}
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
+        save(self.directory, self.model, self.optimizer, self.run_params, epoch + 1, self.history)

@@ -1,0 +1,234 @@
+"""Faults, interrupts, resume, bad input (fuzzed), reproducibility and network exposure."""
+
+import json
+import os
+import stat
+import string
+
+import numpy as np
+import psutil
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hiresmed_nb import checkpoints, cluster, data, records, study, training
+from hiresmed_nb.cluster import HorovodCluster, RankLostError
+from hiresmed_nb.params import PARAMETERS, HiresmedError, validate
+
+TINY = {"IMAGE_SIZE": 32, "IMAGES_PER_CLASS": 4, "BATCH_SIZE": 4, "EPOCHS": 3}
+JOIN_HOROVOD = "__import__('horovod.tensorflow', fromlist=['init']).init()"
+
+
+def tiny_params(tmp_path, **overrides):
+    return validate({**TINY, "RESULTS_DIR": str(tmp_path / "runs"), **overrides})
+
+
+# Faults -------------------------------------------------------------------------------------
+
+
+@pytest.mark.distributed
+def test_a_rank_killed_before_joining_is_named_and_nothing_is_left(skin_dir):
+    kill_rank_1 = (
+        "__import__('os').kill(__import__('os').getpid(), 9) "
+        f"if __import__('os').environ['HOROVOD_RANK'] == '1' else {JOIN_HOROVOD}"
+    )
+    with pytest.raises(RankLostError) as raised:
+        with HorovodCluster(2) as running:
+            running.run(eval, kill_rank_1)
+    assert raised.value.rank == 1
+    assert "rank 1" in str(raised.value)
+    assert cluster.cluster_processes(running.cluster_id) == []
+
+
+@pytest.mark.distributed
+def test_a_rank_killed_mid_training_stops_the_run_and_it_resumes_from_a_checkpoint(
+    tmp_path, skin_dir
+):
+    from hiresmed_nb.faults import KillRankAtEpoch
+
+    params = tiny_params(tmp_path, MODE="distributed", N_RANKS=2)
+    with pytest.raises(RankLostError) as raised:
+        with HorovodCluster(2) as running:
+            running.run(training.train, params, [KillRankAtEpoch(rank=1, epoch=1)])
+    assert raised.value.rank == 1
+    assert cluster.cluster_processes(running.cluster_id) == []
+    state = checkpoints.load_state(checkpoints.checkpoint_dir(params), params)
+    assert state is not None and 1 <= state["epoch"] <= 2
+
+    resumed = training.run(params)
+    assert resumed[0]["resumed_from_epoch"] == state["epoch"]
+    assert len(resumed[0]["history"]["loss"]) == 3
+    assert resumed[0]["weights_digest"] == resumed[1]["weights_digest"]
+
+
+@pytest.mark.distributed
+def test_an_interrupt_stops_every_rank_and_the_next_cluster_is_undisturbed(monkeypatch):
+    def interrupted(self, futures):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(HorovodCluster, "_wait", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            with HorovodCluster(2) as first:
+                first.run(eval, JOIN_HOROVOD)
+    assert cluster.cluster_processes(first.cluster_id) == []
+    assert not any(psutil.pid_exists(pid) for pid in first.engine_pids)
+    with HorovodCluster(2) as second:
+        assert second.run(eval, "__import__('os').environ['HOROVOD_SIZE']") == ["2", "2"]
+
+
+def test_an_interrupted_serial_run_resumes_with_the_same_record_fields(tmp_path, skin_dir):
+    from hiresmed_nb.faults import InterruptAtEpoch
+
+    params = tiny_params(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(params, [InterruptAtEpoch(epoch=1)])
+    directory = checkpoints.checkpoint_dir(params)
+    assert checkpoints.load_state(directory, params)["epoch"] == 2
+    assert sorted(p.name for p in directory.iterdir() if p.name.startswith("epoch-0001")) == []
+
+    resumed = training.train(params)
+    fresh = training.train(tiny_params(tmp_path / "fresh"))
+    assert resumed["resumed_from_epoch"] == 2 and fresh["resumed_from_epoch"] == 0
+    assert set(resumed) == set(fresh)
+    assert len(resumed["history"]["loss"]) == len(fresh["history"]["loss"]) == 3
+    assert resumed["history"]["loss"][:2] == fresh["history"]["loss"][:2]
+
+
+def test_a_checkpoint_of_other_parameters_is_not_resumed(tmp_path, skin_dir):
+    from hiresmed_nb.faults import InterruptAtEpoch
+
+    with pytest.raises(KeyboardInterrupt):
+        training.train(tiny_params(tmp_path), [InterruptAtEpoch(epoch=0)])
+    other = tiny_params(tmp_path, LEARNING_RATE=0.01)
+    assert checkpoints.load_state(checkpoints.checkpoint_dir(other), other) is None
+
+
+def test_unwritable_or_full_results_dir_fails_before_training(tmp_path, monkeypatch):
+    params = tiny_params(tmp_path)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(HiresmedError, match="RESULTS_DIR .* is not writable"):
+        records.check_results_dir(blocker / "runs", params, overwrite=False)
+    monkeypatch.setattr(records.shutil, "disk_usage", lambda path: type("U", (), {"free": 10})())
+    with pytest.raises(HiresmedError, match="RESULTS_DIR .* has only 0 MB free"):
+        records.check_results_dir(tmp_path / "runs", params, overwrite=False)
+
+
+# Reproducibility ----------------------------------------------------------------------------
+
+
+def test_same_parameters_and_seed_give_the_same_serial_metrics(tmp_path, skin_dir):
+    first = training.train(tiny_params(tmp_path / "a", EPOCHS=2))
+    again = training.train(tiny_params(tmp_path / "b", EPOCHS=2))
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "confusion_matrix", "history"):
+        assert first[key] == again[key], key
+    assert first["weights_digest"] == again["weights_digest"]
+
+
+# Network exposure ---------------------------------------------------------------------------
+
+
+@pytest.mark.distributed
+def test_the_run_listens_on_loopback_only_and_connection_files_are_private():
+    with HorovodCluster(2) as running:
+        pids = {os.getpid()} | {p.pid for p in cluster.cluster_processes(running.cluster_id)}
+        listening = [
+            conn.laddr
+            for pid in pids
+            for conn in psutil.Process(pid).net_connections(kind="inet")
+            if conn.status == psutil.CONN_LISTEN
+        ]
+        connection_files = list((running.profile_dir / "security").glob(f"*{running.cluster_id}*"))
+        modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in connection_files}
+    assert listening, "expected the controller and rendezvous server to listen"
+    assert {address.ip for address in listening} <= {"127.0.0.1", "::1"}
+    assert modes
+    assert all(mode & 0o077 == 0 for mode in modes.values()), modes
+
+
+# Bad input, fuzzed --------------------------------------------------------------------------
+
+values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.lists(st.text(max_size=5), max_size=3),
+)
+names = st.one_of(
+    st.sampled_from(sorted(PARAMETERS)), st.text(string.ascii_uppercase + "_", max_size=12)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(names, values, max_size=6))
+def test_fuzzed_parameters_fail_only_with_a_clear_project_error(candidate):
+    try:
+        validate(candidate)
+    except HiresmedError as error:
+        assert str(error) and "\n" not in str(error)
+
+
+yaml_documents = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=10)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(document=st.one_of(yaml_documents, st.dictionaries(names, values, max_size=5)))
+def test_fuzzed_parameter_files_fail_only_with_a_clear_project_error(tmp_path, document):
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(yaml.safe_dump(document))
+    try:
+        study.expand(study.load_param_files([path]))
+    except HiresmedError as error:
+        assert str(error)
+
+
+layouts = st.lists(
+    st.tuples(
+        st.sampled_from(["images", "images/a", "images/b", "images_001/images", "other"]),
+        st.sampled_from(["x.png", "y.jpg", "Data_Entry_2017.csv", "test_list.txt", "z.txt"]),
+        st.sampled_from(["", "Image Index,Finding Labels,Patient ID\nx.png,A,1\n", "\x00garbage"]),
+    ),
+    max_size=6,
+)
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(files=layouts, dataset=st.sampled_from(["sd198", "nih", "synthetic-skin", "synthetic-xray"]))
+def test_fuzzed_folders_fail_only_with_a_clear_project_error(tmp_path_factory, files, dataset):
+    root = tmp_path_factory.mktemp("layout")
+    for folder, name, content in files:
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        (root / folder / name).write_text(content)
+    try:
+        data.make_split(dataset, root, images_per_class=1, seed=0)
+    except HiresmedError as error:
+        assert str(error)
+
+
+def test_records_are_written_atomically_and_never_half(tmp_path, monkeypatch):
+    target = tmp_path / "run.json"
+    records.write_json_atomic({"accuracy": 0.5}, target)
+
+    def broken_dump(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(records.json, "dump", broken_dump)
+    with pytest.raises(OSError):
+        records.write_json_atomic({"accuracy": 0.9}, target)
+    assert json.loads(target.read_text()) == {"accuracy": 0.5}
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
+    assert np.isclose(json.loads(target.read_text())["accuracy"], 0.5)
