@@ -88,7 +88,10 @@ def check_weights(weights: str | None, arch: str) -> None:
 
 
 def compact_cnn(image_size: int, num_classes: int, seed: int) -> tf.keras.Model:
-    """Four conv blocks with batch norm and global pooling: ~100 k parameters, quick on a CPU."""
+    """Four conv blocks with batch norm and global pooling: ~100 k parameters, quick on a CPU.
+
+    The softmax head computes in float32 whatever the mixed-precision policy.
+    """
     import tensorflow as tf
 
     layers = tf.keras.layers
@@ -101,7 +104,9 @@ def compact_cnn(image_size: int, num_classes: int, seed: int) -> tf.keras.Model:
         x = layers.ReLU()(x)
         x = layers.MaxPooling2D()(x)
     x = layers.GlobalAveragePooling2D()(x)
-    outputs = layers.Dense(num_classes, activation="softmax", kernel_initializer=init)(x)
+    outputs = layers.Dense(
+        num_classes, activation="softmax", kernel_initializer=init, dtype="float32"
+    )(x)
     return tf.keras.Model(inputs, outputs, name="compact")
 
 
@@ -127,7 +132,9 @@ def build_model(
             pooling="avg",
             input_shape=(image_size, image_size, 3),
         )
-        outputs = tf.keras.layers.Dense(num_classes, activation="softmax")(backbone.output)
+        # float32 softmax: stable under mixed precision.
+        head = tf.keras.layers.Dense(num_classes, activation="softmax", dtype="float32")
+        outputs = head(backbone.output)
         model = tf.keras.Model(backbone.input, outputs, name=arch)
     if weights not in (None, "imagenet"):
         model.load_weights(str(Path(weights).expanduser()))

@@ -17,6 +17,8 @@ ARCHS = ("compact", "VGG16", "ResNet50", "DenseNet169")
 MODES = ("serial", "distributed")
 LR_SCALINGS = ("none", "linear")
 LAUNCHERS = ("local", "mpi", "ssh", "slurm")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+COMPRESSIONS = ("none", "fp16")
 MIN_IMAGE_SIZE = 32
 MAX_IMAGE_SIZE = 4096
 
@@ -36,6 +38,9 @@ PARAMETERS: dict[str, tuple[Any, tuple[type, ...], str]] = {
     "LEARNING_RATE": (1e-3, (float, int), "Adam learning rate per run"),
     "LR_SCALING": ("none", (str,), "'none' or 'linear' (learning rate x ranks)"),
     "EPOCHS": (10, (int,), "passes over the training set"),
+    "ACCUMULATION_STEPS": (1, (int,), "batches whose gradients are averaged per optimizer step"),
+    "PRECISION": ("float32", (str,), "float32, mixed_float16 (GPU) or mixed_bfloat16"),
+    "COMPRESSION": ("none", (str,), "allreduce compression: 'none' or 'fp16'"),
     "SEED": (0, (int,), "seed for the split, the shuffling and the initialisation"),
     "RESULTS_DIR": ("outputs/runs", (str,), "where the JSON record goes; relative to the project"),
     "IPP_LAUNCHER": ("local", (str,), "ipyparallel engine launcher: " + ", ".join(LAUNCHERS)),
@@ -112,6 +117,8 @@ def validate(params: dict[str, Any]) -> dict[str, Any]:
         ("MODE", MODES),
         ("LR_SCALING", LR_SCALINGS),
         ("IPP_LAUNCHER", LAUNCHERS),
+        ("PRECISION", PRECISIONS),
+        ("COMPRESSION", COMPRESSIONS),
     ):
         _check_choice(checked, name, choices)
     if not MIN_IMAGE_SIZE <= checked["IMAGE_SIZE"] <= MAX_IMAGE_SIZE:
@@ -119,7 +126,7 @@ def validate(params: dict[str, Any]) -> dict[str, Any]:
             f"IMAGE_SIZE={checked['IMAGE_SIZE']} must be between {MIN_IMAGE_SIZE} and "
             f"{MAX_IMAGE_SIZE} pixels"
         )
-    for name in ("N_RANKS", "BATCH_SIZE", "EPOCHS", "IMAGES_PER_CLASS"):
+    for name in ("N_RANKS", "BATCH_SIZE", "EPOCHS", "IMAGES_PER_CLASS", "ACCUMULATION_STEPS"):
         _check_at_least(checked, name, 1)
     for name in ("TEST_IMAGES_PER_CLASS", "SEED"):
         _check_at_least(checked, name, 0)
@@ -133,14 +140,22 @@ def validate(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_id(params: dict[str, Any]) -> str:
-    """Spell a run: dataset, arch, size, images per class, mode with ranks, seed.
+    """Spell a run: dataset, arch, size, images per class, mode with ranks, seed; then
+    accumulation, precision and compression when they are not the defaults.
 
     >>> run_id({"DATASET": "synthetic-skin", "ARCH": "compact", "IMAGE_SIZE": 64,
     ...         "IMAGES_PER_CLASS": 20, "MODE": "distributed", "N_RANKS": 2, "SEED": 0})
     'synthetic-skin_compact_64px_20ipc_distributed2_seed0'
     """
     ranks = 1 if params["MODE"] == "serial" else params["N_RANKS"]
+    levers = ""
+    if params.get("ACCUMULATION_STEPS", 1) > 1:
+        levers += f"_acc{params['ACCUMULATION_STEPS']}"
+    if params.get("PRECISION", "float32") != "float32":
+        levers += "_" + params["PRECISION"].replace("mixed_", "")
+    if params.get("COMPRESSION", "none") != "none":
+        levers += f"_{params['COMPRESSION']}allreduce"
     return (
         f"{params['DATASET']}_{params['ARCH']}_{params['IMAGE_SIZE']}px_"
-        f"{params['IMAGES_PER_CLASS']}ipc_{params['MODE']}{ranks}_seed{params['SEED']}"
+        f"{params['IMAGES_PER_CLASS']}ipc_{params['MODE']}{ranks}{levers}_seed{params['SEED']}"
     )

@@ -104,6 +104,9 @@ def build_record(params: dict[str, Any], ranks: list[dict[str, Any]], started_at
                 "n_test",
                 "history",
                 "resumed_from_epoch",
+                "skipped",
+                "checked",
+                "accumulation_steps",
                 "train_seconds",
                 "images_per_second",
             )

@@ -96,7 +96,7 @@ def evaluate(
     from sklearn import metrics
 
     labels = np.asarray(labels)
-    probabilities = model.predict(dataset, verbose=0)
+    probabilities = np.asarray(model.predict(dataset, verbose=0), dtype=np.float32)
     predicted = np.argmax(probabilities, axis=1)
     per_class_auroc: dict[str, float | None] = {}
     for index, name in enumerate(class_names):
@@ -146,6 +146,7 @@ def train(params: dict[str, Any], callbacks: Sequence[Any] = ()) -> dict[str, An
     import tensorflow as tf
 
     tf.keras.utils.set_random_seed(params["SEED"])  # before the pipeline: its shuffle uses it
+    tf.keras.mixed_precision.set_global_policy(params["PRECISION"])
     split = data.make_split(
         params["DATASET"],
         data_dir_for(params),
@@ -158,8 +159,12 @@ def train(params: dict[str, Any], callbacks: Sequence[Any] = ()) -> dict[str, An
     files, labels = data.shard(split.train_files, split.train_labels, rank, size, params["SEED"])
     preprocess = models.preprocessing_for(params["ARCH"])
     batch_size = params["BATCH_SIZE"]
-    # Horovod: every rank takes the same number of steps, so allreduces pair up.
-    steps_per_epoch = math.ceil(len(split.train_files) / (batch_size * size))
+    accumulation = params["ACCUMULATION_STEPS"]
+    # Horovod: every rank takes the same number of steps, so allreduces pair up; with
+    # accumulation an epoch is a whole number of optimizer steps of `accumulation` batches.
+    steps_per_epoch = accumulation * math.ceil(
+        len(split.train_files) / (batch_size * size * accumulation)
+    )
     train_data = data.make_dataset(
         split,
         files,
@@ -178,13 +183,21 @@ def train(params: dict[str, Any], callbacks: Sequence[Any] = ()) -> dict[str, An
         params["WEIGHTS"],
         params["SEED"],
     )
+    if accumulation > 1:
+        from hiresmed_nb.accumulation import AccumulatingModel
+
+        model = AccumulatingModel.wrap(model, accumulation)
     learning_rate = params["LEARNING_RATE"]
     if params["LR_SCALING"] == "linear":
         learning_rate = learning_rate * size  # Horovod: linear scaling rule, lr x ranks.
     optimizer = tf.keras.optimizers.Adam(learning_rate)
     fit_callbacks = []
     if distributed:
-        optimizer = hvd.DistributedOptimizer(optimizer)  # Horovod: average gradients.
+        compression = {"none": hvd.Compression.none, "fp16": hvd.Compression.fp16}
+        # Horovod: average gradients across ranks, optionally sent as float16.
+        optimizer = hvd.DistributedOptimizer(
+            optimizer, compression=compression[params["COMPRESSION"]]
+        )
         fit_callbacks = [
             hvd.callbacks.BroadcastGlobalVariablesCallback(0),  # Horovod: same start on all.
             hvd.callbacks.MetricAverageCallback(),  # Horovod: report metrics over all ranks.
@@ -243,11 +256,14 @@ def train(params: dict[str, Any], callbacks: Sequence[Any] = ()) -> dict[str, An
         result.update(
             {
                 "class_names": split.class_names,
+                "skipped": split.skipped,
+                "checked": split.checked,
+                "accumulation_steps": accumulation,
                 "n_train": len(split.train_files),
                 "n_test": len(split.test_files),
                 "n_ranks": size,
                 "learning_rate": learning_rate,
-                "effective_batch_size": batch_size * size,
+                "effective_batch_size": batch_size * size * accumulation,
                 "history": checkpointer.history,
                 "resumed_from_epoch": initial_epoch,
                 "train_seconds": train_seconds,
@@ -274,13 +290,18 @@ def run(params: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def one_sgd_step(
-    images: np.ndarray, labels: np.ndarray, distributed: bool, learning_rate: float = 0.1
+    images: np.ndarray,
+    labels: np.ndarray,
+    distributed: bool,
+    learning_rate: float = 0.1,
+    accumulation_steps: int = 1,
 ) -> list[np.ndarray]:
     """One plain-SGD step of a tiny conv net (no batch norm) on ``images``; returns the weights.
 
     Serial: one step on the whole batch. Distributed: rank r takes the r-th equal slice, and
     Horovod averages the gradients, which must give the serial weights (the equivalence check
-    that gradients are averaged, not summed or dropped).
+    that gradients are averaged, not summed or dropped). With ``accumulation_steps`` k, each
+    rank's slice is fed as k micro-batches whose gradients are accumulated into the one step.
     """
     import tensorflow as tf
 
@@ -304,6 +325,15 @@ def one_sgd_step(
     optimizer = tf.keras.optimizers.SGD(learning_rate)
     if distributed:
         optimizer = hvd.DistributedOptimizer(optimizer)  # Horovod: average gradients.
+    if accumulation_steps > 1:
+        from hiresmed_nb.accumulation import AccumulatingModel
+
+        model = AccumulatingModel.wrap(model, accumulation_steps)
     model.compile(optimizer, tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.train_on_batch(images[mine], labels[mine])
-    return model.get_weights()
+    for micro_images, micro_labels in zip(
+        np.array_split(images[mine], accumulation_steps),
+        np.array_split(labels[mine], accumulation_steps),
+        strict=True,
+    ):
+        model.train_on_batch(micro_images, micro_labels)
+    return [variable.numpy() for variable in model.trainable_variables]

@@ -101,3 +101,32 @@ def test_two_ranks_average_gradients_like_one_serial_step_on_both_halves():
     for rank_weights in per_rank:
         for got, want in zip(rank_weights, serial, strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_accumulated_micro_batches_give_the_weights_of_one_big_serial_step():
+    rng = np.random.default_rng(1)
+    images = rng.normal(size=(8, 12, 12, 3)).astype(np.float32)
+    labels = rng.integers(0, 3, size=8)
+    labels[:3] = [0, 1, 2]
+    serial = training.one_sgd_step(images, labels, distributed=False)
+    accumulated = training.one_sgd_step(images, labels, distributed=False, accumulation_steps=4)
+    first_quarter_only = training.one_sgd_step(images[:2], labels[:2], distributed=False)
+    assert any(not np.allclose(a, b) for a, b in zip(serial, first_quarter_only, strict=True))
+    for got, want in zip(accumulated, serial, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.distributed
+def test_two_accumulation_steps_on_one_rank_equal_one_step_on_two_ranks():
+    rng = np.random.default_rng(2)
+    images = rng.normal(size=(8, 12, 12, 3)).astype(np.float32)
+    labels = rng.integers(0, 3, size=8)
+    labels[:3] = [0, 1, 2]
+    accumulated = training.one_sgd_step(images, labels, distributed=False, accumulation_steps=2)
+    with HorovodCluster(2) as running:
+        per_rank = running.run(training.one_sgd_step, images, labels, True, 0.1, 2)
+        two_ranks = running.run(training.one_sgd_step, images, labels, True)
+    for got, want in zip(two_ranks[0], accumulated, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    for got, want in zip(per_rank[1], accumulated, strict=True):  # both levers at once
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
