@@ -494,6 +494,33 @@ def shard(
     return [files[i] for i in order], [labels[i] for i in order]
 
 
+# Every image file the pipelines of this process opened, in order: the data-locality audit.
+_OPENED: list[str] = []
+
+
+def opened_files() -> list[str]:
+    """The image files this process's pipelines have opened so far (each rank is a process)."""
+    return list(_OPENED)
+
+
+def reset_opened_files() -> None:
+    _OPENED.clear()
+
+
+def _as_str(path: str | bytes | np.ndarray) -> str:
+    if isinstance(path, np.ndarray):  # tf.numpy_function passes 0-d arrays
+        path = path.item()
+    return path.decode() if isinstance(path, bytes) else str(path)
+
+
+def read_file_audited(path: str | bytes | np.ndarray) -> bytes:
+    """Read a file's bytes, noting it in :func:`opened_files`."""
+    name = _as_str(path)
+    _OPENED.append(name)
+    with open(name, "rb") as handle:
+        return handle.read()
+
+
 def decode_with_pil(path: str | bytes, min_side: int, greyscale: bool) -> np.ndarray:
     """Decode an image file with PIL: EXIF orientation applied, greyscale/CMYK/RGBA converted.
 
@@ -502,11 +529,11 @@ def decode_with_pil(path: str | bytes, min_side: int, greyscale: bool) -> np.nda
     """
     from PIL import Image, ImageOps
 
-    if isinstance(path, np.ndarray):  # tf.numpy_function passes 0-d arrays
-        path = path.item()
+    name = _as_str(path)
+    _OPENED.append(name)
     greyscale = bool(greyscale)
     mode = "L" if greyscale else "RGB"
-    with Image.open(path.decode() if isinstance(path, bytes) else path) as image:
+    with Image.open(name) as image:
         image.draft(mode, (int(min_side), int(min_side)))
         pixels = np.asarray(ImageOps.exif_transpose(image).convert(mode), dtype=np.uint8)
     return pixels[..., None] if greyscale else pixels
@@ -531,7 +558,7 @@ def load_image(path: tf.Tensor, image_size: int, greyscale: bool) -> tf.Tensor:
         return tf.reshape(pixels, tf.stack([tf.shape(pixels)[0], tf.shape(pixels)[1], channels]))
 
     def with_tf() -> tf.Tensor:
-        raw = tf.io.read_file(path)
+        raw = tf.numpy_function(read_file_audited, [path], tf.string, stateful=True)
         return tf.io.decode_image(raw, channels=channels, expand_animations=False)
 
     is_jpeg = tf.strings.regex_full_match(tf.strings.lower(path), r".*\.jpe?g")

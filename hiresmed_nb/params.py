@@ -33,6 +33,7 @@ PARAMETERS: dict[str, tuple[Any, tuple[type, ...], str]] = {
     "TEST_IMAGES_PER_CLASS": (0, (int,), "cap on test images per class; 0: the whole test set"),
     "CLASSES": (None, (list, type(None)), "class names to use; None or []: the dataset's default"),
     "MODE": ("serial", (str,), "'serial' (the kernel) or 'distributed' (Horovod ranks)"),
+    "SITE_DIRS": (None, (list, type(None)), "per-site mode: one data folder per rank; None or []"),
     "N_RANKS": (2, (int,), "Horovod ranks in distributed mode (serial runs use 1)"),
     "BATCH_SIZE": (8, (int,), "images per step per rank"),
     "LEARNING_RATE": (1e-3, (float, int), "Adam learning rate per run"),
@@ -103,8 +104,9 @@ def validate(params: dict[str, Any]) -> dict[str, Any]:
         checked[name] = value
     if isinstance(checked["WEIGHTS"], str) and checked["WEIGHTS"].lower() == "none":
         checked["WEIGHTS"] = None
-    if checked["CLASSES"] == []:
-        checked["CLASSES"] = None
+    for name in ("CLASSES", "SITE_DIRS"):
+        if checked[name] == []:
+            checked[name] = None
     for name, (_, types, description) in PARAMETERS.items():
         value = checked[name]
         if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
@@ -134,6 +136,16 @@ def validate(params: dict[str, Any]) -> dict[str, Any]:
         raise HiresmedError(f"LEARNING_RATE={checked['LEARNING_RATE']!r} must be positive")
     if checked["CLASSES"] is not None and len(checked["CLASSES"]) < 2:
         raise HiresmedError(f"CLASSES={checked['CLASSES']!r} must name at least two classes")
+    if checked["SITE_DIRS"] is not None:
+        sites = checked["SITE_DIRS"]
+        if checked["MODE"] != "distributed" or len(sites) != checked["N_RANKS"]:
+            raise HiresmedError(
+                f"SITE_DIRS names {len(sites)} folders: it needs MODE='distributed' and N_RANKS "
+                f"equal to that number (one site per rank), not MODE={checked['MODE']!r}, "
+                f"N_RANKS={checked['N_RANKS']}"
+            )
+        if not all(isinstance(site, str) and site for site in sites):
+            raise HiresmedError(f"SITE_DIRS={sites!r} must be a list of folder paths")
     if checked["MODE"] == "serial":
         checked["N_RANKS"] = 1
     return checked

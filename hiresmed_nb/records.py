@@ -69,6 +69,25 @@ def weights_label(weights: str | None) -> str:
     return "random" if weights is None else weights
 
 
+def data_locality(ranks: list[dict[str, Any]], n_train: int) -> dict[str, Any]:
+    """The data-locality check of a run, from each rank's shard and the files it opened.
+
+    ``ok`` holds when every rank's training pipeline opened only files of its own shard, the
+    shards are disjoint, and together they are the whole training set.
+    """
+    shards = [set(rank["train_files"]) for rank in ranks]
+    opened = [set(rank["opened_files"]) for rank in ranks]
+    union = set().union(*shards)
+    check = {
+        "each_rank_opened_only_its_shard": all(o <= s for o, s in zip(opened, shards, strict=True)),
+        "shards_disjoint": sum(len(s) for s in shards) == len(union),
+        "shards_cover_training_set": len(union) == n_train,
+        "images_opened_per_rank": [len(o) for o in opened],
+    }
+    check["ok"] = all(value is True for value in check.values() if isinstance(value, bool))
+    return check
+
+
 def build_record(params: dict[str, Any], ranks: list[dict[str, Any]], started_at: str) -> dict:
     """Assemble the run's record from validated parameters and the ranks' results."""
     head = ranks[0]
@@ -115,6 +134,7 @@ def build_record(params: dict[str, Any], ranks: list[dict[str, Any]], started_at
             {key: rank[key] for key in ("rank", "hostname", "train_files", "weights_digest")}
             for rank in ranks
         ],
+        "data_locality": data_locality(ranks, head["n_train"]),
         "versions": versions(),
         "host": socket.gethostname(),
         "cpu_count": os.cpu_count(),

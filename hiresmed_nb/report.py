@@ -17,7 +17,12 @@ import pandas as pd
 
 from hiresmed_nb.params import HiresmedError
 
-METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auroc")
+# Serial runs with gradient accumulation form their own arm: one device, the effective batch of
+# several ranks. It answers whether the effective batch or the distribution helps.
+MODES = ("serial", "serial-accumulated", "distributed")
+# Columns that older records may lack, with the value they mean.
+OPTIONAL_COLUMNS = {"macro_auroc": math.nan, "accumulation_steps": 1, "data_locality_ok": None}
 SETTING = ["dataset", "arch", "images_per_class", "mode"]
 CELL = ["dataset", "arch", "image_size", "images_per_class", "mode"]
 RECORD_COLUMNS = (
@@ -33,7 +38,9 @@ RECORD_COLUMNS = (
     "batch_size_per_rank",
     "effective_batch_size",
     "epochs",
-    *METRICS,
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
     "n_train",
     "n_test",
     "train_seconds",
@@ -80,8 +87,16 @@ def load_records(study_dir: str | Path) -> pd.DataFrame:
         missing = [c for c in RECORD_COLUMNS if c not in record]
         if missing:
             raise HiresmedError(f"record {str(path)!r} lacks {', '.join(missing)}")
-        rows.append({c: record[c] for c in RECORD_COLUMNS})
-    frame = pd.DataFrame(rows, columns=list(RECORD_COLUMNS))
+        row = {c: record[c] for c in RECORD_COLUMNS}
+        locality = record.get("data_locality")
+        record["data_locality_ok"] = None if locality is None else bool(locality["ok"])
+        for column, absent in OPTIONAL_COLUMNS.items():
+            value = record.get(column)
+            row[column] = absent if value is None else value
+        if row["mode"] == "serial" and row["accumulation_steps"] > 1:
+            row["mode"] = "serial-accumulated"
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=[*RECORD_COLUMNS, *OPTIONAL_COLUMNS])
     if frame.empty:
         return frame
     frame["synthetic"] = frame["synthetic"].astype(bool)
@@ -236,7 +251,7 @@ def table2(
         aggfunc=" / ".join,  # two cells differing only in ranks or lr share a slot
         sort=False,
     )
-    modes = [m for m in ("serial", "distributed") if m in table.columns.get_level_values(0)]
+    modes = [m for m in MODES if m in table.columns.get_level_values(0)]
     order = list(dict.fromkeys(fields))
     columns = [
         (m, a, f)
@@ -295,7 +310,7 @@ def plot_figure2(records: pd.DataFrame, metric: str = "accuracy"):
         x="image_size",
         y="percent",
         hue="mode",
-        hue_order=[m for m in ("serial", "distributed") if m in set(data["mode"])],
+        hue_order=[m for m in MODES if m in set(data["mode"])],
         col="arch",
         row="data size",
         kind="line",
@@ -369,24 +384,28 @@ def best_resolution(records: pd.DataFrame, metric: str = "accuracy") -> list[str
     return sentences
 
 
-def distributed_vs_serial(records: pd.DataFrame, metric: str = "accuracy") -> list[str]:
-    """One sentence per cell run both ways: does distributed beat serial beyond the seed spread?
+def distributed_vs_serial(
+    records: pd.DataFrame, metric: str = "accuracy", baseline: str = "serial"
+) -> list[str]:
+    """One sentence per cell run both ways: does distributed beat ``baseline`` beyond the spread?
 
-    The seed spread is the larger of the two cells' standard deviations over seeds; a difference
-    of means larger than it counts. With one seed on either side, no verdict is given.
+    ``baseline`` is ``serial`` or ``serial-accumulated`` (one device at the effective batch of
+    several ranks). The seed spread is the larger of the two cells' standard deviations over
+    seeds; a difference of means larger than it counts. With one seed on either side, no verdict
+    is given.
     """
     summary = summarise(records, metric)
     sentences = []
     for cell, group in summary.groupby(["dataset", "arch", "image_size", "images_per_class"]):
         dataset, arch, size, ipc = cell
-        serial = group[group["mode"] == "serial"]
+        serial = group[group["mode"] == baseline]
         distributed = group[group["mode"] == "distributed"]
         if serial.empty or distributed.empty:
             continue
         s, d = serial.iloc[0], distributed.iloc[0]
         diff = 100 * (d["mean"] - s["mean"])
         where = f"{arch} on {dataset} at {size} px, {ipc} images per class"
-        numbers = f"distributed ({d['n_ranks']} ranks) {100 * d['mean']:.1f}% vs serial " + (
+        numbers = f"distributed ({d['n_ranks']} ranks) {100 * d['mean']:.1f}% vs {baseline} " + (
             f"{100 * s['mean']:.1f}%"
         )
         if s["n"] < 2 or d["n"] < 2:
@@ -397,9 +416,13 @@ def distributed_vs_serial(records: pd.DataFrame, metric: str = "accuracy") -> li
             continue
         spread = 100 * max(s["sd"], d["sd"])
         if diff > spread:
-            verdict = f"distributed beats serial by {diff:.1f} points, more than the seed spread"
+            verdict = (
+                f"distributed beats {baseline} by {diff:.1f} points, more than the seed spread"
+            )
         elif -diff > spread:
-            verdict = f"serial beats distributed by {-diff:.1f} points, more than the seed spread"
+            verdict = (
+                f"{baseline} beats distributed by {-diff:.1f} points, more than the seed spread"
+            )
         else:
             verdict = (
                 f"the difference ({diff:+.1f} points) is within the seed spread, so neither "
@@ -407,6 +430,27 @@ def distributed_vs_serial(records: pd.DataFrame, metric: str = "accuracy") -> li
             )
         sentences.append(f"{where}: {numbers}; {verdict} ({spread:.1f} points).")
     return sentences
+
+
+def data_locality(records: pd.DataFrame) -> str:
+    """One sentence on the data-locality check of the distributed runs."""
+    distributed = records[records["mode"] == "distributed"]
+    if distributed.empty:
+        return "No distributed run, so no data-locality check."
+    checked = distributed[distributed["data_locality_ok"].notna()]
+    failed = checked[~checked["data_locality_ok"].astype(bool)]
+    unchecked = len(distributed) - len(checked)
+    sentence = (
+        f"Data locality: {len(checked) - len(failed)} of {len(checked)} checked distributed runs "
+        "passed (each rank's training pipeline opened only the images of its own shard, the "
+        "shards were disjoint and together the training set; only model parameters crossed "
+        "ranks)."
+    )
+    if len(failed):
+        sentence += " FAILED: " + ", ".join(failed["run_id"]) + "."
+    if unchecked:
+        sentence += f" {unchecked} runs predate the check and carry no verdict."
+    return sentence
 
 
 def usage(records: pd.DataFrame) -> str:

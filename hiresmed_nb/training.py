@@ -34,6 +34,33 @@ def data_dir_for(params: dict[str, Any]) -> Path:
     raise HiresmedError(f"DATA_DIR must name the {params['DATASET']} folder as downloaded")
 
 
+def _site_totals(split: data.Split) -> tuple[int, int]:
+    """Training and test images over all sites; every site must hold the same classes."""
+    import horovod.tensorflow as hvd_tf
+
+    sites = hvd_tf.allgather_object(
+        (split.class_names, len(split.train_files), len(split.test_files)), name="site_sizes"
+    )
+    if any(names != sites[0][0] for names, _, _ in sites):
+        raise HiresmedError(
+            "SITE_DIRS hold different classes: " + "; ".join(str(names) for names, _, _ in sites)
+        )
+    return sum(n for _, n, _ in sites), sum(n for _, _, n in sites)
+
+
+def make_split(params: dict[str, Any], site: int | None = None) -> data.Split:
+    """The run's train/test split, from its parameters; ``site``: that rank's ``SITE_DIRS``."""
+    data_dir = data_dir_for(params) if site is None else resolve_path(params["SITE_DIRS"][site])
+    return data.make_split(
+        params["DATASET"],
+        data_dir,
+        params["IMAGES_PER_CLASS"],
+        params["SEED"],
+        params["CLASSES"],
+        params["TEST_IMAGES_PER_CLASS"],
+    )
+
+
 def select_gpu(gpus: Sequence[Any], local_rank: int) -> Any | None:
     """The GPU this rank should use: the one at its local rank; None on a host without GPUs."""
     if not gpus:
@@ -93,10 +120,16 @@ def evaluate(
     the defined ones, None if none is); and ``confusion_matrix`` (rows: true class, columns:
     predicted, in ``class_names`` order).
     """
+    probabilities = np.asarray(model.predict(dataset, verbose=0), dtype=np.float32)
+    return metrics_of(np.asarray(labels), probabilities, class_names)
+
+
+def metrics_of(
+    labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str]
+) -> dict[str, Any]:
+    """The metrics of :func:`evaluate` from true labels and softmax probabilities."""
     from sklearn import metrics
 
-    labels = np.asarray(labels)
-    probabilities = np.asarray(model.predict(dataset, verbose=0), dtype=np.float32)
     predicted = np.argmax(probabilities, axis=1)
     per_class_auroc: dict[str, float | None] = {}
     for index, name in enumerate(class_names):
@@ -118,17 +151,22 @@ def evaluate(
     }
 
 
-def train(params: dict[str, Any], callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+def train(
+    params: dict[str, Any], callbacks: Sequence[Any] = (), split: data.Split | None = None
+) -> dict[str, Any]:
     """Train one run; in distributed mode call it on every rank at once (hvd.init() waits).
 
     Rank 0 checkpoints every epoch; a run whose checkpoint exists (same parameters) continues
     from its last complete epoch. ``callbacks`` are extra Keras callbacks for every rank.
+    ``split``: the train/test file lists made (and checked) by the caller; without it the rank
+    makes the split itself, which reads every listed file's header.
     Returns, on every rank: rank, hostname, pid, the training files it read and its final
     weights digest. Rank 0 adds the evaluation, learning curves and timings.
     """
     params = validate(params)
     distributed = params["MODE"] == "distributed"
     if distributed:
+        import horovod.tensorflow as hvd_tf
         import horovod.tensorflow.keras as hvd
 
         hvd.init()  # Horovod: join the Gloo rendezvous; blocks until every rank is here.
@@ -146,25 +184,27 @@ def train(params: dict[str, Any], callbacks: Sequence[Any] = ()) -> dict[str, An
     import tensorflow as tf
 
     tf.keras.utils.set_random_seed(params["SEED"])  # before the pipeline: its shuffle uses it
+    data.reset_opened_files()
     tf.keras.mixed_precision.set_global_policy(params["PRECISION"])
-    split = data.make_split(
-        params["DATASET"],
-        data_dir_for(params),
-        params["IMAGES_PER_CLASS"],
-        params["SEED"],
-        params["CLASSES"],
-        params["TEST_IMAGES_PER_CLASS"],
-    )
-    # Horovod: each rank reads only its own shard of the training files.
-    files, labels = data.shard(split.train_files, split.train_labels, rank, size, params["SEED"])
+    per_site = bool(params["SITE_DIRS"])
+    if per_site:
+        # Per-site mode: the rank's data is its own site's folder, split where it lies.
+        split = make_split(params, site=rank)
+        files, labels = split.train_files, split.train_labels
+        n_train, n_test = _site_totals(split)
+    else:
+        split = split or make_split(params)
+        # Horovod: each rank reads only its own shard of the training files.
+        files, labels = data.shard(
+            split.train_files, split.train_labels, rank, size, params["SEED"]
+        )
+        n_train, n_test = len(split.train_files), len(split.test_files)
     preprocess = models.preprocessing_for(params["ARCH"])
     batch_size = params["BATCH_SIZE"]
     accumulation = params["ACCUMULATION_STEPS"]
     # Horovod: every rank takes the same number of steps, so allreduces pair up; with
     # accumulation an epoch is a whole number of optimizer steps of `accumulation` batches.
-    steps_per_epoch = accumulation * math.ceil(
-        len(split.train_files) / (batch_size * size * accumulation)
-    )
+    steps_per_epoch = accumulation * math.ceil(n_train / (batch_size * size * accumulation))
     train_data = data.make_dataset(
         split,
         files,
@@ -210,8 +250,6 @@ def train(params: dict[str, Any], callbacks: Sequence[Any] = ()) -> dict[str, An
     state = checkpoints.load_state(checkpoint_dir, params) if rank == 0 else None
     if distributed:
         # Horovod: every rank resumes at the epoch rank 0 found, from rank 0's weights.
-        import horovod.tensorflow as hvd_tf
-
         state = hvd_tf.broadcast_object(state, root_rank=0, name="resume_state")
     if state and rank == 0:
         checkpoints.restore(checkpoint_dir, state, model, optimizer)
@@ -240,27 +278,49 @@ def train(params: dict[str, Any], callbacks: Sequence[Any] = ()) -> dict[str, An
         for variable in model.non_trainable_variables:
             variable.assign(hvd.allreduce(variable, op=hvd.Average, name=f"final_{variable.name}"))
 
+    # Paths relative to the data folder; absolute in per-site mode, where folders differ.
+    prefix = "" if per_site else f"{split.data_dir}{os.sep}"
     result = {
         "rank": rank,
         "hostname": socket.gethostname(),
         "pid": os.getpid(),
-        "train_files": files,
+        "train_files": [str(split.data_dir / name) for name in files] if per_site else files,
+        # The audit: every image file this rank's training pipeline opened.
+        "opened_files": sorted({path.removeprefix(prefix) for path in data.opened_files()}),
         "weights_digest": weights_digest(model.get_weights()),
     }
-    if rank == 0:
+    if per_site:
+        # Per-site mode: each site predicts its own test set; only the predictions (class
+        # probabilities and labels, no image) are gathered for rank 0's metrics.
         test_data = data.make_dataset(
             split, split.test_files, split.test_labels, params["IMAGE_SIZE"], preprocess, batch_size
         )
+        probabilities = np.asarray(model.predict(test_data, verbose=0), dtype=np.float32)
+        gathered = hvd_tf.allgather_object((split.test_labels, probabilities), name="site_tests")
+        if rank == 0:
+            all_labels = np.concatenate([np.asarray(site_labels) for site_labels, _ in gathered])
+            all_probabilities = np.concatenate([site_probs for _, site_probs in gathered])
+            result.update(metrics_of(all_labels, all_probabilities, split.class_names))
+    if rank == 0:
+        if not per_site:
+            test_data = data.make_dataset(
+                split,
+                split.test_files,
+                split.test_labels,
+                params["IMAGE_SIZE"],
+                preprocess,
+                batch_size,
+            )
+            result.update(evaluate(model, test_data, split.test_labels, split.class_names))
         images_seen = steps_per_epoch * batch_size * size * (params["EPOCHS"] - initial_epoch)
-        result.update(evaluate(model, test_data, split.test_labels, split.class_names))
         result.update(
             {
                 "class_names": split.class_names,
                 "skipped": split.skipped,
                 "checked": split.checked,
                 "accumulation_steps": accumulation,
-                "n_train": len(split.train_files),
-                "n_test": len(split.test_files),
+                "n_train": n_train,
+                "n_test": n_test,
                 "n_ranks": size,
                 "learning_rate": learning_rate,
                 "effective_batch_size": batch_size * size * accumulation,
@@ -273,11 +333,17 @@ def train(params: dict[str, Any], callbacks: Sequence[Any] = ()) -> dict[str, An
     return result
 
 
-def run(params: dict[str, Any]) -> list[dict[str, Any]]:
-    """Train serially in this process, or on ``N_RANKS`` Horovod ranks; results in rank order."""
+def run(params: dict[str, Any], split: data.Split | None = None) -> list[dict[str, Any]]:
+    """Train serially in this process, or on ``N_RANKS`` Horovod ranks; results in rank order.
+
+    The split is made here once (if not given) and sent to the ranks as file lists, so no rank
+    opens a file outside its own shard of the training set (rank 0 also reads the test set).
+    """
     params = validate(params)
+    if not params["SITE_DIRS"]:
+        split = split or make_split(params)
     if params["MODE"] == "serial":
-        return [train(params)]
+        return [train(params, split=split)]
     from hiresmed_nb.cluster import HorovodCluster
 
     with HorovodCluster(
@@ -286,7 +352,7 @@ def run(params: dict[str, Any]) -> list[dict[str, Any]]:
         params["RENDEZVOUS_ADDR"],
         params["NETWORK_INTERFACE"],
     ) as cluster:
-        return cluster.run(train, params)
+        return cluster.run(train, params, (), split)
 
 
 def one_sgd_step(

@@ -232,3 +232,42 @@ def test_records_are_written_atomically_and_never_half(tmp_path, monkeypatch):
     assert json.loads(target.read_text()) == {"accuracy": 0.5}
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
     assert np.isclose(json.loads(target.read_text())["accuracy"], 0.5)
+
+
+# Per-site mode -------------------------------------------------------------------------------
+
+
+def make_sites(skin_dir, root, per_class=24):
+    """Two site folders in the SD-198 layout, each linking its own disjoint images."""
+    sites = []
+    for site in range(2):
+        for folder in sorted((skin_dir / "images").iterdir()):
+            target = root / f"site{site}" / "images" / folder.name
+            target.mkdir(parents=True)
+            for image in sorted(folder.iterdir())[site * per_class : (site + 1) * per_class]:
+                (target / image.name).symlink_to(image)
+        sites.append(str(root / f"site{site}"))
+    return sites
+
+
+def test_site_dirs_need_one_folder_per_distributed_rank(tmp_path):
+    with pytest.raises(HiresmedError, match="SITE_DIRS names 1 folders"):
+        validate({"SITE_DIRS": ["a"], "MODE": "distributed", "N_RANKS": 2})
+    with pytest.raises(HiresmedError, match="MODE='distributed'"):
+        validate({"SITE_DIRS": ["a", "b"], "MODE": "serial"})
+    assert validate({"SITE_DIRS": []})["SITE_DIRS"] is None
+
+
+@pytest.mark.distributed
+def test_in_per_site_mode_each_rank_reads_only_its_own_site(tmp_path, skin_dir):
+    sites = make_sites(skin_dir, tmp_path)
+    params = tiny_params(tmp_path, MODE="distributed", N_RANKS=2, SITE_DIRS=sites, EPOCHS=1)
+    ranks = training.run(params)
+    head = ranks[0]
+    assert head["n_train"] == 2 * 4 * 4 and head["n_test"] == 2 * 4 * 20
+    assert sum(map(sum, head["confusion_matrix"])) == head["n_test"]
+    for rank, site in zip(ranks, sites, strict=True):
+        assert rank["train_files"] and all(f.startswith(site + "/") for f in rank["train_files"])
+        assert set(rank["opened_files"]) == set(rank["train_files"])
+    assert records.data_locality(ranks, head["n_train"])["ok"]
+    assert ranks[0]["weights_digest"] == ranks[1]["weights_digest"]

@@ -64,6 +64,8 @@ def test_serial_run_writes_and_glues_a_complete_record(tmp_path, skin_dir):
     assert record["versions"]["tensorflow"] == "2.15.1"
     assert record["versions"]["horovod"] == "0.28.1"
     assert len(record["history"]["loss"]) == 1
+    assert record["data_locality"]["images_opened_per_rank"] == [16]
+    assert record["data_locality"]["ok"]
 
 
 @pytest.mark.notebook
@@ -77,6 +79,9 @@ def test_two_rank_run_reads_disjoint_shards_and_ends_with_equal_weights(tmp_path
     assert not shards[0] & shards[1]
     assert len(shards[0] | shards[1]) == record["n_train"] == 16
     assert len({rank["weights_digest"] for rank in record["ranks"]}) == 1
+    locality = record["data_locality"]
+    assert locality["ok"] and locality["each_rank_opened_only_its_shard"]
+    assert locality["images_opened_per_rank"] == [len(shard) for shard in shards]
     streamed = "".join(
         str(output.get("data", {}).get("text/plain", ""))
         for cell in nbformat.read(str(executed), as_version=4).cells
