@@ -5,6 +5,8 @@ Subcommands:
 - ``run``: expand the parameter files into a grid of runs, execute ``notebooks/01_train.ipynb``
   for each run not yet recorded, then execute ``notebooks/02_report.ipynb`` and render
   ``outputs/<STUDY>/report.html``. Exits 1 when a run or the report failed, 2 on bad parameters.
+- ``bench``: run the performance benchmarks (:mod:`hiresmed_nb.bench`), one JSON each in
+  ``outputs/bench/``, and a Markdown summary there (``--markdown`` also updates a file's block).
 """
 
 from __future__ import annotations
@@ -60,7 +62,55 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="folder that holds <STUDY>/ (default: outputs, relative to the project)",
     )
+    bench = commands.add_parser(
+        "bench",
+        help="run the performance benchmarks",
+        description="Run the benchmarks (launchers, pipeline, resolution, threads, allreduce); "
+        "write one JSON each and BENCHMARKS.md into --out.",
+    )
+    level = bench.add_mutually_exclusive_group()
+    level.add_argument(
+        "--quick", action="store_true", help="fewer sizes and repeats: about 10 min on 2 cores"
+    )
+    level.add_argument(
+        "--tiny", action="store_true", help="structure only, in seconds (used by the tests)"
+    )
+    bench.add_argument(
+        "--only",
+        default="",
+        metavar="NAMES",
+        help="comma-separated subset: launchers,pipeline,resolution,threads,allreduce",
+    )
+    bench.add_argument(
+        "--out",
+        default="outputs/bench",
+        metavar="DIR",
+        help="folder for the JSON files (default: outputs/bench, relative to the project)",
+    )
+    bench.add_argument(
+        "--markdown",
+        default=None,
+        metavar="FILE",
+        help="also replace the generated block of FILE (e.g. BENCHMARKS.md) with the tables",
+    )
     return parser
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from hiresmed_nb import bench
+
+    level = "tiny" if args.tiny else "quick" if args.quick else "full"
+    only = [name.strip() for name in args.only.split(",") if name.strip()] or bench.BENCHMARKS
+    command = "python -m hiresmed_nb bench" + " ".join(
+        [""] + [arg for arg in sys.argv[1:] if arg != "bench"]
+    )
+    written = bench.run_suite(level, only, args.out, command)
+    if args.markdown:
+        markdown = bench.render_markdown(bench.load_results(args.out))
+        written.append(bench.update_markdown(args.markdown, markdown))
+    for path in written:
+        print(path)
+    return 0
 
 
 def _param_path(name: str) -> Path:
@@ -95,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "bench":
+            return _bench(args)
     except HiresmedError as error:
         print(f"hiresmed: error: {error}", file=sys.stderr)
         return 2
