@@ -101,9 +101,9 @@ def _bench(args: argparse.Namespace) -> int:
 
     level = "tiny" if args.tiny else "quick" if args.quick else "full"
     only = [name.strip() for name in args.only.split(",") if name.strip()] or bench.BENCHMARKS
-    command = "python -m hiresmed_nb bench" + " ".join(
-        [""] + [arg for arg in sys.argv[1:] if arg != "bench"]
-    )
+    command = "python -m hiresmed_nb bench" + (f" --{level}" if level != "full" else "")
+    command += f" --only {args.only}" if args.only else ""
+    command += f" --out {args.out}" if args.out != "outputs/bench" else ""
     written = bench.run_suite(level, only, args.out, command)
     if args.markdown:
         markdown = bench.render_markdown(bench.load_results(args.out))
