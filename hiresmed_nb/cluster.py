@@ -22,6 +22,7 @@ from typing import Any
 from hiresmed_nb.params import resolve_path
 
 IPP_PROFILE_DIR = ".ipyparallel/profile_hiresmed"
+CLUSTER_PREFIX = "hiresmed-"
 GLOO_TIMEOUT_SECONDS = 60
 STOP_GRACE_SECONDS = 10
 LIVENESS_POLL_SECONDS = 1.0
@@ -181,7 +182,8 @@ class HorovodCluster:
         self.rendezvous_addr = rendezvous_addr
         self.network_interface = network_interface
         self.profile_dir = resolve_path(profile_dir)
-        self.cluster_id = f"hiresmed-{secrets.token_hex(4)}"
+        # The owner's pid in the id lets a later cluster reap this one if its kernel is killed.
+        self.cluster_id = f"{CLUSTER_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
         self.slots: list[RankSlot] = []
         self._cluster = None
         self._client = None
@@ -202,6 +204,7 @@ class HorovodCluster:
     def start(self) -> None:
         import ipyparallel as ipp
 
+        reap_orphans()
         self.profile_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._cluster = ipp.Cluster(
             n=self.n_ranks,
@@ -352,3 +355,26 @@ def reap_processes(cluster_id: str, grace_seconds: float = STOP_GRACE_SECONDS) -
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=grace_seconds)
+
+
+def reap_orphans() -> list[str]:
+    """Stop clusters left behind by a kernel that was killed (papermill, OOM, kill -9).
+
+    A cluster's id carries its owner's pid; any local engine or controller whose owner is gone is
+    reaped. Returns the ids reaped.
+    """
+    import psutil
+
+    orphaned = set()
+    for process in psutil.process_iter(["pid"]):
+        try:
+            cluster_id = process.environ().get("IPP_CLUSTER_ID", "")
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        owner = cluster_id.removeprefix(CLUSTER_PREFIX).split("-")[0]
+        if cluster_id.startswith(CLUSTER_PREFIX) and owner.isdigit():
+            if not _process_alive(int(owner), psutil):
+                orphaned.add(cluster_id)
+    for cluster_id in sorted(orphaned):
+        reap_processes(cluster_id)
+    return sorted(orphaned)

@@ -37,7 +37,7 @@ PARAMETERS: dict[str, tuple[Any, tuple[type, ...], str]] = {
     "N_RANKS": (2, (int,), "Horovod ranks in distributed mode (serial runs use 1)"),
     "BATCH_SIZE": (8, (int,), "images per step per rank"),
     "LEARNING_RATE": (1e-3, (float, int), "Adam learning rate per run"),
-    "LR_SCALING": ("none", (str,), "'none' or 'linear' (learning rate x ranks)"),
+    "LR_SCALING": ("none", (str,), "'none' or 'linear' (x ranks x accumulation steps)"),
     "EPOCHS": (10, (int,), "passes over the training set"),
     "ACCUMULATION_STEPS": (1, (int,), "batches whose gradients are averaged per optimizer step"),
     "PRECISION": ("float32", (str,), "float32, mixed_float16 (GPU) or mixed_bfloat16"),

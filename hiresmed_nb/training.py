@@ -229,7 +229,8 @@ def train(
         model = AccumulatingModel.wrap(model, accumulation)
     learning_rate = params["LEARNING_RATE"]
     if params["LR_SCALING"] == "linear":
-        learning_rate = learning_rate * size  # Horovod: linear scaling rule, lr x ranks.
+        # Horovod: linear scaling rule, lr x ranks; accumulation grows the batch alike.
+        learning_rate = learning_rate * size * accumulation
     optimizer = tf.keras.optimizers.Adam(learning_rate)
     fit_callbacks = []
     if distributed:

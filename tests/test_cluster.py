@@ -87,46 +87,47 @@ def test_an_error_on_one_rank_is_raised_with_its_rank_and_traceback():
     assert cluster.cluster_processes(running.cluster_id) == []
 
 
-@pytest.mark.distributed
-def test_two_ranks_average_gradients_like_one_serial_step_on_both_halves():
-    rng = np.random.default_rng(0)
+def tiny_batch(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Eight 12 x 12 RGB images with labels covering three classes."""
+    rng = np.random.default_rng(seed)
     images = rng.normal(size=(8, 12, 12, 3)).astype(np.float32)
     labels = rng.integers(0, 3, size=8)
     labels[:3] = [0, 1, 2]
+    return images, labels
+
+
+def assert_same_weights(got: list[np.ndarray], want: list[np.ndarray]) -> None:
+    for got_array, want_array in zip(got, want, strict=True):
+        np.testing.assert_allclose(got_array, want_array, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.distributed
+def test_two_ranks_average_gradients_like_one_serial_step_on_both_halves():
+    images, labels = tiny_batch(seed=0)
     serial = training.one_sgd_step(images, labels, distributed=False)
     with HorovodCluster(2) as running:
         per_rank = running.run(training.one_sgd_step, images, labels, True)
     initial = training.one_sgd_step(images, labels, distributed=False, learning_rate=0.0)
     assert any(not np.allclose(a, b) for a, b in zip(serial, initial, strict=True))
     for rank_weights in per_rank:
-        for got, want in zip(rank_weights, serial, strict=True):
-            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        assert_same_weights(rank_weights, serial)
 
 
 def test_accumulated_micro_batches_give_the_weights_of_one_big_serial_step():
-    rng = np.random.default_rng(1)
-    images = rng.normal(size=(8, 12, 12, 3)).astype(np.float32)
-    labels = rng.integers(0, 3, size=8)
-    labels[:3] = [0, 1, 2]
+    images, labels = tiny_batch(seed=1)
     serial = training.one_sgd_step(images, labels, distributed=False)
     accumulated = training.one_sgd_step(images, labels, distributed=False, accumulation_steps=4)
     first_quarter_only = training.one_sgd_step(images[:2], labels[:2], distributed=False)
     assert any(not np.allclose(a, b) for a, b in zip(serial, first_quarter_only, strict=True))
-    for got, want in zip(accumulated, serial, strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert_same_weights(accumulated, serial)
 
 
 @pytest.mark.distributed
 def test_two_accumulation_steps_on_one_rank_equal_one_step_on_two_ranks():
-    rng = np.random.default_rng(2)
-    images = rng.normal(size=(8, 12, 12, 3)).astype(np.float32)
-    labels = rng.integers(0, 3, size=8)
-    labels[:3] = [0, 1, 2]
+    images, labels = tiny_batch(seed=2)
     accumulated = training.one_sgd_step(images, labels, distributed=False, accumulation_steps=2)
     with HorovodCluster(2) as running:
         per_rank = running.run(training.one_sgd_step, images, labels, True, 0.1, 2)
         two_ranks = running.run(training.one_sgd_step, images, labels, True)
-    for got, want in zip(two_ranks[0], accumulated, strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    for got, want in zip(per_rank[1], accumulated, strict=True):  # both levers at once
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert_same_weights(two_ranks[0], accumulated)
+    assert_same_weights(per_rank[1], accumulated)  # both levers at once

@@ -271,3 +271,33 @@ def test_in_per_site_mode_each_rank_reads_only_its_own_site(tmp_path, skin_dir):
         assert set(rank["opened_files"]) == set(rank["train_files"])
     assert records.data_locality(ranks, head["n_train"])["ok"]
     assert ranks[0]["weights_digest"] == ranks[1]["weights_digest"]
+
+
+ORPHANING_KERNEL = """
+import sys
+from hiresmed_nb.cluster import HorovodCluster
+cluster = HorovodCluster(2)
+cluster.start()
+print(cluster.cluster_id, flush=True)
+sys.stdin.read()  # hold the cluster until this process is killed
+"""
+
+
+@pytest.mark.distributed
+def test_a_killed_kernels_cluster_is_reaped_by_the_next_one():
+    import subprocess
+    import sys
+
+    kernel = subprocess.Popen(
+        [sys.executable, "-c", ORPHANING_KERNEL],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    orphan_id = kernel.stdout.readline().strip()
+    kernel.kill()  # like papermill or the OOM killer stopping a kernel: no clean-up runs
+    kernel.wait()
+    assert cluster.cluster_processes(orphan_id), "the killed kernel's engines should linger"
+    with HorovodCluster(2) as running:
+        assert running.run(eval, "1 + 1") == [2, 2]
+    assert cluster.cluster_processes(orphan_id) == []

@@ -47,10 +47,11 @@ def records(*rows: dict) -> pd.DataFrame:
                 "n_test": 10,
                 "train_seconds": 1.0,
                 "synthetic": True,
+                **report.OPTIONAL_COLUMNS,
                 **row,
             }
         )
-    return pd.DataFrame(full, columns=list(report.RECORD_COLUMNS))
+    return pd.DataFrame(full, columns=[*report.RECORD_COLUMNS, *report.OPTIONAL_COLUMNS])
 
 
 def seeds(accuracies: list[float], **cell) -> list[dict]:
@@ -301,3 +302,41 @@ def test_report_html_opens_in_headless_chromium(rendered, tmp_path):
     assert "<table" in dom and "52.0 ± 5.0 (n=3)" in dom
     assert re.search(r'<img[^>]+src="data:image/png;base64,', dom)
     assert report.SYNTHETIC_WARNING in dom
+
+
+# --- the accumulation arm and the data-locality check ------------------------------------------
+
+
+def test_serial_runs_with_accumulation_load_as_their_own_arm(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for source in sorted((FIXTURES / "runs").glob("*.json")):
+        record = json.loads(source.read_text())
+        if record.get("status", "ok") == "ok" and record["mode"] == "serial":
+            record.update(accumulation_steps=2, run_id=record["run_id"] + "_acc2")
+            (runs / f"{record['run_id']}.json").write_text(json.dumps(record))
+            break
+    loaded = report.load_records(tmp_path)
+    assert loaded["mode"].tolist() == ["serial-accumulated"]
+
+
+def test_findings_compare_distributed_with_the_accumulated_arm():
+    frame = records(
+        *seeds([0.60, 0.62, 0.61], mode="serial-accumulated", effective_batch_size=8),
+        *seeds([0.80, 0.81, 0.79], mode="distributed"),
+    )
+    [sentence] = report.distributed_vs_serial(frame, baseline="serial-accumulated")
+    assert "distributed beats serial-accumulated by 19.0 points" in sentence
+    assert report.distributed_vs_serial(frame) == []  # no plain serial cell to compare
+
+
+def test_data_locality_sentence_names_failed_runs():
+    frame = records(
+        {"mode": "distributed", "run_id": "good", "data_locality_ok": True},
+        {"mode": "distributed", "run_id": "leaky", "data_locality_ok": False},
+        {"mode": "serial", "run_id": "s"},
+    )
+    sentence = report.data_locality(frame)
+    assert "1 of 2 checked distributed runs passed" in sentence
+    assert "FAILED: leaky" in sentence
+    assert report.data_locality(records({"mode": "serial"})).startswith("No distributed run")

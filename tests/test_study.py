@@ -471,3 +471,23 @@ def test_papermill_runner_isolates_the_failing_cell_and_renders_the_report(tmp_p
     html = result.report_html.read_text()
     assert all(rid in html for rid in bad)
     assert "50.5 ± " in html  # seeds 0 and 1 of the 4-image cell: 50% and 51%
+
+
+def test_quick_grid_has_serial_distributed_and_accumulated_arms_at_equal_effective_batch():
+    _, runs = study.plan([PARAMS / "quick.yaml"])
+    arms = {}
+    for run in runs:
+        p = run.params
+        arm = "accumulated" if p["ACCUMULATION_STEPS"] > 1 else p["MODE"]
+        arms.setdefault(arm, []).append(p)
+    assert {arm: len(ps) for arm, ps in arms.items()} == {
+        "serial": 12,
+        "distributed": 12,
+        "accumulated": 6,
+    }
+    assert all(p["MODE"] == "serial" and p["IMAGES_PER_CLASS"] == 60 for p in arms["accumulated"])
+    effective = {
+        arm: {p["BATCH_SIZE"] * p["N_RANKS"] * p["ACCUMULATION_STEPS"] for p in ps}
+        for arm, ps in arms.items()
+    }
+    assert effective == {"serial": {8}, "distributed": {16}, "accumulated": {16}}
