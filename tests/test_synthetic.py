@@ -68,3 +68,9 @@ def test_a_partial_folder_is_refused_not_overwritten(tmp_path):
     with pytest.raises(HiresmedError, match="DATA_DIR"):
         synthetic.ensure_dataset("synthetic-skin", tmp_path)
     assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_a_cache_from_an_older_generator_is_refused(tmp_path):
+    (tmp_path / "SYNTHETIC.txt").write_text("generator version 1\n")
+    with pytest.raises(HiresmedError, match="older version"):
+        synthetic.ensure_dataset("synthetic-skin", tmp_path)
