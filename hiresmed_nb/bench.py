@@ -55,8 +55,8 @@ LEVELS: dict[str, dict[str, Any]] = {
         "pipeline": {"size": 224, "batch": 8, "images_per_class": 20, "epochs": 3, "repeats": 3},
         "decode_repeats": 3,
         "resolution": [("compact", s, 8, "float32") for s in (112, 224, 448, 1024)]
-        + [(a, s, 8, "float32") for a in ("VGG16", "ResNet50", "DenseNet169") for s in (112, 224)]
-        + [("compact", 224, 8, "mixed_bfloat16"), ("ResNet50", 224, 8, "mixed_bfloat16")],
+        + [(a, s, 4, "float32") for a in ("VGG16", "ResNet50", "DenseNet169") for s in (112, 224)]
+        + [("compact", 224, 8, "mixed_bfloat16"), ("ResNet50", 224, 4, "mixed_bfloat16")],
         "planner": {"arch": "compact", "size": 448, "probes": [1, 2, 4], "check": 16},
         "probe_steps": (1, 3),
         "allreduce": {"arch": "VGG16", "size": 64, "batch": 8, "with_top": True},
@@ -381,7 +381,10 @@ def _ipyparallel_run(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _horovodrun_run(params: dict[str, Any]) -> dict[str, Any]:
-    result, started = run_worker("timed-train", {"params": params}, ranks=2)
+    # As the cluster sets for its engines: one OpenMP thread per rank.
+    result, started = run_worker(
+        "timed-train", {"params": params}, ranks=2, env={"OMP_NUM_THREADS": "1"}
+    )
     return {**result, "called": started}
 
 
@@ -521,17 +524,23 @@ def bench_pipeline(level: dict[str, Any]) -> dict[str, Any]:
             "s",
             f"{name}: fit() call to first step end (tracing + first batch)",
         )
+        figures[f"{name}_first_epoch_seconds"] = summarize(
+            [run["first_epoch_seconds"] for run in runs[name]],
+            "s",
+            f"{name}: fit() call to end of epoch 1 ({result['steps_per_epoch']} steps, tracing "
+            "included)",
+        )
     per_repeat = [
         float(np.median(p["steady_step_seconds"]) / np.median(m["steady_step_seconds"]))
         for p, m in zip(runs["pipeline"], runs["in_memory"], strict=True)
     ]
     figures["steady_ratio"] = summarize(per_repeat, "x", "pipeline / in-memory steady s/step")
     first_ratio = [
-        float(np.median(p["first_epoch_step_seconds"]) / np.median(m["steady_step_seconds"]))
+        p["first_epoch_seconds"] / m["first_epoch_seconds"]
         for p, m in zip(runs["pipeline"], runs["in_memory"], strict=True)
     ]
     figures["first_epoch_ratio"] = summarize(
-        first_ratio, "x", "pipeline first epoch / in-memory steady s/step"
+        first_ratio, "x", "pipeline / in-memory first epoch seconds"
     )
     disk_ratio = [
         float(np.median(d["steady_step_seconds"]) / np.median(m["steady_step_seconds"]))
@@ -543,8 +552,8 @@ def bench_pipeline(level: dict[str, Any]) -> dict[str, Any]:
         / figures["in_memory_steady_step_seconds"]["median"]
     )
     first = (
-        figures["pipeline_first_epoch_step_seconds"]["median"]
-        / figures["in_memory_steady_step_seconds"]["median"]
+        figures["pipeline_first_epoch_seconds"]["median"]
+        / figures["in_memory_first_epoch_seconds"]["median"]
     )
     goals = [
         _goal(
@@ -558,7 +567,7 @@ def bench_pipeline(level: dict[str, Any]) -> dict[str, Any]:
             "the training step.",
         ),
         _goal(
-            "first epoch s/step, pipeline / in memory (not an issue goal: the decode cost)",
+            "first epoch seconds, pipeline / in memory (not an issue goal: the decode cost)",
             first,
             "<=",
             1.05,
@@ -694,8 +703,9 @@ def bench_resolution(level: dict[str, Any]) -> dict[str, Any]:
                 ">=",
                 1.0,
                 "x",
-                "TensorFlow 2.15's CPU kernels cast around many bf16 ops (pooling, batch norm, "
-                "the float32 head), and the casts cost more than AVX512_BF16 saves at these sizes.",
+                "Measured slower in bf16. Likely cause (not profiled): the compact CNN is small "
+                "and memory-bound, so the casts around batch norm, pooling and the float32 head "
+                "cost more than the bf16 convolutions save.",
             )
         )
     return {

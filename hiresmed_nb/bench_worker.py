@@ -224,6 +224,7 @@ def pipeline(config: dict[str, Any]) -> dict[str, Any]:
             runs[name].append(
                 {
                     "first_step_seconds": clock.batch_ends[0] - started,
+                    "first_epoch_seconds": clock.batch_ends[steps_per_epoch - 1] - started,
                     "first_epoch_step_seconds": step_intervals(clock.batch_ends, [0, 1], 1)[
                         : steps_per_epoch - 1
                     ],
