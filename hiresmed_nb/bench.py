@@ -923,9 +923,6 @@ def render_markdown(results: dict[str, dict[str, Any]]) -> str:
     machine, found = first["machine"], first["versions"]
     dirty = " (dirty tree)" if found.get("git_dirty") else ""
     lines = [
-        f"Command: `{first.get('command') or 'python -m hiresmed_nb bench'}` "
-        f"(level `{first.get('level')}`), finished {max(r['created'] for r in results.values())}.",
-        "",
         f"Machine: {machine['cpu_model']}, {machine['logical_cores']} logical cores "
         f"({', '.join(machine['cpu_features'])}), {machine['ram_bytes'] / GiB:.1f} GiB RAM, "
         f"{machine['os']}.",
@@ -933,8 +930,9 @@ def render_markdown(results: dict[str, dict[str, Any]]) -> str:
         f"Horovod {found.get('horovod')}, ipyparallel {found.get('ipyparallel')}; commit "
         f"{(found.get('git_commit') or '?')[:10]}{dirty}.",
         "",
-        'Contention (other heavy jobs seen by `pgrep -f "pytest|hiresmed_nb run"` at the start '
-        "or end of a benchmark; 1-minute load average):",
+        "Each benchmark: the command that wrote it, when it finished, how long it took, the "
+        "1-minute load average at its start and end, and the other heavy jobs that "
+        '`pgrep -af "pytest|hiresmed_nb run"` found then (contention):',
         "",
     ]
     for name, result in results.items():
@@ -943,8 +941,9 @@ def render_markdown(results: dict[str, dict[str, Any]]) -> str:
         loads = [seen.get(side, {}).get("load_average", [0])[0] for side in ("before", "after")]
         jobs_text = "; ".join(sorted(j.split(" ", 1)[1][:60] for j in jobs)) if jobs else "none"
         lines.append(
-            f"- {name}: load {loads[0]:.2f} -> {loads[1]:.2f}; other jobs: {jobs_text}; "
-            f"took {result.get('wall_seconds', 0):.0f} s"
+            f"- {name}: `{result.get('command') or 'python -m hiresmed_nb bench'}` at "
+            f"{result['created']}, {result.get('wall_seconds', 0):.0f} s; load "
+            f"{loads[0]:.2f} -> {loads[1]:.2f}; other jobs: {jobs_text}"
         )
     lines += ["", "### Goals", "", "| benchmark | goal | measured | target | met | missed by |"]
     lines.append("| --- | --- | --- | --- | --- | --- |")
