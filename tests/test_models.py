@@ -50,3 +50,20 @@ def test_weights_path_is_loaded(tmp_path):
     loaded = models.build_model("compact", 32, 4, str(path), seed=2)
     for a, b in zip(saved.get_weights(), loaded.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_batch_norm_is_recalibrated_to_the_average_of_batch_statistics():
+    import tensorflow as tf
+
+    from hiresmed_nb.training import recalibrate_batch_norm
+
+    inputs = tf.keras.Input((3,))
+    layer = tf.keras.layers.BatchNormalization(momentum=0.99)
+    model = tf.keras.Model(inputs, layer(inputs))
+    batches = [np.full((4, 3), value, np.float32) + np.arange(4)[:, None] for value in (1, 5, 9)]
+    dataset = tf.data.Dataset.from_tensor_slices(np.concatenate(batches)).batch(4)
+    dataset = dataset.map(lambda x: (x, tf.zeros(4)))
+    assert recalibrate_batch_norm(model, dataset, steps=3) == 1
+    np.testing.assert_allclose(layer.moving_mean.numpy(), [6.5] * 3, rtol=1e-5)
+    np.testing.assert_allclose(layer.moving_variance.numpy(), [1.25] * 3, rtol=1e-4)  # var(0..3)
+    assert layer.momentum == 0.99
