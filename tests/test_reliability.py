@@ -127,6 +127,22 @@ def test_same_parameters_and_seed_give_the_same_serial_metrics(tmp_path, skin_di
     assert first["weights_digest"] == again["weights_digest"]
 
 
+DISTRIBUTED_METRIC_TOLERANCE = 0.02  # stated in the README: same seed, 2 ranks, CPU
+
+
+@pytest.mark.distributed
+def test_same_parameters_and_seed_give_distributed_metrics_within_the_stated_tolerance(
+    tmp_path, skin_dir
+):
+    runs = [
+        training.run(tiny_params(tmp_path / name, MODE="distributed", N_RANKS=2, EPOCHS=2))[0]
+        for name in ("a", "b")
+    ]
+    for key in ("accuracy", "balanced_accuracy", "macro_f1"):
+        assert abs(runs[0][key] - runs[1][key]) <= DISTRIBUTED_METRIC_TOLERANCE, key
+    assert np.allclose(runs[0]["history"]["loss"], runs[1]["history"]["loss"], rtol=1e-3)
+
+
 # Network exposure ---------------------------------------------------------------------------
 
 
