@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,13 @@ METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auroc")
 # several ranks. It answers whether the effective batch or the distribution helps.
 MODES = ("serial", "serial-accumulated", "distributed")
 # Columns that older records may lack, with the value they mean.
-OPTIONAL_COLUMNS = {"macro_auroc": math.nan, "accumulation_steps": 1, "data_locality_ok": None}
+OPTIONAL_COLUMNS = {
+    "macro_auroc": math.nan,
+    "accumulation_steps": 1,
+    "precision": "float32",
+    "compression": "none",
+    "data_locality_ok": None,
+}
 SETTING = ["dataset", "arch", "images_per_class", "mode"]
 CELL = ["dataset", "arch", "image_size", "images_per_class", "mode"]
 RECORD_COLUMNS = (
@@ -93,14 +100,34 @@ def load_records(study_dir: str | Path) -> pd.DataFrame:
         for column, absent in OPTIONAL_COLUMNS.items():
             value = record.get(column)
             row[column] = absent if value is None else value
-        if row["mode"] == "serial" and row["accumulation_steps"] > 1:
-            row["mode"] = "serial-accumulated"
+        row["precision"] = record["params"].get("PRECISION", "float32")
+        row["compression"] = record["params"].get("COMPRESSION", "none")
+        row["mode"] = arm(row)
         rows.append(row)
     frame = pd.DataFrame(rows, columns=[*RECORD_COLUMNS, *OPTIONAL_COLUMNS])
     if frame.empty:
         return frame
     frame["synthetic"] = frame["synthetic"].astype(bool)
     return frame.sort_values([*CELL, "seed"], ignore_index=True)
+
+
+def arm(row: dict[str, Any]) -> str:
+    """The run's arm: its mode, '-accumulated' for serial accumulation, then any lever that is
+    not the default (``+bfloat16``, ``+fp16-allreduce``), so such runs never pool with others."""
+    name = row["mode"]
+    if name == "serial" and row["accumulation_steps"] > 1:
+        name = "serial-accumulated"
+    if row["precision"] != "float32":
+        name += "+" + row["precision"].removeprefix("mixed_")
+    if row["compression"] != "none":
+        name += f"+{row['compression']}-allreduce"
+    return name
+
+
+def ordered_modes(present: Iterable[str]) -> list[str]:
+    """The arms present, the three main ones first, then lever variants by name."""
+    present = set(present)
+    return [m for m in MODES if m in present] + sorted(present - set(MODES))
 
 
 def load_failures(study_dir: str | Path) -> pd.DataFrame:
@@ -251,7 +278,7 @@ def table2(
         aggfunc=" / ".join,  # two cells differing only in ranks or lr share a slot
         sort=False,
     )
-    modes = [m for m in MODES if m in table.columns.get_level_values(0)]
+    modes = ordered_modes(table.columns.get_level_values(0))
     order = list(dict.fromkeys(fields))
     columns = [
         (m, a, f)
@@ -310,7 +337,7 @@ def plot_figure2(records: pd.DataFrame, metric: str = "accuracy"):
         x="image_size",
         y="percent",
         hue="mode",
-        hue_order=[m for m in MODES if m in set(data["mode"])],
+        hue_order=ordered_modes(data["mode"]),
         col="arch",
         row="data size",
         kind="line",
@@ -385,27 +412,30 @@ def best_resolution(records: pd.DataFrame, metric: str = "accuracy") -> list[str
 
 
 def distributed_vs_serial(
-    records: pd.DataFrame, metric: str = "accuracy", baseline: str = "serial"
+    records: pd.DataFrame,
+    metric: str = "accuracy",
+    baseline: str = "serial",
+    contender: str = "distributed",
 ) -> list[str]:
-    """One sentence per cell run both ways: does distributed beat ``baseline`` beyond the spread?
+    """One sentence per cell run both ways: does ``contender`` beat ``baseline`` beyond the spread?
 
-    ``baseline`` is ``serial`` or ``serial-accumulated`` (one device at the effective batch of
-    several ranks). The seed spread is the larger of the two cells' standard deviations over
-    seeds; a difference of means larger than it counts. With one seed on either side, no verdict
-    is given.
+    ``baseline`` is e.g. ``serial`` or ``serial-accumulated`` (one device at the effective batch
+    of several ranks); ``contender`` an arm such as ``distributed`` or a lever variant. The seed
+    spread is the larger of the two cells' standard deviations over seeds; a difference of means
+    larger than it counts. With one seed on either side, no verdict is given.
     """
     summary = summarise(records, metric)
     sentences = []
     for cell, group in summary.groupby(["dataset", "arch", "image_size", "images_per_class"]):
         dataset, arch, size, ipc = cell
         serial = group[group["mode"] == baseline]
-        distributed = group[group["mode"] == "distributed"]
+        distributed = group[group["mode"] == contender]
         if serial.empty or distributed.empty:
             continue
         s, d = serial.iloc[0], distributed.iloc[0]
         diff = 100 * (d["mean"] - s["mean"])
         where = f"{arch} on {dataset} at {size} px, {ipc} images per class"
-        numbers = f"distributed ({d['n_ranks']} ranks) {100 * d['mean']:.1f}% vs {baseline} " + (
+        numbers = f"{contender} ({d['n_ranks']} ranks) {100 * d['mean']:.1f}% vs {baseline} " + (
             f"{100 * s['mean']:.1f}%"
         )
         if s["n"] < 2 or d["n"] < 2:
@@ -417,11 +447,11 @@ def distributed_vs_serial(
         spread = 100 * max(s["sd"], d["sd"])
         if diff > spread:
             verdict = (
-                f"distributed beats {baseline} by {diff:.1f} points, more than the seed spread"
+                f"{contender} beats {baseline} by {diff:.1f} points, more than the seed spread"
             )
         elif -diff > spread:
             verdict = (
-                f"{baseline} beats distributed by {-diff:.1f} points, more than the seed spread"
+                f"{baseline} beats {contender} by {-diff:.1f} points, more than the seed spread"
             )
         else:
             verdict = (
@@ -429,6 +459,16 @@ def distributed_vs_serial(
                 "beats the other"
             )
         sentences.append(f"{where}: {numbers}; {verdict} ({spread:.1f} points).")
+    return sentences
+
+
+def lever_comparisons(records: pd.DataFrame, metric: str = "accuracy") -> list[str]:
+    """Each lever variant (e.g. ``distributed+fp16-allreduce``) against its plain arm."""
+    sentences = []
+    for variant in ordered_modes(records["mode"]):
+        if "+" in variant:
+            base = variant.split("+")[0]
+            sentences += distributed_vs_serial(records, metric, baseline=base, contender=variant)
     return sentences
 
 

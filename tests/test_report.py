@@ -340,3 +340,18 @@ def test_data_locality_sentence_names_failed_runs():
     assert "1 of 2 checked distributed runs passed" in sentence
     assert "FAILED: leaky" in sentence
     assert report.data_locality(records({"mode": "serial"})).startswith("No distributed run")
+
+
+def test_lever_variants_are_their_own_arms_and_compared_with_the_plain_arm():
+    base = {"mode": "distributed", "accumulation_steps": 1, "precision": "float32"}
+    assert report.arm({**base, "compression": "fp16"}) == "distributed+fp16-allreduce"
+    assert report.arm({**base, "compression": "none", "precision": "mixed_bfloat16"}) == (
+        "distributed+bfloat16"
+    )
+    frame = records(
+        *seeds([0.70, 0.71, 0.72], mode="distributed"),
+        *seeds([0.50, 0.52, 0.51], mode="distributed+fp16-allreduce"),
+    )
+    [sentence] = report.lever_comparisons(frame)
+    assert "distributed beats distributed+fp16-allreduce by 20.0 points" in sentence
+    assert report.ordered_modes(frame["mode"]) == ["distributed", "distributed+fp16-allreduce"]
