@@ -435,8 +435,9 @@ def distributed_vs_serial(
         s, d = serial.iloc[0], distributed.iloc[0]
         diff = 100 * (d["mean"] - s["mean"])
         where = f"{arch} on {dataset} at {size} px, {ipc} images per class"
-        numbers = f"{contender} ({d['n_ranks']} ranks) {100 * d['mean']:.1f}% vs {baseline} " + (
-            f"{100 * s['mean']:.1f}%"
+        ranks = f"{d['n_ranks']} rank" + ("s" if d["n_ranks"] != 1 else "")
+        numbers = (
+            f"{contender} ({ranks}) {100 * d['mean']:.1f}% vs {baseline} {100 * s['mean']:.1f}%"
         )
         if s["n"] < 2 or d["n"] < 2:
             sentences.append(
