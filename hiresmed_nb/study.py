@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-import json
 import os
 import re
 import time
@@ -38,6 +37,7 @@ import yaml
 
 from hiresmed_nb import params as P
 from hiresmed_nb.params import HiresmedError
+from hiresmed_nb.records import write_json_atomic
 
 RUNNER_KEYS = ("STUDY", "SEEDS", "CELLS")
 KERNEL_NAME = "hiresmed"
@@ -301,12 +301,6 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def _write_json_atomic(path: Path, content: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(content, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def failure_record(run: Run, error: BaseException, notebook: Path) -> dict[str, Any]:
     """Describe a failed run: the error, and the cell it failed in when papermill says so."""
     return {
@@ -392,7 +386,7 @@ def run_study(
                 raise HiresmedError(f"the notebook finished but wrote no record {record.name}")
         except Exception as error:  # isolate: record the failure, go on with the other runs
             result.failed[run.run_id] = failure_record(run, error, output)
-            _write_json_atomic(failed_path, result.failed[run.run_id])
+            write_json_atomic(result.failed[run.run_id], failed_path)
             cell = result.failed[run.run_id]["cell_index"]
             where = f" in cell {cell}" if cell is not None else ""
             bar.write(f"FAILED {run.run_id}{where}: {result.failed[run.run_id]['ename']}")

@@ -319,12 +319,13 @@ def train(
         "opened_files": sorted({path.removeprefix(prefix) for path in data.opened_files()}),
         "weights_digest": weights_digest(model.get_weights()),
     }
-    if per_site:
-        # Per-site mode: each site predicts its own test set; only the predictions (class
-        # probabilities and labels, no image) are gathered for rank 0's metrics.
+    if per_site or rank == 0:
         test_data = data.make_dataset(
             split, split.test_files, split.test_labels, params["IMAGE_SIZE"], preprocess, batch_size
         )
+    if per_site:
+        # Per-site mode: each site predicts its own test set; only the predictions (class
+        # probabilities and labels, no image) are gathered for rank 0's metrics.
         probabilities = np.asarray(model.predict(test_data, verbose=0), dtype=np.float32)
         gathered = hvd_tf.allgather_object((split.test_labels, probabilities), name="site_tests")
         if rank == 0:
@@ -333,14 +334,6 @@ def train(
             result.update(metrics_of(all_labels, all_probabilities, split.class_names))
     if rank == 0:
         if not per_site:
-            test_data = data.make_dataset(
-                split,
-                split.test_files,
-                split.test_labels,
-                params["IMAGE_SIZE"],
-                preprocess,
-                batch_size,
-            )
             result.update(evaluate(model, test_data, split.test_labels, split.class_names))
         images_seen = steps_per_epoch * batch_size * size * (params["EPOCHS"] - initial_epoch)
         result.update(
