@@ -18,3 +18,55 @@ def skin_dir() -> Path:
 @pytest.fixture(scope="session")
 def xray_dir() -> Path:
     return synthetic.ensure_dataset("synthetic-xray")
+
+
+# --- Simulated hosts (network namespaces with sshd) for multi-host tests: see tests/simhosts.py ---
+
+
+@pytest.fixture(scope="session")
+def _simhosts_unavailable() -> str | None:
+    """Why simulated hosts cannot be built on this machine (checked once), or None."""
+    import simhosts
+
+    return simhosts.unavailable_reason()
+
+
+def _simhosts_factory(request: pytest.FixtureRequest, unavailable: str | None):
+    """Yield ``build(*specs) -> SimHosts``; every instance built is torn down afterwards."""
+    import simhosts
+
+    if request.node.get_closest_marker("multihost") is None:  # so `-m "not multihost"` works
+        where = "the test" if request.scope == "function" else "the module (pytestmark = ...)"
+        pytest.fail(f"{request.node.name} uses simulated hosts: mark {where} with multihost")
+    if unavailable:
+        pytest.skip(f"multihost: {unavailable}")
+    built: list[simhosts.SimHosts] = []
+
+    def build(*specs: simhosts.HostSpec, **options) -> simhosts.SimHosts:
+        hosts = simhosts.SimHosts(specs, **options)
+        built.append(hosts)
+        return hosts.start()
+
+    yield build
+    errors = []
+    for hosts in reversed(built):
+        try:
+            hosts.close()
+        except Exception as error:  # close every instance, then report all failures at once
+            errors.append(str(error))
+    if errors:
+        raise RuntimeError("; ".join(errors))
+
+
+@pytest.fixture
+def simulated_hosts(request, _simhosts_unavailable):
+    """Factory: ``simulated_hosts(HostSpec("hostA"), HostSpec("hostB"))`` -> started SimHosts,
+    torn down after the test whatever its outcome. Skips (naming what is missing) where simulated
+    hosts cannot be built. Tests using it must be marked ``@pytest.mark.multihost``."""
+    yield from _simhosts_factory(request, _simhosts_unavailable)
+
+
+@pytest.fixture(scope="module")
+def simulated_hosts_module(request, _simhosts_unavailable):
+    """Like ``simulated_hosts``, shared by a module's tests and torn down after the last one."""
+    yield from _simhosts_factory(request, _simhosts_unavailable)
