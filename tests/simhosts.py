@@ -41,6 +41,36 @@ SUBNETS = ipaddress.ip_network("10.213.0.0/16")  # candidate /24s; the first unu
 MAX_HOSTS = 10
 _NAME = re.compile(rf"^{PREFIX}(\d+)[a-z]")  # every name this module makes; group 1 = creator pid
 _LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+# sshd for one host: key-only root login, no PAM, keys in the instance's temp folder (StrictModes
+# off: /tmp is world-writable); scp speaks SFTP since OpenSSH 9, hence the sftp subsystem.
+SSHD_CONFIG = """HostKey {key}
+AuthorizedKeysFile {keys}
+PidFile none
+UsePAM no
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+StrictModes no
+UseDNS no
+PrintMotd no
+PrintLastLog no
+MaxStartups 100
+MaxSessions 100
+Subsystem sftp internal-sftp
+"""
+CLIENT_CONFIG = """Host {alias} {address}
+  HostName {address}
+  User root
+  IdentityFile {identity}
+  IdentitiesOnly yes
+  StrictHostKeyChecking no
+  UserKnownHostsFile /dev/null
+  GlobalKnownHostsFile /dev/null
+  LogLevel ERROR
+  BatchMode yes
+  ConnectTimeout 5
+  GSSAPIAuthentication no
+"""
 _instances = itertools.count()
 _leftovers_removed = False
 
@@ -234,27 +264,8 @@ class SimHosts:
     def _start_sshd(self, host: _Host) -> None:
         alias = host.spec.alias
         config = self.directory / f"sshd_config_{alias}"
-        config.write_text(
-            "\n".join(
-                [
-                    f"HostKey {self.directory / f'host_key_{alias}'}",
-                    f"AuthorizedKeysFile {self.directory / 'authorized_keys'}",
-                    "PidFile none",
-                    "UsePAM no",  # no PAM session: nothing else on the machine is touched
-                    "PermitRootLogin prohibit-password",
-                    "PasswordAuthentication no",
-                    "KbdInteractiveAuthentication no",
-                    "StrictModes no",  # the keys live under /tmp, which is world-writable
-                    "UseDNS no",
-                    "PrintMotd no",
-                    "PrintLastLog no",
-                    "MaxStartups 100",
-                    "MaxSessions 100",
-                    "Subsystem sftp internal-sftp",  # scp speaks SFTP since OpenSSH 9
-                ]
-            )
-            + "\n"
-        )
+        keys = self.directory / "authorized_keys"
+        config.write_text(SSHD_CONFIG.format(key=self.directory / f"host_key_{alias}", keys=keys))
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
         argv = [SSHD, "-D", "-e", "-f", str(config), "-o", f"ListenAddress={host.address}"]
         with open(self.directory / f"sshd_{alias}.log", "wb") as log:
@@ -281,28 +292,19 @@ class SimHosts:
                 host.sshd.wait(timeout=0.02)  # poll interval; returns early if sshd dies
 
     def _write_client_config(self) -> None:
-        blocks = []
-        for host in self._hosts.values():
-            blocks.append(
-                f"Host {host.spec.alias} {host.address}\n"
-                f"  HostName {host.address}\n"
-                "  User root\n"
-                f"  IdentityFile {self.directory / 'id_ed25519'}\n"
-                "  IdentitiesOnly yes\n"
-                "  StrictHostKeyChecking no\n"
-                "  UserKnownHostsFile /dev/null\n"
-                "  GlobalKnownHostsFile /dev/null\n"
-                "  LogLevel ERROR\n"
-                "  BatchMode yes\n"
-                "  ConnectTimeout 5\n"
-                "  GSSAPIAuthentication no\n"
-            )
+        identity = self.directory / "id_ed25519"
+        blocks = [
+            CLIENT_CONFIG.format(alias=h.spec.alias, address=h.address, identity=identity)
+            for h in self._hosts.values()
+        ]
         self.ssh_config.write_text("\n".join(blocks))
         self.bin_dir.mkdir()
         for tool in ("ssh", "scp"):
             wrapper = self.bin_dir / tool
-            real = shutil.which(tool) or f"/usr/bin/{tool}"
-            wrapper.write_text(f'#!/bin/sh\nexec {real} -F {self.ssh_config} "$@"\n')
+            real = shutil.which(tool, path=os.defpath) or f"/usr/bin/{tool}"
+            wrapper.write_text(
+                f'#!/bin/sh\nexec {real} -F {shlex.quote(str(self.ssh_config))} "$@"\n'
+            )
             wrapper.chmod(0o755)
 
     # -- using ------------------------------------------------------------------------------
