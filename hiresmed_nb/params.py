@@ -153,7 +153,8 @@ def validate(params: dict[str, Any]) -> dict[str, Any]:
 
 def run_id(params: dict[str, Any]) -> str:
     """Spell a run: dataset, arch, size, images per class, mode with ranks, seed; then
-    accumulation, precision and compression when they are not the defaults.
+    accumulation, precision, compression and learning rate (``_lr3e-4``) when they are not the
+    defaults, so a grid over any of them gives distinct ids.
 
     >>> run_id({"DATASET": "synthetic-skin", "ARCH": "compact", "IMAGE_SIZE": 64,
     ...         "IMAGES_PER_CLASS": 20, "MODE": "distributed", "N_RANKS": 2, "SEED": 0})
@@ -167,6 +168,10 @@ def run_id(params: dict[str, Any]) -> str:
         levers += "_" + params["PRECISION"].replace("mixed_", "")
     if params.get("COMPRESSION", "none") != "none":
         levers += f"_{params['COMPRESSION']}allreduce"
+    rate = params.get("LEARNING_RATE", PARAMETERS["LEARNING_RATE"][0])
+    if rate != PARAMETERS["LEARNING_RATE"][0]:
+        mantissa, exponent = f"{rate:e}".split("e")
+        levers += f"_lr{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
     return (
         f"{params['DATASET']}_{params['ARCH']}_{params['IMAGE_SIZE']}px_"
         f"{params['IMAGES_PER_CLASS']}ipc_{params['MODE']}{ranks}{levers}_seed{params['SEED']}"

@@ -101,7 +101,7 @@ def test_a_checkpoint_of_other_parameters_is_not_resumed(tmp_path, skin_dir):
 
     with pytest.raises(KeyboardInterrupt):
         training.train(tiny_params(tmp_path), [InterruptAtEpoch(epoch=0)])
-    other = tiny_params(tmp_path, LEARNING_RATE=0.01)
+    other = tiny_params(tmp_path, BATCH_SIZE=2)  # same run id, other parameters
     assert checkpoints.load_state(checkpoints.checkpoint_dir(other), other) is None
 
 

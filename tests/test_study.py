@@ -99,8 +99,8 @@ def test_classes_is_one_value_unless_a_list_of_lists():
 
 
 def test_runs_that_differ_only_outside_the_run_id_are_refused():
-    with pytest.raises(HiresmedError, match=r"share run id .* differ in LEARNING_RATE"):
-        study.expand(base(LEARNING_RATE=[1e-3, 1e-2]))
+    with pytest.raises(HiresmedError, match=r"share run id .* differ in EPOCHS"):
+        study.expand(base(EPOCHS=[1, 2]))
 
 
 def test_serial_runs_collapse_across_rank_counts():
