@@ -62,17 +62,26 @@ def port_is_open(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
+RANK_AND_RENDEZVOUS = (
+    "[__import__('os').environ[k] for k in "
+    "('HOROVOD_RANK', 'HOROVOD_GLOO_RENDEZVOUS_ADDR', 'HOROVOD_GLOO_RENDEZVOUS_PORT')]"
+)
+
+
 @pytest.mark.distributed
 def test_cluster_runs_on_every_rank_then_leaves_nothing_behind():
     with HorovodCluster(2) as running:
-        host, port = running._server._httpd.server_address
-        assert host == "127.0.0.1"  # the rendezvous listens on loopback only
-        ranks = running.run(eval, "__import__('os').environ['HOROVOD_RANK']")
+        first = running.run(eval, RANK_AND_RENDEZVOUS)
+        second = running.run(eval, RANK_AND_RENDEZVOUS)
         pids = running.engine_pids
-    assert ranks == ["0", "1"]
+    assert [rank for rank, _, _ in first] == ["0", "1"]
+    assert {addr for _, addr, _ in first + second} == {"127.0.0.1"}  # loopback only
+    # Every run has its own rendezvous server on a new port, closed when the run ends.
+    ports = {int(port) for _, _, port in first + second}
+    assert len(ports) == 2
+    assert not any(port_is_open(port) for port in ports)
     assert len(set(pids)) == 2
     assert cluster.cluster_processes(running.cluster_id) == []
-    assert not port_is_open(port)
 
 
 @pytest.mark.distributed

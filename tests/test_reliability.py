@@ -146,20 +146,31 @@ def test_same_parameters_and_seed_give_distributed_metrics_within_the_stated_tol
 # Network exposure ---------------------------------------------------------------------------
 
 
+def listening_addresses(pids: set[int]) -> set[str]:
+    return {
+        conn.laddr.ip
+        for pid in pids
+        for conn in psutil.Process(pid).net_connections(kind="inet")
+        if conn.status == psutil.CONN_LISTEN
+    }
+
+
 @pytest.mark.distributed
 def test_the_run_listens_on_loopback_only_and_connection_files_are_private():
     with HorovodCluster(2) as running:
         pids = {os.getpid()} | {p.pid for p in cluster.cluster_processes(running.cluster_id)}
-        listening = [
-            conn.laddr
-            for pid in pids
-            for conn in psutil.Process(pid).net_connections(kind="inet")
-            if conn.status == psutil.CONN_LISTEN
-        ]
+        controller_and_kernel = listening_addresses(pids)
+        # During a run this kernel also holds the rendezvous server.
+        server, port = cluster.start_rendezvous(running.rendezvous_addr)
+        try:
+            during_run = listening_addresses({os.getpid()})
+        finally:
+            server.stop()
         connection_files = list((running.profile_dir / "security").glob(f"*{running.cluster_id}*"))
         modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in connection_files}
-    assert listening, "expected the controller and rendezvous server to listen"
-    assert {address.ip for address in listening} <= {"127.0.0.1", "::1"}
+    assert controller_and_kernel, "expected the controller to listen"
+    assert controller_and_kernel | during_run <= {"127.0.0.1", "::1"}
+    assert port > 0 and during_run
     assert modes
     assert all(mode & 0o077 == 0 for mode in modes.values()), modes
 
@@ -294,7 +305,7 @@ import sys
 from hiresmed_nb.cluster import HorovodCluster
 cluster = HorovodCluster(2)
 cluster.start()
-print(cluster.cluster_id, flush=True)
+print(cluster.cluster_id, *cluster.engine_pids, flush=True)
 sys.stdin.read()  # hold the cluster until this process is killed
 """
 
@@ -310,10 +321,15 @@ def test_a_killed_kernels_cluster_is_reaped_by_the_next_one():
         stdout=subprocess.PIPE,
         text=True,
     )
-    orphan_id = kernel.stdout.readline().strip()
+    orphan_id, *engine_pids = kernel.stdout.readline().split()
+    engines = [psutil.Process(int(pid)) for pid in engine_pids]
     kernel.kill()  # like papermill or the OOM killer stopping a kernel: no clean-up runs
     kernel.wait()
-    assert cluster.cluster_processes(orphan_id), "the killed kernel's engines should linger"
+    # Its engines end by themselves (they watch their kernel); its controller lingers...
+    _, still_running = psutil.wait_procs(engines, timeout=60)
+    assert still_running == []
+    assert cluster.cluster_processes(orphan_id), "the killed kernel's controller should linger"
+    # ...until the next cluster reaps it.
     with HorovodCluster(2) as running:
         assert running.run(eval, "1 + 1") == [2, 2]
     assert cluster.cluster_processes(orphan_id) == []

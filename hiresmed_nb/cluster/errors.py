@@ -1,0 +1,45 @@
+"""What a distributed run raises when a rank fails or is lost, with the rank's own evidence."""
+
+from __future__ import annotations
+
+
+class RankFailedError(RuntimeError):
+    """A Horovod rank raised: carries the rank number and the rank's own traceback."""
+
+    def __init__(self, rank: int, ename: str, evalue: str, traceback_text: str):
+        self.rank, self.ename, self.evalue = rank, ename, evalue
+        super().__init__(
+            f"rank {rank} failed with {ename}: {evalue}\n\n"
+            f"--- traceback on rank {rank} ---\n{traceback_text}"
+        )
+
+
+class RankLostError(RankFailedError):
+    """A rank's engine died (killed, out of memory, host lost) while the ranks were running.
+
+    ``output_tail`` holds the last lines the engine process wrote (its stdout and stderr, where
+    Gloo and TensorFlow report fatal errors), kept before ipyparallel removes them.
+    """
+
+    def __init__(self, rank: int, pid: int, host: str = "", output_tail: str = ""):
+        self.pid, self.host, self.output_tail = pid, host, output_tail
+        where = f" on {host}" if host else ""
+        shown = output_tail.strip() or "(the engine wrote nothing, or its output is unavailable)"
+        super().__init__(
+            rank,
+            "RankLost",
+            f"the engine process of rank {rank} (pid {pid}{where}) is gone; "
+            "the other ranks were stopped",
+            f"(no traceback: the process ended without one, e.g. killed or out of memory)\n"
+            f"--- last output of rank {rank}'s engine ---\n{shown}",
+        )
+
+
+def as_rank_failure(rank: int, error: BaseException) -> RankFailedError:
+    """Turn ipyparallel's RemoteError into a RankFailedError that keeps the remote traceback."""
+    if isinstance(error, RankFailedError):
+        return error
+    ename = getattr(error, "ename", type(error).__name__)
+    evalue = getattr(error, "evalue", str(error))
+    traceback_text = getattr(error, "traceback", None) or str(error)
+    return RankFailedError(rank, ename, evalue, traceback_text)

@@ -1,0 +1,340 @@
+"""HorovodCluster: Horovod ranks hosted in ipyparallel engines, started from a notebook cell.
+
+Engines are started here (locally, or over ssh on ``HOSTS``, or with ipyparallel's mpi/slurm
+launchers) or attached from a running cluster's file. Every :meth:`HorovodCluster.run` starts a
+fresh Gloo rendezvous server in this process (new port, new plan), bound to one address, checks
+that every engine reaches it, gives each engine its rank's ``HOROVOD_*`` variables and runs one
+function on every rank at once. Rank 0's output streams into the cell; an interrupt or a failing
+rank stops every rank; a lost rank's error carries that engine's last output.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import secrets
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hiresmed_nb.cluster import preflight, probes
+from hiresmed_nb.cluster.engines import Engines, attach_engines, start_engines
+from hiresmed_nb.cluster.errors import RankLostError, as_rank_failure
+from hiresmed_nb.cluster.hosts import HostSlots, head_address, parse_hosts, probe_hosts
+from hiresmed_nb.cluster.processes import (
+    detached_cluster_id,
+    owned_cluster_id,
+    reap_orphans,
+)
+from hiresmed_nb.cluster.ranks import (
+    RankSlot,
+    assign_ranks,
+    horovod_environment,
+    host_identities,
+    threads_per_rank,
+)
+from hiresmed_nb.params import HiresmedError, resolve_path
+
+IPP_PROFILE_DIR = ".ipyparallel/profile_hiresmed"
+LIVENESS_POLL_SECONDS = 1.0
+REMOTE_LIVENESS_EVERY = 5  # polls between ssh liveness checks of engines on other hosts
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """Where the ranks run. Two runs with equal specs can share one warm cluster.
+
+    ``hosts``: ``HOSTS`` entries (empty: this machine); ``cluster_file``: attach to that running
+    cluster instead of starting one; ``remote_python``: the interpreter on the hosts (default
+    this one's path); ``rendezvous_addr`` and ``network_interface``: 'auto' or explicit.
+    """
+
+    n_ranks: int
+    hosts: tuple[HostSlots, ...] = ()
+    launcher: str = "local"
+    cluster_file: str = ""
+    remote_python: str = ""
+    rendezvous_addr: str = "auto"
+    network_interface: str = "auto"
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> ClusterSpec:
+        """The spec of a validated run's parameters."""
+        return cls(
+            n_ranks=params["N_RANKS"],
+            hosts=tuple(parse_hosts(params["HOSTS"])),
+            launcher=params["IPP_LAUNCHER"],
+            cluster_file=params["IPP_CLUSTER_FILE"],
+            remote_python=params["REMOTE_PYTHON"],
+            rendezvous_addr=params["RENDEZVOUS_ADDR"],
+            network_interface=params["NETWORK_INTERFACE"],
+        )
+
+
+def start_rendezvous(addr: str) -> tuple[Any, int]:
+    """Start Horovod's Gloo rendezvous server bound to ``addr`` only; returns (server, port).
+
+    Horovod's own ``RendezvousServer.start`` binds every interface; we bind the given address
+    with the same request handler.
+    """
+    from horovod.runner.http.http_server import (
+        RendezvousHandler,
+        RendezvousHTTPServer,
+        RendezvousServer,
+    )
+    from horovod.runner.util.threads import in_thread
+
+    server = RendezvousServer(verbose=0)
+    server._httpd = RendezvousHTTPServer((addr, 0), RendezvousHandler, 0)
+    server._listen_thread = in_thread(target=server._httpd.serve_forever)
+    return server, server._httpd.server_address[1]
+
+
+def _plan(slots: list[RankSlot]) -> list[Any]:
+    from horovod.runner.common.util.hosts import SlotInfo
+
+    return [
+        SlotInfo(s.hostname, s.rank, s.local_rank, s.cross_rank, s.size, s.local_size, s.cross_size)
+        for s in slots
+    ]
+
+
+class HorovodCluster:
+    """``with HorovodCluster(n) as cluster: results = cluster.run(fn, *args)``.
+
+    ``run`` calls ``fn`` on every rank at once and returns the ranks' results in rank order; it
+    can be called again and again on the same (warm) engines. Leaving the ``with`` block stops
+    a cluster this object started, and only closes the connection to an attached one.
+    """
+
+    def __init__(
+        self,
+        n_ranks: int | None = None,
+        launcher: str = "local",
+        rendezvous_addr: str = "auto",
+        network_interface: str = "auto",
+        *,
+        spec: ClusterSpec | None = None,
+        profile_dir: str | Path = IPP_PROFILE_DIR,
+        detached: bool = False,
+    ):
+        if spec is None:
+            if n_ranks is None:
+                raise TypeError("give n_ranks or spec")
+            spec = ClusterSpec(
+                n_ranks,
+                launcher=launcher,
+                rendezvous_addr=rendezvous_addr,
+                network_interface=network_interface,
+            )
+        self.spec = spec
+        self.n_ranks = spec.n_ranks
+        self.profile_dir = resolve_path(profile_dir)
+        self.detached = detached
+        token = secrets.token_hex(4)
+        # The owner's pid in the id lets a later cluster reap this one if its kernel is killed.
+        self.cluster_id = (
+            detached_cluster_id(token) if detached else owned_cluster_id(os.getpid(), token)
+        )
+        self.rendezvous_addr = ""
+        self.slots: list[RankSlot] = []
+        self.interfaces: list[str] = []
+        self.threads: list[int] = []
+        self.engine_pids: list[int] = []
+        self.placement = ""
+        self.runs = 0
+        self.broken = False
+        self.engines: Engines | None = None
+        self._polls = 0
+
+    def __enter__(self) -> HorovodCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def owned(self) -> bool:
+        return self.engines is None or self.engines.owned
+
+    @property
+    def cluster_file(self) -> str:
+        """The ipyparallel cluster file (attach to it with ``IPP_CLUSTER_FILE``)."""
+        if self.engines is None:
+            return ""
+        return str(getattr(self.engines.cluster, "cluster_file", ""))
+
+    # Starting -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start (or attach) the engines, then place the ranks; see the module docstring."""
+        spec = self.spec
+        reap_orphans()
+        if spec.cluster_file:
+            self.engines = attach_engines(spec.cluster_file, spec.n_ranks)
+            self.rendezvous_addr = self._attached_rendezvous_addr()
+        else:
+            controller = self._controller_address()
+            self.engines = start_engines(
+                spec.n_ranks,
+                cluster_id=self.cluster_id,
+                profile_dir=self.profile_dir,
+                controller_address=controller,
+                launcher=spec.launcher,
+                hosts=list(spec.hosts),
+                remote_python=spec.remote_python or sys.executable,
+                detached=self.detached,
+            )
+            self.rendezvous_addr = controller
+        self._place_ranks()
+
+    def _controller_address(self) -> str:
+        """Where the controller (and the rendezvous server) listen: one address, never all."""
+        spec = self.spec
+        if spec.hosts:
+            if sum(entry.slots for entry in spec.hosts) != spec.n_ranks:
+                raise HiresmedError(
+                    f"N_RANKS={spec.n_ranks} does not match the {sum(h.slots for h in spec.hosts)}"
+                    " slots of HOSTS: give N_RANKS equal to the total, or 0 for that total"
+                )
+            probes_ = probe_hosts(list(spec.hosts), spec.remote_python or sys.executable)
+            found = head_address(probes_)
+            return found if spec.rendezvous_addr == "auto" else spec.rendezvous_addr
+        if spec.launcher == "local":
+            return "127.0.0.1" if spec.rendezvous_addr == "auto" else spec.rendezvous_addr
+        if spec.rendezvous_addr == "auto":
+            raise HiresmedError(
+                f"IPP_LAUNCHER={spec.launcher!r} starts engines this machine cannot ask for its "
+                "address: set RENDEZVOUS_ADDR to this machine's address that the engines reach "
+                "(or use HOSTS, or attach to a running cluster with IPP_CLUSTER_FILE)"
+            )
+        return spec.rendezvous_addr
+
+    def _attached_rendezvous_addr(self) -> str:
+        """'auto' for an attached cluster: loopback when its engines are on this machine, else
+        this machine's address on the route to the engines."""
+        if self.spec.rendezvous_addr != "auto":
+            return self.spec.rendezvous_addr
+        mine = set(probes.own_addresses())
+        facts = self.engines.describe("127.0.0.1")
+        remote = [f for f in facts if f.addresses and not mine.intersection(f.addresses)]
+        if not remote:
+            return "127.0.0.1"
+        return probes.route_address(remote[0].addresses[0])
+
+    def _place_ranks(self) -> None:
+        """Ask the engines where they are, check their routes, give them ranks and interfaces."""
+        facts = self.engines.describe(self.rendezvous_addr)
+        preflight.check_routes(facts, self.rendezvous_addr)
+        identities, how = host_identities(facts)
+        self.slots = assign_ranks(identities)
+        self.interfaces = preflight.check_interface(facts, self.spec.network_interface)
+        self.threads = [
+            threads_per_rank(f.cpu_count, slot.local_size)
+            for f, slot in zip(facts, self.slots, strict=True)
+        ]
+        self.engine_pids = [f.pid for f in facts]
+        hosts = ", ".join(dict.fromkeys(self.engines.host_of(i) for i in range(len(facts))))
+        self.placement = f"{self.n_ranks} ranks on {hosts} ({how})"
+        if self.engines.owned and not self.detached:
+            # A warm cluster may idle between runs: its local engines end with this kernel.
+            self.engines.watch_owner(os.getpid())
+
+    # Running --------------------------------------------------------------------------------
+
+    def check_results_dir(self, results_dir: Path) -> None:
+        """RESULTS_DIR must be visible from rank 0's host (see :mod:`.preflight`)."""
+        preflight.check_results_dir(self.engines.views[0], self.engines.facts[0], results_dir)
+
+    def run(self, function: Callable, *args: Any, stream_rank: int = 0) -> list[Any]:
+        """Run ``function(*args)`` on every rank at once; stream ``stream_rank``'s output.
+
+        A fresh rendezvous (new port, new plan) per call. The first rank to fail, or to be lost
+        (its engine process gone), ends the wait with :class:`RankFailedError` /
+        :class:`RankLostError` naming that rank, and interrupts the others; KeyboardInterrupt
+        interrupts every rank. After either, :attr:`broken` is set: start a new cluster.
+        """
+        server, port = start_rendezvous(self.rendezvous_addr)
+        try:
+            server.init(_plan(self.slots))
+            views = self.engines.views
+            preflight.check_rendezvous_reachable(
+                views, self.engines.facts, self.rendezvous_addr, port
+            )
+            futures = [
+                view.apply_async(probes.run_as_rank, self._environment(i, port), function, *args)
+                for i, view in enumerate(views)
+            ]
+            try:
+                with futures[stream_rank].stream_output():
+                    self._wait(futures)
+            except BaseException:
+                self.broken = True
+                self.engines.interrupt()
+                raise
+            self.runs += 1
+            return [future.get() for future in futures]
+        finally:
+            server.stop()
+
+    def _environment(self, index: int, port: int) -> dict[str, str]:
+        return horovod_environment(
+            self.slots[index],
+            self.rendezvous_addr,
+            port,
+            self.interfaces[index],
+            self.threads[index],
+        )
+
+    def _wait(self, futures: list[Any]) -> None:
+        """Wait for every rank, checking every LIVENESS_POLL_SECONDS that none was lost."""
+        pending = set(futures)
+        while pending:
+            done, pending = concurrent.futures.wait(
+                pending,
+                timeout=LIVENESS_POLL_SECONDS,
+                return_when=concurrent.futures.FIRST_EXCEPTION,
+            )
+            self._polls += 1
+            failed = [f for f in done if f.exception() is not None]
+            remote_due = self._polls % REMOTE_LIVENESS_EVERY == 0
+            self._raise_if_lost(check_remote=bool(failed) or remote_due)
+            if failed:
+                rank = futures.index(failed[0])
+                raise as_rank_failure(rank, failed[0].exception()) from None
+
+    def _raise_if_lost(self, check_remote: bool) -> None:
+        lost = self.engines.lost(check_remote)
+        if lost:
+            rank = lost[0]
+            raise RankLostError(
+                rank,
+                self.engine_pids[rank],
+                self.engines.host_of(rank),
+                self.engines.output_tail(rank),
+            )
+
+    def lost_ranks(self) -> list[int]:
+        """Ranks whose engine is gone (checks engines on other hosts too)."""
+        return self.engines.lost(check_remote=True) if self.engines else []
+
+    def usable(self) -> bool:
+        """Whether another run can use these engines: not broken, every engine still here."""
+        return self.engines is not None and not self.broken and not self.lost_ranks()
+
+    # Stopping -------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop a cluster this object started (on every host); close an attached one's client."""
+        if self.engines is not None:
+            try:
+                self.engines.stop()
+            finally:
+                self.engines = None

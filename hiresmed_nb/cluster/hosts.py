@@ -1,0 +1,138 @@
+"""The ``HOSTS`` parameter: host lists in ``horovodrun -H`` syntax and what ssh says of them.
+
+Before any engine starts, every host is asked once over ssh (in parallel) whether the remote
+interpreter can import what an engine needs, and at which address it sees this machine: that
+address is where the controller and the rendezvous server listen, and where engines find them.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import re
+import subprocess
+from dataclasses import dataclass
+
+from hiresmed_nb.params import HiresmedError
+
+SSH_TIMEOUT_SECONDS = 20
+ENGINE_MODULES = ("ipyparallel", "horovod", "tensorflow", "hiresmed_nb")
+_HOST_NAME = re.compile(r"^[A-Za-z0-9_.@\[\]:-]+$")
+_PROBE_SCRIPT = (
+    "import importlib.util, json, os, socket, sys; "
+    "print(json.dumps({'ssh_connection': os.environ.get('SSH_CONNECTION', ''), "
+    "'hostname': socket.gethostname(), 'python': sys.executable, "
+    f"'missing': [m for m in {ENGINE_MODULES!r} if importlib.util.find_spec(m) is None]}}))"
+)
+
+
+@dataclass(frozen=True)
+class HostSlots:
+    """One entry of ``HOSTS``: an ssh destination and how many ranks it runs."""
+
+    host: str
+    slots: int
+
+
+def parse_hosts(text: str) -> list[HostSlots]:
+    """Parse ``"hostA:2,hostB:2"`` (``horovodrun -H`` syntax; a bare name means 1 slot).
+
+    Raises :class:`HiresmedError` naming ``HOSTS`` for an empty name, a slot count that is not a
+    positive integer, or a host listed twice. An empty string means this machine: [].
+    """
+    entries = [entry.strip() for entry in text.split(",")] if text.strip() else []
+    parsed: list[HostSlots] = []
+    for entry in entries:
+        host, _, slots = entry.rpartition(":") if ":" in entry else (entry, "", "1")
+        if not host or not _HOST_NAME.match(host):
+            raise HiresmedError(f"HOSTS={text!r}: {entry!r} is not 'host' or 'host:slots'")
+        if not slots.isdigit() or int(slots) < 1:
+            raise HiresmedError(
+                f"HOSTS={text!r}: {entry!r} must give a positive number of slots, e.g. {host}:2"
+            )
+        if host in (other.host for other in parsed):
+            raise HiresmedError(f"HOSTS={text!r} lists {host} twice: give it once with its slots")
+        parsed.append(HostSlots(host, int(slots)))
+    return parsed
+
+
+def total_slots(hosts: list[HostSlots]) -> int:
+    return sum(entry.slots for entry in hosts)
+
+
+SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=10")  # never prompt; dead host: 10 s
+
+
+@dataclass(frozen=True)
+class HostProbe:
+    """What one host said over ssh: its host name and the address it sees this machine at."""
+
+    host: str
+    hostname: str
+    head_address: str
+
+
+def probe_host(host: str, remote_python: str) -> HostProbe:
+    """Ask ``host`` over ssh whether ``remote_python`` can run an engine there.
+
+    Raises :class:`HiresmedError` naming the host and the fix when ssh fails, the interpreter
+    is missing, or it lacks a module an engine imports.
+    """
+    command = ["ssh", *SSH_OPTIONS, host, remote_python, "-c", _PROBE_SCRIPT]
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=SSH_TIMEOUT_SECONDS, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise HiresmedError(
+            f"HOSTS: {host} did not answer over ssh within {SSH_TIMEOUT_SECONDS} s: check that "
+            f"`ssh {host}` works without a password from this machine"
+        ) from None
+    stderr = done.stderr.strip().splitlines()
+    last = stderr[-1] if stderr else f"exit status {done.returncode}"
+    if done.returncode == 255:
+        raise HiresmedError(
+            f"HOSTS: cannot ssh to {host}: {last}. Fix: make `ssh {host}` work from this machine "
+            "without a password (keys, ~/.ssh/config)"
+        )
+    if done.returncode != 0:
+        raise HiresmedError(
+            f"HOSTS: on {host}, REMOTE_PYTHON={remote_python!r} does not run: {last}. Fix: set "
+            "REMOTE_PYTHON to the project's interpreter on that host (e.g. <project>/.venv/bin/"
+            "python at the same path as here)"
+        )
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    if answer["missing"]:
+        raise HiresmedError(
+            f"HOSTS: on {host}, REMOTE_PYTHON={remote_python!r} cannot import "
+            f"{', '.join(answer['missing'])}. Fix: install the project there (`make venv` in a "
+            "checkout at the same path) or point REMOTE_PYTHON at an interpreter that has it"
+        )
+    fields = answer["ssh_connection"].split()
+    return HostProbe(host, answer["hostname"], fields[0] if fields else "")
+
+
+def probe_hosts(hosts: list[HostSlots], remote_python: str) -> list[HostProbe]:
+    """:func:`probe_host` on every host at once; the first failure is raised."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
+        futures = [pool.submit(probe_host, entry.host, remote_python) for entry in hosts]
+        return [future.result() for future in futures]
+
+
+def head_address(probes: list[HostProbe]) -> str:
+    """The one address at which every host sees this machine (loopback sessions aside).
+
+    Raises :class:`HiresmedError` when hosts see this machine at different addresses: the
+    controller and the rendezvous server listen on one address, so RENDEZVOUS_ADDR must be set.
+    """
+    seen = {probe.head_address for probe in probes if probe.head_address}
+    outside = {address for address in seen if not address.startswith("127.")}
+    if len(outside) > 1:
+        detail = ", ".join(f"{p.host} sees {p.head_address}" for p in probes)
+        raise HiresmedError(
+            f"HOSTS reach this machine at different addresses ({detail}): set RENDEZVOUS_ADDR "
+            "to the one address every host can reach"
+        )
+    if outside:
+        return outside.pop()
+    return "127.0.0.1"

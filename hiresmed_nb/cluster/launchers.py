@@ -1,0 +1,55 @@
+"""ipyparallel engine launchers that keep each engine's output and name each engine.
+
+ipyparallel deletes an engine's output file when the engine stops, which loses what a dying
+rank said (Gloo and TensorFlow write fatal errors there). These launchers keep the file until the
+cluster is stopped, and give every engine ``HIRESMED_LAUNCH_ID`` (the launcher's identifier,
+e.g. ``hostA/0``), so the cluster can tell which host and output file belong to which engine.
+"""
+
+from __future__ import annotations
+
+from ipyparallel.cluster import launcher as ipp_launcher
+from traitlets import default
+
+from hiresmed_nb.cluster.probes import LAUNCH_ID_VARIABLE
+
+
+class _KeepsOutput:
+    """Mixin: never remove the output file; tag the environment with the launch id."""
+
+    def get_output(self, remove: bool = False) -> str:
+        return super().get_output(remove=False)
+
+    def get_env(self) -> dict[str, str]:
+        env = super().get_env()
+        env[LAUNCH_ID_VARIABLE] = self.identifier
+        return env
+
+
+class LocalEngine(_KeepsOutput, ipp_launcher.LocalEngineLauncher):
+    """One engine on this machine."""
+
+
+class LocalEngines(ipp_launcher.LocalEngineSetLauncher):
+    """Engines on this machine (``IPP_LAUNCHER="local"``)."""
+
+    launcher_class = LocalEngine
+
+
+class SSHEngine(_KeepsOutput, ipp_launcher.SSHEngineLauncher):
+    """One engine on a host reached over ssh; it finds the controller through its environment
+    ($IPP_CONNECTION_INFO), so no connection file is copied to the host."""
+
+    @default("to_send")
+    def _no_files_to_send(self) -> list:
+        return []
+
+
+class SSHEngines(ipp_launcher.SSHEngineSetLauncher):
+    """Engines on the hosts of ``HOSTS``, started over ssh."""
+
+    launcher_class = SSHEngine
+
+
+LOCAL = f"{__name__}.LocalEngines"
+SSH = f"{__name__}.SSHEngines"

@@ -1,0 +1,142 @@
+"""Functions that run on the engines (engines import them: closures do not pickle).
+
+They describe the engine's machine, check what a rank needs before ``hvd.init()``, and wrap
+the function each rank runs so warm engines start every run from a clean Horovod state.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+LAUNCH_ID_VARIABLE = "HIRESMED_LAUNCH_ID"
+
+
+def route_address(destination: str) -> str:
+    """This machine's source address on the route to ``destination`` (no packet is sent)."""
+    family = socket.AF_INET6 if ":" in destination else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect((destination, 9))
+        return probe.getsockname()[0]
+
+
+def interface_of(address: str) -> str:
+    """The network interface holding ``address`` ('lo' for any 127.x address), or ''."""
+    import psutil
+
+    if address.startswith("127."):
+        return "lo"
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(entry.address.split("%")[0] == address for entry in addresses):
+            return name
+    return ""
+
+
+def hostname_addresses(hostname: str) -> list[str]:
+    """What ``hostname`` resolves to here (IPv4 and IPv6), or [] when it does not resolve."""
+    try:
+        infos = socket.getaddrinfo(hostname, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return []
+    return sorted({info[4][0] for info in infos})
+
+
+def own_addresses() -> list[str]:
+    """Every address of this machine's interfaces but loopback (IPv4 and IPv6)."""
+    import psutil
+
+    found = set()
+    for entries in psutil.net_if_addrs().values():
+        for entry in entries:
+            if entry.family in (socket.AF_INET, socket.AF_INET6):
+                address = entry.address.split("%")[0]
+                if not (address.startswith("127.") or address == "::1"):
+                    found.add(address)
+    return sorted(found)
+
+
+def describe_engine(rendezvous_addr: str) -> dict[str, Any]:
+    """The engine's host name, pid, launch id, addresses, and its route and interface towards
+    the rendezvous address."""
+    hostname = socket.gethostname()
+    try:
+        address = route_address(rendezvous_addr)
+    except OSError:
+        address = ""
+    return {
+        "hostname": hostname,
+        "pid": os.getpid(),
+        "launch_id": os.environ.get(LAUNCH_ID_VARIABLE, ""),
+        "route_address": address,
+        "interface": interface_of(address) if address else "",
+        "hostname_addresses": hostname_addresses(hostname),
+        "addresses": own_addresses(),
+        "cpu_count": os.cpu_count() or 1,
+    }
+
+
+def can_connect(address: str, port: int, timeout_seconds: float) -> str:
+    """'' when a TCP connection to ``address:port`` opens from here, else the reason."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout_seconds):
+            return ""
+    except OSError as error:
+        return f"{type(error).__name__}: {error}"
+
+
+def sees_file(path: str) -> bool:
+    """Whether ``path`` exists on this engine's filesystem."""
+    return Path(path).exists()
+
+
+def watch_owner(owner_pid: int) -> None:
+    """End this engine when ``owner_pid`` (the kernel that owns the cluster) is gone, e.g. killed:
+    a warm engine holding a model in memory must not outlive its kernel."""
+    import threading
+
+    import psutil
+
+    def watch() -> None:
+        try:
+            psutil.Process(owner_pid).wait()
+        except psutil.NoSuchProcess:
+            pass
+        os._exit(0)
+
+    threading.Thread(target=watch, name="hiresmed-owner-watch", daemon=True).start()
+
+
+def set_environment(variables: dict[str, str]) -> int:
+    """Set environment variables in the engine process; returns the engine's pid."""
+    os.environ.update(variables)
+    return os.getpid()
+
+
+def leave_horovod() -> None:
+    """Shut Horovod down if a previous run on this engine left it initialised."""
+    import sys
+
+    if "horovod.tensorflow" not in sys.modules:
+        return
+    import horovod.tensorflow as hvd
+
+    if hvd.is_initialized():
+        hvd.shutdown()  # Horovod: a fresh rendezvous (new port, new plan) needs a new init.
+
+
+def run_as_rank(environment: dict[str, str], function: Callable, *args: Any) -> Any:
+    """Run ``function(*args)`` as the rank ``environment`` describes, from a clean Horovod.
+
+    Warm engines run many trainings in one process: Horovod is shut down before (a previous
+    run's rendezvous is gone) and after (so an idle engine holds no Gloo connections), and the
+    rank's ``HOROVOD_*`` variables are this run's.
+    """
+    leave_horovod()
+    os.environ.update(environment)
+    try:
+        return function(*args)
+    finally:
+        leave_horovod()

@@ -1,0 +1,67 @@
+"""The kernel's warm cluster: kept between runs of the training cell, replaced when the ranks'
+layout changes, stopped when the kernel exits.
+
+A second distributed run with the same :class:`ClusterSpec` reuses the running engines, which
+already imported TensorFlow and Horovod; a different spec, a failed or interrupted run, or a lost
+engine replaces it. The kernel's exit stops it (``atexit``); if the kernel is killed instead, its
+local engines end with it (a watchdog) and the next cluster reaps the controller it left.
+"""
+
+from __future__ import annotations
+
+import atexit
+from collections.abc import Callable
+from typing import Any
+
+from hiresmed_nb.cluster.horovod_cluster import ClusterSpec, HorovodCluster
+
+_warm: HorovodCluster | None = None
+_atexit_registered = False
+
+
+def warm_cluster(spec: ClusterSpec) -> HorovodCluster:
+    """The kernel's cluster for ``spec``: the running one when it matches and is usable, else
+    a new one (the old one is stopped first)."""
+    global _warm, _atexit_registered
+    if _warm is not None and (_warm.spec != spec or not _warm.usable()):
+        stop_warm_cluster()
+    if _warm is None:
+        cluster = HorovodCluster(spec=spec)
+        try:
+            cluster.start()
+        except BaseException:
+            cluster.stop()
+            raise
+        _warm = cluster
+        if not _atexit_registered:
+            atexit.register(stop_warm_cluster)
+            _atexit_registered = True
+    return _warm
+
+
+def run_warm(spec: ClusterSpec, function: Callable, *args: Any) -> list[Any]:
+    """``function(*args)`` on every rank of the kernel's warm cluster for ``spec``.
+
+    A run that fails or is interrupted leaves its ranks in an unknown state: the cluster is
+    stopped (or, attached, let go) and the next run starts a fresh one.
+    """
+    cluster = warm_cluster(spec)
+    print(f"{cluster.placement}; run {cluster.runs + 1} on these engines", flush=True)
+    try:
+        return cluster.run(function, *args)
+    except BaseException:
+        stop_warm_cluster()
+        raise
+
+
+def current_warm_cluster() -> HorovodCluster | None:
+    """The kernel's warm cluster, if one is running."""
+    return _warm
+
+
+def stop_warm_cluster() -> None:
+    """Stop the kernel's warm cluster (an attached one is only let go)."""
+    global _warm
+    cluster, _warm = _warm, None
+    if cluster is not None:
+        cluster.stop()
