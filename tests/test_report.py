@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html as html_module
 import json
 import math
 import re
@@ -63,7 +64,7 @@ def seeds(accuracies: list[float], **cell) -> list[dict]:
 
 def test_load_records_reads_ok_records_and_skips_failures():
     frame = report.load_records(FIXTURES)
-    assert len(frame) == 10
+    assert len(frame) == 13
     assert set(frame["mode"]) == {"serial", "distributed"}
     failures = report.load_failures(FIXTURES)
     assert list(failures["run_id"]) == ["synthetic-skin_compact_128px_10ipc_serial1_seed0"]
@@ -136,29 +137,52 @@ def test_packaged_table_is_the_papers_64_cells():
     assert not paper.duplicated(report.CELL).any()
 
 
-def test_table2_puts_the_papers_value_beside_ours_with_ranks_lr_and_batch():
+def test_table2_puts_the_papers_value_beside_ours_with_lr_and_batch():
     cell = {"dataset": "sd198", "arch": "VGG16", "image_size": 112, "images_per_class": 10}
     rows = seeds([0.40, 0.44, 0.42], **cell, synthetic=False)
     rows += seeds([0.5], **cell, mode="distributed", n_ranks=4, learning_rate=8e-5, synthetic=False)
     table = report.table2(records(*rows))
-    key = ("sd198", 112, 10)
-    assert table.loc[key, ("serial", "VGG16", "paper (%)")] == "42.90"
-    assert table.loc[key, ("serial", "VGG16", "ours (%)")].startswith("42.0 ± ")
-    assert table.loc[key, ("serial", "VGG16", "ours (%)")].endswith("(n=3)")
-    assert table.loc[key, ("distributed", "VGG16", "ours (%)")] == "50.0 (n=1)"
-    assert table.loc[key, ("distributed", "VGG16", "paper (%)")] == "51.00"
-    assert table.loc[key, ("distributed", "VGG16", "ranks")] == "4"
-    assert table.loc[key, ("distributed", "VGG16", "lr")] == "8.0e-05"
-    assert table.loc[key, ("distributed", "VGG16", "eff. batch")] == "16"
-    assert "SYNTHETIC" not in report.table2_caption(records(*rows))
+    key = ("sd198", "VGG16", 112, 10)
+    assert table.loc[key, ("serial", "paper (%)")] == "42.90"
+    assert table.loc[key, ("serial", "ours (%)")].startswith("42.0 ± ")
+    assert table.loc[key, ("serial", "ours (%)")].endswith("(n=3)")
+    distributed = "distributed (4 ranks)"  # a constant rank count goes into the arm's header
+    assert table.loc[key, (distributed, "ours (%)")] == "50.0 (n=1)"
+    assert table.loc[key, (distributed, "paper (%)")] == "51.00"
+    assert table.loc[key, (distributed, "lr")] == "8e-5"
+    assert table.loc[key, (distributed, "eff. batch")] == "16"
+    assert (distributed, "ranks") not in table.columns
+    assert "synthetic" not in report.table2_caption(records(*rows))
 
 
-def test_synthetic_numbers_carry_the_warning_in_caption_and_figure_title():
+def test_table2_has_a_ranks_column_only_where_the_rank_count_varies():
+    rows = seeds([0.5], mode="distributed", n_ranks=2)
+    rows += seeds([0.6], mode="distributed", n_ranks=4, image_size=128)
+    table = report.table2(records(*rows))
+    assert list(table.columns) == [
+        ("distributed", "ours (%)"),
+        ("distributed", "ranks"),
+        ("distributed", "lr"),
+        ("distributed", "eff. batch"),
+    ]  # no paper column: the paper has none of these cells
+
+
+@pytest.mark.parametrize(
+    ("rate", "text"),
+    [(1e-3, "1e-3"), (0.002, "2e-3"), (8e-5, "8e-5"), (1.6e-5, "1.6e-5"), (6.4e-5, "6.4e-5")],
+)
+def test_learning_rates_are_written_short(rate, text):
+    assert report.format_lr(rate) == text
+
+
+def test_synthetic_numbers_are_labelled_in_caption_and_figure_titles():
     frame = records(*seeds([0.5, 0.6]), *seeds([0.7], image_size=32))
-    assert report.table2_caption(frame).startswith(report.SYNTHETIC_WARNING)
-    assert report.SYNTHETIC_WARNING in report.table2_html(frame)
+    assert report.table2_caption(frame).startswith("Table 2 replica (synthetic data):")
+    assert "(synthetic data)" in report.table2_html(frame)
     grid = report.plot_figure2(frame)
-    assert report.SYNTHETIC_WARNING in grid.figure._suptitle.get_text()
+    assert "(synthetic data)" in grid.figure._suptitle.get_text()
+    figure = report.plot_heatmaps(frame)
+    assert "(synthetic data)" in figure._suptitle.get_text()
 
 
 def test_figure_has_one_panel_per_arch_and_data_size():
@@ -258,50 +282,104 @@ def test_report_notebook_renders_the_table_figure_findings_and_failures(rendered
     mean, half = report.mean_ci([0.50, 0.54, 0.52])
     assert f"{100 * mean:.1f} ± {100 * half:.1f} (n=3)" in html
     assert "70.0 (n=1)" in html
-    assert html.count(report.SYNTHETIC_WARNING) >= 3  # banner, table caption, figure/findings
+    assert html.count(report.SYNTHETIC_WARNING) == 1  # once, in the box at the top
     assert "synthetic-skin_compact_128px_10ipc_serial1_seed0" in html  # the failed run
     assert re.search(r'<img[^>]+src="data:image/png;base64,', html)
     assert "report.load_records" not in html  # code hidden
 
 
-@pytest.mark.notebook
-def test_report_html_opens_in_headless_chromium(rendered, tmp_path):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+# Runs in the page as it is parsed: headings in order, and for every table cell holding a number
+# (its text starts with a digit or a sign and a digit) its white-space and how many line boxes
+# its text occupies; every table's right edge against the page width.
+MEASURE = r"""<script>
+(function () {
+  const out = {headings: [], wrapped: [], notNowrap: [], overflow: [], cells: 0,
+               width: document.documentElement.clientWidth};
+  document.querySelectorAll("h1, h2, h3").forEach(h => out.headings.push(
+    [h.tagName, h.textContent.replace("\u00b6", "").trim()]));
+  document.querySelectorAll("table").forEach((table, t) => {
+    const right = table.getBoundingClientRect().right;
+    if (right > out.width) out.overflow.push([t, right]);
+    table.querySelectorAll("td").forEach(td => {
+      const text = td.textContent.trim();
+      if (!/^[+\-\u2212]?\d/.test(text)) return;
+      out.cells += 1;
+      if (getComputedStyle(td).whiteSpace !== "nowrap") out.notNowrap.push(text);
+      const range = document.createRange();
+      range.selectNodeContents(td);
+      const lines = new Set(Array.from(range.getClientRects())
+        .filter(r => r.width > 0).map(r => Math.round(r.top)));
+      if (lines.size > 1) out.wrapped.push(text);
+    });
+  });
+  const pre = document.createElement("pre");
+  pre.id = "measured";
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+})();
+</script>"""
+
+
+def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run headless Chromium with a fresh profile; skip when it is not installed."""
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if binary is None:
         pytest.skip("chromium is not installed (apt-get install chromium)")
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ]
-    url = rendered.resolve().as_uri()
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shot = ARTIFACTS / "report.png"
-    shot.unlink(missing_ok=True)
-    subprocess.run(
-        [chromium, *flags, f"--screenshot={shot}", "--window-size=1400,3000", url],
-        check=True,
-        capture_output=True,
-        timeout=180,
-    )
-    assert shot.stat().st_size > 10_000
-    dom = subprocess.run(
-        [chromium, *flags, "--dump-dom", url],
+    profile = f"--user-data-dir={tmp_path / 'profile'}"
+    return subprocess.run(
+        [binary, *CHROMIUM_FLAGS, profile, *args],
         check=True,
         capture_output=True,
         text=True,
         timeout=180,
-    ).stdout
+    )
+
+
+@pytest.mark.notebook
+def test_report_html_opens_in_headless_chromium(rendered, tmp_path):
+    url = rendered.resolve().as_uri()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "report.png"
+    shot.unlink(missing_ok=True)
+    chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,3000", url)
+    assert shot.stat().st_size > 10_000
+    dom = chromium(tmp_path, "--dump-dom", url).stdout
     assert "Table 2 replica" in dom
     assert "<table" in dom and "52.0 ± 5.0 (n=3)" in dom
     assert re.search(r'<img[^>]+src="data:image/png;base64,', dom)
     assert report.SYNTHETIC_WARNING in dom
+
+
+@pytest.mark.notebook
+def test_answers_come_first_name_the_questions_and_no_number_wraps_at_1280_px(rendered, tmp_path):
+    page = tmp_path / "measured.html"
+    page.write_text(rendered.read_text().replace("</body>", MEASURE + "</body>"))
+    dom = chromium(tmp_path, "--window-size=1280,2000", "--dump-dom", page.as_uri()).stdout
+    found = re.search(r'<pre id="measured">(.*?)</pre>', dom, re.S)
+    assert found, "the measuring script did not run"
+    measured = json.loads(html_module.unescape(found.group(1)))
+    h2 = [text for tag, text in measured["headings"] if tag == "H2"]
+    assert h2[0] == "Answers"
+    after = [text for tag, text in measured["headings"][1:] if tag in ("H2", "H3")]
+    assert [text[:3] for text in after[1:4]] == ["Q1.", "Q2.", "Q3."]  # right under Answers
+    answers = dom[dom.index(">Answers") : dom.index(">See the trade-off")]
+    for _, question in report.QUESTIONS.values():
+        assert html_module.escape(question, quote=False) in answers
+    assert measured["width"] <= 1280
+    assert measured["cells"] >= 20  # the Answers' tables, Table 2, the run tables
+    assert measured["notNowrap"] == []
+    assert measured["wrapped"] == []
+    assert measured["overflow"] == []
 
 
 # --- the accumulation arm and the data-locality check ------------------------------------------
@@ -355,3 +433,409 @@ def test_lever_variants_are_their_own_arms_and_compared_with_the_plain_arm():
     [sentence] = report.lever_comparisons(frame)
     assert "distributed beats distributed+fp16-allreduce by 20.0 points" in sentence
     assert report.ordered_modes(frame["mode"]) == ["distributed", "distributed+fp16-allreduce"]
+
+
+# --- paired differences ------------------------------------------------------------------------
+
+
+def per_seed(values: list[float]) -> pd.Series:
+    return pd.Series(values, index=range(len(values)))
+
+
+def test_paired_difference_verdicts():
+    higher = report.paired_difference(per_seed([0.8, 0.82, 0.81]), per_seed([0.5, 0.52, 0.51]))
+    assert higher.verdict == report.HIGHER and higher.mean == pytest.approx(0.3)
+    assert higher.n == 3 and higher.low > 0
+    lower = report.paired_difference(per_seed([0.5, 0.52, 0.51]), per_seed([0.8, 0.82, 0.81]))
+    assert lower.verdict == report.LOWER and lower.high < 0
+    noise = report.paired_difference(per_seed([0.5, 0.7, 0.6]), per_seed([0.6, 0.6, 0.6]))
+    assert noise.verdict == report.NOISE and noise.low < 0 < noise.high
+    single = report.paired_difference(per_seed([0.9]), per_seed([0.5, 0.6]))
+    assert single.verdict == report.ONE_SEED and single.half is None and single.n == 1
+    assert report.paired_difference(per_seed([0.9]), pd.Series([0.5], index=[7])) is None
+
+
+def test_pairing_seeds_sees_a_consistent_gain_that_overlapping_means_hide():
+    # the seeds differ a lot, but every seed gains 2 points: paired, the gain is certain
+    diff = report.paired_difference(per_seed([0.52, 0.72, 0.92]), per_seed([0.5, 0.7, 0.9]))
+    assert diff.verdict == report.HIGHER
+    assert report.format_points(diff) == "+2.0 (95% CI +2.0 to +2.0, n=3)"
+
+
+# --- Q1: fewer high-resolution images against many low-resolution ones -------------------------
+
+
+def q1_frame(high: list[float], low: list[float], **common) -> pd.DataFrame:
+    return records(
+        *seeds(high, image_size=128, images_per_class=10, **common),
+        *seeds(low, image_size=32, images_per_class=30, **common),
+    )
+
+
+def test_q1_clear_yes():
+    pairs = report.q1_pairs(q1_frame([0.80, 0.82, 0.81], [0.50, 0.52, 0.51]))
+    [pair] = pairs.itertuples()
+    assert (pair.fewer, pair.more) == ((128, 10), (32, 30))
+    assert pair.verdict == "yes"
+    sentence = report.q1_sentence(pairs)
+    assert sentence.startswith("Yes. ")
+    assert "higher in 1 of 1, lower in 0, not distinguishable from seed noise in 0" in sentence
+    assert "+30.0 points (95% CI" in sentence
+
+
+def test_q1_clear_no():
+    pairs = report.q1_pairs(q1_frame([0.50, 0.52, 0.51], [0.80, 0.82, 0.81]))
+    assert list(pairs["verdict"]) == ["no"]
+    assert report.q1_sentence(pairs).startswith("No. ")
+
+
+def test_q1_overlapping_intervals_are_not_distinguishable():
+    pairs = report.q1_pairs(q1_frame([0.50, 0.70, 0.60], [0.60, 0.60, 0.62]))
+    assert list(pairs["verdict"]) == [report.NOISE]
+    assert report.q1_sentence(pairs).startswith("Not distinguishable from seed noise. ")
+
+
+def test_q1_single_seed_says_no_interval_can_be_computed():
+    pairs = report.q1_pairs(q1_frame([0.9], [0.5]))
+    assert list(pairs["verdict"]) == [report.ONE_SEED]
+    sentence = report.q1_sentence(pairs)
+    assert sentence.startswith("No interval can be computed (one seed per cell). ")
+    assert "+40.0 points (one seed: no interval)" in sentence
+
+
+def test_q1_pairs_only_fewer_images_at_higher_resolution_in_the_same_arm():
+    frame = records(
+        *seeds([0.8, 0.8], image_size=128, images_per_class=10),
+        *seeds([0.7, 0.7], image_size=128, images_per_class=30),  # more images, same size
+        *seeds([0.5, 0.5], image_size=32, images_per_class=30),
+        *seeds([0.4, 0.4], image_size=32, images_per_class=10),  # fewer images, lower size
+        *seeds([0.9, 0.9], image_size=32, images_per_class=30, mode="distributed"),
+    )
+    pairs = report.q1_pairs(frame)
+    assert [(p.fewer, p.more, p.arm) for p in pairs.itertuples()] == [
+        ((128, 10), (32, 30), "serial")
+    ]
+    assert report.q1_sentence(report.q1_pairs(records(*seeds([0.5])))).startswith("Not answerable")
+
+
+# --- Q2: distributed, serial and serial with accumulation --------------------------------------
+
+
+def q2_frame() -> pd.DataFrame:
+    return records(
+        *seeds([0.50, 0.51, 0.52], train_seconds=10.0),
+        *seeds(
+            [0.60, 0.61, 0.62],
+            mode="serial-accumulated",
+            accumulation_steps=2,
+            effective_batch_size=8,
+            train_seconds=20.0,
+        ),
+        *seeds([0.61, 0.60, 0.62], mode="distributed", train_seconds=30.0),
+    )
+
+
+def test_q2_separates_the_batch_from_the_distribution_in_accuracy_and_time():
+    comparisons = report.q2_comparisons(q2_frame())
+    found = {(r.first, r.second): r for r in comparisons.itertuples()}
+    assert set(found) == {
+        ("distributed", "serial"),
+        ("distributed", "serial-accumulated"),
+        ("serial-accumulated", "serial"),
+    }
+    assert found[("distributed", "serial")].diff.verdict == report.HIGHER
+    assert found[("distributed", "serial-accumulated")].diff.verdict == report.NOISE
+    assert found[("serial-accumulated", "serial")].diff.mean == pytest.approx(0.10)
+    assert found[("distributed", "serial")].first_seconds == 30.0
+    assert found[("distributed", "serial")].time_diff.mean == pytest.approx(20.0)
+    sentences = report.q2_sentences(comparisons)
+    assert sentences[0].startswith("Distributed − serial, 1 cell: distributed higher;")
+    assert "training wall time 30 s against 10 s per run (×3.00)" in sentences[0]
+    assert sentences[1].startswith(
+        "Distributed − serial-accumulated, 1 cell: not distinguishable from seed noise;"
+    )
+    assert sentences[2].startswith("Larger effect on the metric: the effective batch.")
+    assert "accumulation takes ×2.00 the serial time and distribution ×1.50" in sentences[2]
+
+
+def test_q2_leaves_resumed_runs_out_of_the_wall_time():
+    frame = q2_frame()
+    retried = (frame["mode"] == "distributed") & (frame["seed"] == 0)
+    frame.loc[retried, ["train_seconds", "retry_error"]] = [3.0, "RankLostError: gone"]
+    resumed = (frame["mode"] == "serial") & (frame["seed"] == 1)
+    frame.loc[resumed, ["train_seconds", "resumed_from_epoch"]] = [1.0, 1]
+    row = report.q2_comparisons(frame).iloc[0]
+    assert (row["first"], row["second"]) == ("distributed", "serial")
+    assert row["first_seconds"] == 30.0 and row["second_seconds"] == 10.0
+    assert row["time_diff"].n == 1  # only seed 2 has whole-run times on both sides
+
+
+def test_q2_without_an_accumulated_arm_says_it_cannot_separate_batch_and_distribution():
+    frame = records(*seeds([0.5]), *seeds([0.6], mode="distributed"))
+    sentences = report.q2_sentences(report.q2_comparisons(frame))
+    assert "no interval can be computed (one seed per cell)" in sentences[0]
+    assert sentences[1].startswith("No serial-accumulated arm")
+    assert report.q2_sentences(report.q2_comparisons(records(*seeds([0.5])))) == [
+        "Not answerable: no cell was run both distributed and serially."
+    ]
+
+
+# --- Q3: the best resolution -------------------------------------------------------------------
+
+
+def test_q3_optimum_at_the_edge_of_the_grid_is_not_bracketed():
+    frame = records(
+        *seeds([0.40, 0.41, 0.42], image_size=32),
+        *seeds([0.60, 0.61, 0.62], image_size=64),
+        *seeds([0.80, 0.81, 0.82], image_size=128),
+    )
+    [best] = report.q3_best_resolution(frame).itertuples()
+    assert (best.best, best.runner_up, best.position, best.tried) == (128, 64, "largest", 3)
+    assert best.mean == pytest.approx(0.81) and best.half > 0
+    assert best.diff.verdict == report.HIGHER
+    sentence = report.q3_sentence(report.q3_best_resolution(frame))
+    assert sentence.startswith("Not within this grid. ")
+    assert "interior, bracketed by the grid, in 0; the largest size tried in 1" in sentence
+    assert "beyond seed noise in 1 of 1" in sentence
+
+
+def test_q3_interior_optimum_is_a_yes():
+    frame = records(
+        *seeds([0.40, 0.41], image_size=32),
+        *seeds([0.80, 0.81], image_size=64),
+        *seeds([0.60, 0.61], image_size=128),
+    )
+    best = report.q3_best_resolution(frame)
+    assert list(best["position"]) == ["interior"]
+    assert report.q3_sentence(best).startswith("Yes, inside the grid. ")
+
+
+def test_q3_two_sizes_cannot_bracket_and_one_seed_has_no_interval():
+    frame = records(*seeds([0.4], image_size=32), *seeds([0.8], image_size=128))
+    best = report.q3_best_resolution(frame)
+    assert best.iloc[0]["half"] is None and best.iloc[0]["diff"].verdict == report.ONE_SEED
+    sentence = report.q3_sentence(best)
+    assert sentence.startswith("Not answerable from two resolutions per setting")
+    assert sentence.endswith("no interval can be computed (one seed per cell).")
+
+
+# --- the learning-rate axis --------------------------------------------------------------------
+
+
+def lr_frame() -> pd.DataFrame:
+    rows = []
+    for size, best in ((96, 3e-3), (128, 1e-3)):
+        for rate in (3e-4, 1e-3, 3e-3):
+            level = 0.8 if rate == best else 0.6
+            for mode in ("serial", "distributed"):
+                rows += seeds(
+                    [level, level + 0.02],
+                    image_size=size,
+                    mode=mode,
+                    learning_rate=rate,
+                    base_learning_rate=rate,
+                )
+    return records(*rows)
+
+
+def test_a_swept_learning_rate_gets_its_best_rate_per_size_and_arm():
+    frame = lr_frame()
+    assert report.has_lr_axis(frame)
+    rates = report.best_learning_rates(frame)
+    best = {(r.arm, r.image_size): r.best for r in rates.itertuples()}
+    assert best == {
+        ("distributed", 96): 3e-3,
+        ("distributed", 128): 1e-3,
+        ("serial", 96): 3e-3,
+        ("serial", 128): 1e-3,
+    }
+    assert dict(zip(rates["image_size"], rates["position"], strict=False)) == {
+        96: "largest",
+        128: "interior",
+    }
+    [distributed, serial] = report.lr_sentences(rates)
+    assert distributed.startswith(
+        "Best learning rate, distributed, compact, 10/class: 96 px: 3e-3, 128 px: 1e-3; "
+        "it differs between sizes."
+    )
+    # Q2 compares the arms at the same rate, never across rates
+    comparisons = report.q2_comparisons(frame)
+    assert len(comparisons) == 6 and set(comparisons["lr"]) == {"3e-4", "1e-3", "3e-3"}
+    table = report.table2(frame)
+    assert table.index.names[-1] == "LEARNING_RATE"
+    assert table.loc[("synthetic-skin", "compact", 96, 10, "3e-4"), ("serial", "lr")] == "3e-4"
+
+
+def test_per_cell_rates_that_differ_between_cells_are_no_axis():
+    paper = report.paper_records(report.load_paper_table())
+    assert not report.has_lr_axis(paper)
+    assert report.best_learning_rates(paper).empty
+    assert not report.has_lr_axis(records(*seeds([0.5, 0.6])))
+
+
+def test_lr_study_sweeps_three_rates_two_sizes_and_both_modes():
+    name, runs = study.plan([project_root() / "params" / "lr.yaml"])
+    assert name == "lr"
+    cells = {
+        (r.params["LEARNING_RATE"], r.params["IMAGE_SIZE"], r.params["MODE"], r.params["N_RANKS"])
+        for r in runs
+    }
+    assert len(cells) == 12 and len({r.run_id for r in runs}) == len(runs) == 24
+    assert {c[0] for c in cells} == {3e-4, 1e-3, 3e-3}
+    assert {c[2:] for c in cells} == {("serial", 1), ("distributed", 2)}
+    assert any(r.run_id.endswith("_lr3e-4_seed1") for r in runs)
+
+
+# --- the paper's own answers, from its Table 2 -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def paper() -> pd.DataFrame:
+    return report.paper_records(report.load_paper_table())
+
+
+def test_paper_sd198_resnet50_distributed_beats_serial_at_30_images_per_class(paper):
+    comparisons = report.q2_comparisons(paper)
+    resnet = comparisons[
+        (comparisons["dataset"] == "sd198")
+        & (comparisons["arch"] == "ResNet50")
+        & (comparisons["images_per_class"] == 30)
+    ]
+    diffs = dict(zip(resnet["image_size"], resnet["diff"], strict=True))
+    assert sorted(diffs) == [112, 224, 448, 512, 1024]
+    assert all(d.mean > 0 and d.verdict == report.ONE_SEED for d in diffs.values())
+    assert 100 * diffs[1024].mean == pytest.approx(82.88 - 73.40)
+
+
+def test_paper_distributed_is_higher_in_30_of_its_32_cells(paper):
+    comparisons = report.q2_comparisons(paper)
+    lower = comparisons[comparisons["diff"].map(lambda d: d.mean < 0)]
+    assert len(comparisons) == 32
+    cells = zip(lower["arch"], lower["image_size"], lower["images_per_class"], strict=True)
+    assert set(cells) == {
+        ("VGG16", 224, 10),
+        ("ResNet50", 1024, 10),
+    }
+    [sentence, no_accumulation] = report.q2_sentences(comparisons, single="one run")
+    assert "no interval can be computed (one run per cell); higher in 30 of 32, lower in 2" in (
+        sentence
+    )
+    assert no_accumulation.startswith("No serial-accumulated arm")
+
+
+def test_paper_sd198_never_has_fewer_high_resolution_images_beat_more_low_resolution(paper):
+    pairs = report.q1_pairs(paper)
+    sd198 = pairs[pairs["dataset"] == "sd198"]
+    assert len(sd198) == 40  # 10 size pairs x 2 archs x 2 arms, 10 against 30 images per class
+    assert all(d.mean < 0 for d in sd198["diff"])
+    resnet = sd198[(sd198["arch"] == "ResNet50") & (sd198["arm"] == "serial")]
+    pair = resnet[resnet["fewer"] == (448, 10)].set_index("more").loc[[(112, 30)]].iloc[0]
+    assert 100 * pair["diff"].mean == pytest.approx(63.42 - 65.95)
+    # on NIH it sometimes does: 200 images per class at 512 px beat 400 at 224 px
+    sentence = report.q1_sentence(pairs, single="one run")
+    assert (
+        "Largest difference: +2.7 points (one run: no interval), 200/class at 512 px against "
+        in (sentence)
+    )
+
+
+def test_paper_best_resolutions(paper):
+    best = report.q3_best_resolution(paper).set_index(
+        ["dataset", "arch", "arm", "images_per_class"]
+    )
+    assert best.loc[("sd198", "VGG16", "serial", 10), ["best", "position"]].tolist() == [
+        224,
+        "interior",
+    ]
+    assert best.loc[("sd198", "ResNet50", "distributed", 30), ["best", "position"]].tolist() == [
+        1024,
+        "largest",
+    ]
+    assert best.loc[("nih", "DenseNet169", "serial", 200), ["best", "position"]].tolist() == [
+        512,
+        "interior",
+    ]
+
+
+def test_paper_answers_cover_only_the_cells_the_study_ran():
+    cells = [
+        dict(arch="ResNet50", image_size=size, images_per_class=ipc, mode=mode)
+        for size in (112, 224)
+        for ipc in (10, 30)
+        for mode in ("serial", "distributed")
+    ]
+    ours = records(*[row for c in cells for row in seeds([0.5], dataset="sd198", **c)])
+    ours["synthetic"] = False
+    answers = report.paper_answers(ours)
+    assert answers["Q2"].startswith("from the 8 cells of its Table 2 this study also ran")
+    assert "higher in 4 of 4" in answers["Q2"]
+    assert "higher in 0 of 2, lower in 2" in answers["Q1"]  # 224 px x 10 vs 112 px x 30, 2 arms
+    synthetic = report.paper_answers(records(*seeds([0.5])))
+    assert set(synthetic.values()) == {
+        "no paper value: this study runs on synthetic data, which the paper never used."
+    }
+
+
+# --- heat maps and retried runs ----------------------------------------------------------------
+
+
+def test_heat_maps_hold_the_mean_per_data_size_and_resolution():
+    frame = records(
+        *seeds([0.5, 0.7], image_size=32, images_per_class=10),
+        *seeds([0.8], image_size=128, images_per_class=30),
+        *seeds([0.4], image_size=32, images_per_class=10, mode="distributed"),
+    )
+    tables = report.heatmap_tables(frame)
+    serial = tables[("synthetic-skin", "compact", "serial")]
+    assert list(serial.index) == [30, 10] and list(serial.columns) == [32, 128]
+    assert serial.loc[10, 32] == pytest.approx(60.0) and serial.loc[30, 128] == pytest.approx(80.0)
+    assert math.isnan(serial.loc[30, 32])
+    figure = report.plot_heatmaps(frame)
+    titled = [ax for ax in figure.axes if ax.get_title()]
+    assert len(titled) == 2  # one panel per arm, one architecture
+    numbers = {t.get_text() for ax in titled for t in ax.texts}
+    assert {"60.0", "80.0", "40.0"} <= numbers
+
+
+def test_retried_runs_are_listed_with_their_first_error_and_epoch():
+    retried = report.retried_runs(report.load_records(FIXTURES))
+    assert retried.to_dict("records") == [
+        {
+            "run": "synthetic-skin_compact_32px_20ipc_distributed2_seed1",
+            "first error": "RankLostError: rank 1 is gone: its engine process died",
+            "resumed from epoch": "1",
+        }
+    ]
+    assert report.retries(report.load_records(FIXTURES)).startswith("1 run failed once and was")
+    assert report.retried_runs(records(*seeds([0.5]))).empty
+
+
+def test_a_malformed_retry_is_named(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    source = FIXTURES / "runs" / "synthetic-skin_compact_32px_10ipc_serial1_seed0.json"
+    record = json.loads(source.read_text())
+    record["retry"] = "once"
+    (runs / "bad.json").write_text(json.dumps(record))
+    with pytest.raises(HiresmedError, match=r"bad.json.*'retry' must be an object"):
+        report.load_records(tmp_path)
+
+
+def test_overall_verdict_over_several_comparisons():
+    def diff(verdict: str) -> report.Difference:
+        return report.Difference(0.1 if verdict != report.LOWER else -0.1, 0.05, 3, verdict)
+
+    higher, lower, noise = diff(report.HIGHER), diff(report.LOWER), diff(report.NOISE)
+    single = report.Difference(0.1, None, 1, report.ONE_SEED)
+    assert report.overall([higher, higher, single], "yes", "no") == "yes"
+    assert report.overall([lower], "yes", "no") == "no"
+    assert report.overall([noise, noise], "yes", "no") == report.NOISE
+    assert report.overall([higher, noise], "yes", "no") == (
+        "yes or not distinguishable from seed noise"
+    )
+    assert report.overall([lower, noise], "yes", "no").startswith("no or not")
+    assert report.overall([higher, lower, noise], "yes", "no") == "mixed"
+    assert report.overall([single], "yes", "no") == (
+        "no interval can be computed (one seed per cell)"
+    )
+    assert report.overall([], "yes", "no") == "not answerable"

@@ -1,0 +1,147 @@
+"""The study report: records into answers, tables and figures, for ``notebooks/02_report.ipynb``.
+
+Pure functions over the JSON records ``notebooks/01_train.ipynb`` writes; records hold
+fractions, everything shown is in percent. One module per concern:
+
+- :mod:`~hiresmed_nb.report.load`: records, failures, retried runs, the paper's Table 2
+- :mod:`~hiresmed_nb.report.stats`: seed means, t-intervals, paired differences
+- :mod:`~hiresmed_nb.report.answers`: the evidence for the paper's three questions
+- :mod:`~hiresmed_nb.report.verdicts`: the Answers section (verdicts, the paper's own answers)
+- :mod:`~hiresmed_nb.report.tables`: the Table 2 replica, tables whose numbers never wrap
+- :mod:`~hiresmed_nb.report.figures`: the Figure 2 replica and the heat maps
+- :mod:`~hiresmed_nb.report.findings`: plain sentences, data locality, cost, retries
+
+Everything is re-exported here: ``from hiresmed_nb import report; report.load_records(...)``.
+"""
+
+from hiresmed_nb.report.answers import (
+    best_learning_rates,
+    prepare,
+    q1_pairs,
+    q2_comparisons,
+    q3_best_resolution,
+)
+from hiresmed_nb.report.figures import heatmap_tables, plot_figure2, plot_heatmaps
+from hiresmed_nb.report.findings import (
+    best_resolution,
+    data_locality,
+    distributed_vs_serial,
+    lever_comparisons,
+    retries,
+    usage,
+)
+from hiresmed_nb.report.load import (
+    CELL,
+    METRICS,
+    MODES,
+    OPTIONAL_COLUMNS,
+    PAPER_TABLE,
+    RECORD_COLUMNS,
+    SETTING,
+    SYNTHETIC_WARNING,
+    arm,
+    base_rates,
+    check_metric,
+    has_lr_axis,
+    is_synthetic,
+    load_failures,
+    load_paper_table,
+    load_records,
+    ordered_modes,
+    paper_accuracy,
+    paper_cells_covered,
+    paper_records,
+    retried_runs,
+)
+from hiresmed_nb.report.stats import (
+    HIGHER,
+    LOWER,
+    NOISE,
+    ONE_SEED,
+    Difference,
+    format_points,
+    format_value,
+    mean_ci,
+    paired_difference,
+    summarise,
+)
+from hiresmed_nb.report.tables import (
+    banner_html,
+    format_lr,
+    frame_html,
+    table2,
+    table2_caption,
+    table2_html,
+)
+from hiresmed_nb.report.verdicts import (
+    QUESTIONS,
+    answers_html,
+    lr_sentences,
+    overall,
+    paper_answers,
+    q1_sentence,
+    q2_sentences,
+    q3_sentence,
+)
+
+__all__ = [
+    "CELL",
+    "HIGHER",
+    "LOWER",
+    "METRICS",
+    "MODES",
+    "NOISE",
+    "ONE_SEED",
+    "OPTIONAL_COLUMNS",
+    "PAPER_TABLE",
+    "QUESTIONS",
+    "RECORD_COLUMNS",
+    "SETTING",
+    "SYNTHETIC_WARNING",
+    "Difference",
+    "answers_html",
+    "arm",
+    "banner_html",
+    "base_rates",
+    "best_learning_rates",
+    "best_resolution",
+    "check_metric",
+    "data_locality",
+    "distributed_vs_serial",
+    "format_lr",
+    "format_points",
+    "format_value",
+    "frame_html",
+    "has_lr_axis",
+    "heatmap_tables",
+    "is_synthetic",
+    "lever_comparisons",
+    "load_failures",
+    "lr_sentences",
+    "load_paper_table",
+    "load_records",
+    "mean_ci",
+    "ordered_modes",
+    "overall",
+    "paired_difference",
+    "paper_accuracy",
+    "paper_answers",
+    "paper_cells_covered",
+    "paper_records",
+    "plot_figure2",
+    "plot_heatmaps",
+    "prepare",
+    "q1_pairs",
+    "q1_sentence",
+    "q2_comparisons",
+    "q2_sentences",
+    "q3_best_resolution",
+    "q3_sentence",
+    "retried_runs",
+    "retries",
+    "summarise",
+    "table2",
+    "table2_caption",
+    "table2_html",
+    "usage",
+]
