@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from hiresmed_nb import bench
-from hiresmed_nb.bench_worker import step_intervals
+from hiresmed_nb.bench import launchers
+from hiresmed_nb.bench.timing import median_ratios, step_intervals, time_calls
 from hiresmed_nb.params import HiresmedError, project_root
 
 GiB = bench.GiB
@@ -67,19 +68,63 @@ def test_step_intervals_start_at_the_chosen_epoch():
     assert step_intervals(ends, [0, 3], 2) == []
 
 
+def test_median_ratios_pair_repeats_in_order():
+    assert median_ratios([[1.0, 3.0, 2.0], [4.0]], [[1.0], [2.0, 2.0]]) == [2.0, 2.0]
+    with pytest.raises(ValueError):
+        median_ratios([[1.0]], [[1.0], [2.0]])
+
+
+def test_time_calls_times_only_the_calls_after_the_warmup():
+    calls, before = [], []
+    seconds = time_calls(lambda: calls.append(len(calls)), 2, 3, before=before.append)
+    assert len(seconds) == 3 and all(s >= 0 for s in seconds)
+    assert calls == [0, 1, 2, 3, 4] and before == [0, 1, 2, 3, 4]
+
+
+def fake_launch_run(first_step: float) -> dict:
+    """A timed_train result as a launch path returns it: called at 0 s, entered at 2 s."""
+    ends = [first_step + t for t in (0.0, 0.5, 1.0, 1.4, 1.9)]
+    return {"called": 0.0, "entered": 2.0, "batch_ends": ends, "epoch_starts": [0, 2]}
+
+
+def test_every_launch_path_gets_its_figures_and_a_first_step_goal():
+    figures = {}
+    for name in launchers.PATHS:
+        figures.update(launchers._path_figures(name, [fake_launch_run(5.0)]))
+    figures["step_ratio"] = bench.summarize([1.0], "x", "ratio")
+    goals = launchers._goals(figures)
+    assert [g["name"] for g in goals[1:]] == [
+        f"call to first step, {path.goal_name}" for path in launchers.PATHS.values()
+    ]
+    for found in goals[1:]:
+        assert found["value"] == pytest.approx(5.0) and found["met"]
+    assert figures["ipyparallel_setup_seconds"]["median"] == pytest.approx(3.0)
+    assert figures["horovodrun_step_seconds"]["values"] == pytest.approx([0.5, 0.4, 0.5])
+
+
+def test_missed_first_step_goal_says_what_limits_it():
+    figures = {}
+    for name in launchers.PATHS:
+        figures.update(launchers._path_figures(name, [fake_launch_run(12.0)]))
+    figures["step_ratio"] = bench.summarize([1.0], "x", "ratio")
+    missed = launchers._goals(figures)[1]
+    assert not missed["met"] and "takes 2.0 s" in missed["limits"]
+    assert "(10.0 s)" in missed["limits"]
+
+
 def test_goal_says_whether_met_and_by_how_much_it_missed():
-    met = bench._goal("ratio", 1.02, "<=", 1.03, "x", "why")
+    met = bench.goal("ratio", 1.02, "<=", 1.03, "x", "why")
     assert met["met"] and met["miss"] == "" and met["limits"] == ""
-    missed = bench._goal("ratio", 1.2, "<=", 1.0, "x", "why")
+    missed = bench.goal("ratio", 1.2, "<=", 1.0, "x", "why")
     assert not missed["met"] and "+20%" in missed["miss"] and missed["limits"] == "why"
-    assert not bench._goal("throughput", 0.5, ">=", 0.95, "x")["met"]
+    assert not bench.goal("throughput", 0.5, ">=", 0.95, "x")["met"]
 
 
 def test_result_json_holds_machine_versions_and_every_figures_spread(tmp_path):
     payload = {
         "benchmark": "threads",
         "figures": {"ratio": bench.summarize([0.9, 1.0, 1.1], "x", "2 ranks / 1 rank")},
-        "goals": [bench._goal("ratio", 1.0, ">=", 0.95, "x")],
+        "goals": [bench.goal("ratio", 1.0, ">=", 0.95, "x")],
     }
     path = bench.write_result(payload, tmp_path)
     assert path == tmp_path / "threads.json"
@@ -105,7 +150,7 @@ def test_markdown_shows_goals_figures_and_machine(tmp_path):
         "benchmark": "launchers",
         "title": "1. Launchers",
         "figures": {"first": bench.summarize([12.0, 14.0], "s", "call to first step")},
-        "goals": [bench._goal("call to first step", 13.0, "<=", 10.0, "s", "imports")],
+        "goals": [bench.goal("call to first step", 13.0, "<=", 10.0, "s", "imports")],
     }
     bench.write_result(payload, tmp_path)
     text = bench.render_markdown(bench.load_results(tmp_path))
@@ -134,6 +179,19 @@ def test_bench_help_lists_the_options():
     ).stdout
     for option in ("--quick", "--tiny", "--only", "--out", "--markdown"):
         assert option in shown
+
+
+def test_worker_entry_point_lists_its_tasks():
+    shown = subprocess.run(
+        [sys.executable, "-m", "hiresmed_nb.bench.worker", "--help"],
+        cwd=project_root(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for task in ("timed-train", "probe", "pipeline", "allreduce-share"):
+        assert task in shown.stdout
+    assert "RuntimeWarning" not in shown.stderr
 
 
 def test_bench_refuses_an_unknown_benchmark(tmp_path):

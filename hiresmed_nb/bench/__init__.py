@@ -1,0 +1,55 @@
+"""Benchmarks: launchers, input pipeline, cost by resolution, ranks against threads, allreduce.
+
+``python -m hiresmed_nb bench [--quick]`` runs each benchmark, writes one JSON per benchmark to
+``outputs/bench/<name>.json`` and a Markdown summary beside them. Every JSON holds the machine
+(CPU model, cores, RAM, OS), the versions, the config, and every figure as the median and spread
+(quartiles, min, max, n and the values) of repeated measurements, plus the issue's goals with
+whether each was met. Timing never enters a test; the tests check the helpers here.
+
+One module per benchmark (:mod:`.launchers`, :mod:`.pipeline`, :mod:`.resolution`,
+:mod:`.threads`, :mod:`.allreduce`), each holding what is measured and how it is summarised;
+:mod:`.timing` (clocks, summaries), :mod:`.machine` (CPU, versions, contention), :mod:`.table`
+(goals, Markdown), :mod:`.suite` (levels, the run, the JSON files). The measured work runs in
+fresh processes (:mod:`.process` starts :mod:`.worker`), so peak RSS belongs to one config and
+TensorFlow's thread settings are fresh in each.
+"""
+
+from hiresmed_nb.bench.resolution import fit_memory, plan_batch_size
+from hiresmed_nb.bench.suite import (
+    BENCHMARKS,
+    DEFAULT_DIR,
+    LEVELS,
+    load_results,
+    run_suite,
+    write_result,
+)
+from hiresmed_nb.bench.table import (
+    MARKDOWN_BEGIN,
+    MARKDOWN_END,
+    figures_frame,
+    goal,
+    goals_frame,
+    render_markdown,
+    update_markdown,
+)
+from hiresmed_nb.bench.timing import GiB, summarize
+
+__all__ = [
+    "BENCHMARKS",
+    "DEFAULT_DIR",
+    "GiB",
+    "LEVELS",
+    "MARKDOWN_BEGIN",
+    "MARKDOWN_END",
+    "figures_frame",
+    "fit_memory",
+    "goal",
+    "goals_frame",
+    "load_results",
+    "plan_batch_size",
+    "render_markdown",
+    "run_suite",
+    "summarize",
+    "update_markdown",
+    "write_result",
+]
