@@ -14,7 +14,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from hiresmed_nb.params import resolve_path, run_id
+from hiresmed_nb.params import PLACEMENT_PARAMETERS, resolve_path, run_id
 from hiresmed_nb.records import write_json_atomic
 
 STATE_FILE = "state.json"
@@ -25,8 +25,10 @@ def checkpoint_dir(params: dict[str, Any]) -> Path:
 
 
 def _identity(params: dict[str, Any]) -> dict[str, Any]:
-    """The parameters a checkpoint must share with a run to be resumed by it."""
-    return {key: value for key, value in params.items() if key != "OVERWRITE"}
+    """The parameters a checkpoint must share with a run to be resumed by it: all but where
+    the ranks run (a run retried on a restarted cluster resumes) and OVERWRITE."""
+    ignored = {"OVERWRITE", *PLACEMENT_PARAMETERS}
+    return {key: value for key, value in params.items() if key not in ignored}
 
 
 def load_state(directory: Path, params: dict[str, Any]) -> dict[str, Any] | None:

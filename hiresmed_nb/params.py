@@ -19,6 +19,16 @@ LR_SCALINGS = ("none", "linear")
 LAUNCHERS = ("local", "mpi", "ssh", "slurm")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 COMPRESSIONS = ("none", "fp16")
+# Where the ranks run: these parameters place a run, they do not change its result.
+PLACEMENT_PARAMETERS = (
+    "HOSTS",
+    "REMOTE_PYTHON",
+    "IPP_CLUSTER_FILE",
+    "IPP_LAUNCHER",
+    "RENDEZVOUS_ADDR",
+    "NETWORK_INTERFACE",
+)
+LOCAL_N_RANKS = 2  # distributed ranks on this machine when N_RANKS is 0
 MIN_IMAGE_SIZE = 32
 MAX_IMAGE_SIZE = 4096
 
@@ -34,7 +44,12 @@ PARAMETERS: dict[str, tuple[Any, tuple[type, ...], str]] = {
     "CLASSES": (None, (list, type(None)), "class names to use; None or []: the dataset's default"),
     "MODE": ("serial", (str,), "'serial' (the kernel) or 'distributed' (Horovod ranks)"),
     "SITE_DIRS": (None, (list, type(None)), "per-site mode: one data folder per rank; None or []"),
-    "N_RANKS": (2, (int,), "Horovod ranks in distributed mode (serial runs use 1)"),
+    "N_RANKS": (
+        0,
+        (int,),
+        "Horovod ranks in distributed mode; 0: the slots of HOSTS, the engines of "
+        "IPP_CLUSTER_FILE, else 2 (serial runs use 1)",
+    ),
     "BATCH_SIZE": (8, (int,), "images per step per rank"),
     "LEARNING_RATE": (1e-3, (float, int), "Adam learning rate per run"),
     "LR_SCALING": ("none", (str,), "'none' or 'linear' (x ranks x accumulation steps)"),
@@ -44,9 +59,12 @@ PARAMETERS: dict[str, tuple[Any, tuple[type, ...], str]] = {
     "COMPRESSION": ("none", (str,), "allreduce compression: 'none' or 'fp16'"),
     "SEED": (0, (int,), "seed for the split, the shuffling and the initialisation"),
     "RESULTS_DIR": ("outputs/runs", (str,), "where the JSON record goes; relative to the project"),
+    "HOSTS": ("", (str,), "hosts for the ranks, 'hostA:2,hostB:2' (ssh); empty: this machine"),
+    "REMOTE_PYTHON": ("", (str,), "interpreter on HOSTS; empty: this kernel's own path"),
+    "IPP_CLUSTER_FILE": ("", (str,), "attach to this running ipyparallel cluster's file"),
     "IPP_LAUNCHER": ("local", (str,), "ipyparallel engine launcher: " + ", ".join(LAUNCHERS)),
-    "RENDEZVOUS_ADDR": ("127.0.0.1", (str,), "address the Gloo rendezvous server listens on"),
-    "NETWORK_INTERFACE": ("lo", (str,), "network interface Gloo uses between ranks"),
+    "RENDEZVOUS_ADDR": ("auto", (str,), "address of this machine the ranks reach; auto: found"),
+    "NETWORK_INTERFACE": ("auto", (str,), "interface Gloo uses; auto: each rank's own route"),
     "OVERWRITE": (False, (bool,), "redo a run whose record already exists"),
 }
 
@@ -128,14 +146,16 @@ def validate(params: dict[str, Any]) -> dict[str, Any]:
             f"IMAGE_SIZE={checked['IMAGE_SIZE']} must be between {MIN_IMAGE_SIZE} and "
             f"{MAX_IMAGE_SIZE} pixels"
         )
-    for name in ("N_RANKS", "BATCH_SIZE", "EPOCHS", "IMAGES_PER_CLASS", "ACCUMULATION_STEPS"):
+    for name in ("BATCH_SIZE", "EPOCHS", "IMAGES_PER_CLASS", "ACCUMULATION_STEPS"):
         _check_at_least(checked, name, 1)
-    for name in ("TEST_IMAGES_PER_CLASS", "SEED"):
+    for name in ("N_RANKS", "TEST_IMAGES_PER_CLASS", "SEED"):
         _check_at_least(checked, name, 0)
     if not checked["LEARNING_RATE"] > 0:
         raise HiresmedError(f"LEARNING_RATE={checked['LEARNING_RATE']!r} must be positive")
     if checked["CLASSES"] is not None and len(checked["CLASSES"]) < 2:
         raise HiresmedError(f"CLASSES={checked['CLASSES']!r} must name at least two classes")
+    if checked["MODE"] == "distributed":
+        checked["N_RANKS"] = _distributed_ranks(checked)
     if checked["SITE_DIRS"] is not None:
         sites = checked["SITE_DIRS"]
         if checked["MODE"] != "distributed" or len(sites) != checked["N_RANKS"]:
@@ -149,6 +169,67 @@ def validate(params: dict[str, Any]) -> dict[str, Any]:
     if checked["MODE"] == "serial":
         checked["N_RANKS"] = 1
     return checked
+
+
+def _distributed_ranks(checked: dict[str, Any]) -> int:
+    """N_RANKS of a distributed run: as given, or (0) what HOSTS or IPP_CLUSTER_FILE hold.
+
+    Also checks that HOSTS, IPP_CLUSTER_FILE and IPP_LAUNCHER do not contradict each other.
+    """
+    from hiresmed_nb.cluster.hosts import parse_hosts, total_slots
+
+    hosts = parse_hosts(checked["HOSTS"])
+    cluster_file = checked["IPP_CLUSTER_FILE"]
+    if hosts and cluster_file:
+        raise HiresmedError(
+            "give HOSTS (start engines on those hosts) or IPP_CLUSTER_FILE (attach to a running "
+            "cluster), not both"
+        )
+    if hosts and checked["IPP_LAUNCHER"] not in ("local", "ssh"):
+        raise HiresmedError(
+            f"HOSTS starts engines over ssh: it cannot go with IPP_LAUNCHER="
+            f"{checked['IPP_LAUNCHER']!r} (leave IPP_LAUNCHER at 'local')"
+        )
+    n_ranks = checked["N_RANKS"]
+    if hosts:
+        slots = total_slots(hosts)
+        if n_ranks not in (0, slots):
+            raise HiresmedError(
+                f"N_RANKS={n_ranks} does not match HOSTS={checked['HOSTS']!r}, which has {slots} "
+                "slots: give N_RANKS=0 (the total) or the hosts' slots that add up to N_RANKS"
+            )
+        return slots
+    if cluster_file:
+        engines = cluster_file_engines(cluster_file)
+        if n_ranks > engines:
+            raise HiresmedError(
+                f"N_RANKS={n_ranks} but IPP_CLUSTER_FILE={cluster_file!r} has {engines} engines"
+            )
+        return n_ranks or engines
+    if n_ranks == 0 and checked["SITE_DIRS"]:
+        return len(checked["SITE_DIRS"])  # one rank per site
+    return n_ranks or LOCAL_N_RANKS
+
+
+def cluster_file_engines(cluster_file: str) -> int:
+    """How many engines the ipyparallel cluster file says its cluster started.
+
+    Raises :class:`HiresmedError` naming IPP_CLUSTER_FILE when it is missing or not one.
+    """
+    import json
+
+    path = resolve_path(cluster_file)
+    try:
+        content = json.loads(path.read_text())
+        engine_sets = content["engines"]["sets"].values()
+    except FileNotFoundError:
+        raise HiresmedError(f"IPP_CLUSTER_FILE={cluster_file!r} does not exist") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise HiresmedError(
+            f"IPP_CLUSTER_FILE={cluster_file!r} is not an ipyparallel cluster file "
+            "(`python -m hiresmed_nb cluster start` prints one)"
+        ) from None
+    return sum(len(s.get("engines", {})) or int(s.get("n", 0) or 0) for s in engine_sets)
 
 
 def run_id(params: dict[str, Any]) -> str:

@@ -20,6 +20,17 @@ def xray_dir() -> Path:
     return synthetic.ensure_dataset("synthetic-xray")
 
 
+@pytest.fixture(autouse=True)
+def _no_warm_cluster_between_tests():
+    """training.run keeps a warm cluster in this process, as a kernel does: stop it after each
+    test so one test's engines neither serve nor burden the next."""
+    yield
+    import sys
+
+    if "hiresmed_nb.cluster.warm" in sys.modules:
+        sys.modules["hiresmed_nb.cluster.warm"].stop_warm_cluster()
+
+
 # --- Simulated hosts (network namespaces with sshd) for multi-host tests: see tests/simhosts.py ---
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -22,11 +21,14 @@ from hiresmed_nb.cluster import launchers, probes
 from hiresmed_nb.cluster.hosts import SSH_OPTIONS, HostSlots
 from hiresmed_nb.cluster.processes import process_alive, reap_processes
 from hiresmed_nb.cluster.ranks import EngineFacts
-from hiresmed_nb.params import HiresmedError
+from hiresmed_nb.params import HiresmedError, resolve_path
 
 REGISTRATION_SECONDS = 120
 PROBE_SECONDS = 30
 OUTPUT_TAIL_LINES = 40
+# ipyparallel watches each ssh engine with an ssh session that waits up to this long for the
+# engine to exit (its default, 60 s, would keep sessions open that long after a stop).
+SSH_POLL_SECONDS = 10
 
 
 @contextlib.contextmanager
@@ -46,16 +48,60 @@ def remote_profile_dir(cluster_id: str) -> str:
     return str(Path(tempfile.gettempdir()) / cluster_id)
 
 
+@dataclass(frozen=True)
+class EngineLaunch:
+    """How one engine was launched, as the cluster file records it: enough to find its output
+    and check its process from this machine (through ssh for an engine on another host)."""
+
+    identifier: str
+    pid: int
+    location: str = ""  # ssh destination; '' for an engine on this machine
+    ssh_args: tuple[str, ...] = ()
+    output_file: str = ""  # on this machine, or on ``location``
+    remote_folder: str = ""  # the engine's folder on ``location`` (ssh engines)
+
+
+def engine_launches(cluster_state: dict[str, Any]) -> list[EngineLaunch]:
+    """Every engine launch in a cluster's state (``Cluster.to_dict()`` or its cluster file)."""
+    found = []
+    for engine_set in cluster_state.get("engines", {}).get("sets", {}).values():
+        for identifier, state in engine_set.get("engines", {}).items():
+            host = state.get("hostname", "")
+            user = state.get("user", "")
+            found.append(
+                EngineLaunch(
+                    identifier=str(identifier),
+                    pid=int(state.get("pid", -1)),
+                    location=f"{user}@{host}" if user and host else host,
+                    ssh_args=tuple(state.get("ssh_args", ())),
+                    output_file=state.get("remote_output_file") or state.get("output_file", ""),
+                    remote_folder=state.get("remote_profile_dir", "") if host else "",
+                )
+            )
+    return found
+
+
+def _ssh(launch: EngineLaunch, *command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ssh", *launch.ssh_args, launch.location, *command],
+        capture_output=True,
+        text=True,
+        timeout=15,
+        check=False,
+    )
+
+
 @dataclass
 class Engines:
     """A running set of engines and the client that talks to them."""
 
     client: Any
     engine_ids: list[int]
-    cluster: Any
+    cluster: Any  # the ipyparallel Cluster when owned; None when attached
     owned: bool
     cluster_id: str
     profile_dir: Path
+    launches: list[EngineLaunch] = field(default_factory=list)
     facts: list[EngineFacts] = field(default_factory=list)
 
     @property
@@ -80,77 +126,65 @@ class Engines:
         self.facts = described
         return described
 
-    # Which launcher started which engine: its output file and its host ---------------------
-
-    def _launcher_of(self, facts: EngineFacts) -> Any:
-        sets = getattr(self.cluster, "engines", {}) or {}
-        for engine_set in sets.values():
-            for identifier, launcher in getattr(engine_set, "launchers", {}).items():
-                if identifier == facts.launch_id or getattr(launcher, "pid", None) == facts.pid:
-                    return launcher
+    def launch_of(self, index: int) -> EngineLaunch | None:
+        """The launch record of engine ``index`` (by its launch id, else by pid), or None."""
+        facts = self.facts[index]
+        for launch in self.launches:
+            if launch.identifier == facts.launch_id and facts.launch_id:
+                return launch
+        for launch in self.launches:
+            if launch.pid == facts.pid and (launch.location or facts.machine == "localhost"):
+                return launch
         return None
+
+    def host_of(self, index: int) -> str:
+        """Where engine ``index`` runs: the ssh host as given in HOSTS, else its host name."""
+        launch = self.launch_of(index)
+        return launch.location if launch and launch.location else self.facts[index].hostname
 
     def output_tail(self, index: int, lines: int = OUTPUT_TAIL_LINES) -> str:
         """The last ``lines`` lines engine ``index`` wrote (stdout and stderr), or ''."""
-        facts = self.facts[index]
-        launcher = self._launcher_of(facts)
+        launch = self.launch_of(index)
+        if launch is None or not launch.output_file:
+            return ""
         try:
-            if isinstance(launcher, launchers.ipp_launcher.SSHLauncher):
-                command = [
-                    "ssh",
-                    *launcher.ssh_args,
-                    launcher.location,
-                    "tail",
-                    f"-n{lines}",
-                    launcher.remote_output_file,
-                ]
-                done = subprocess.run(command, capture_output=True, text=True, timeout=15)
-                return done.stdout
-            if launcher is not None and getattr(launcher, "output_file", ""):
-                text = Path(launcher.output_file).read_text(errors="replace")
-                return "".join(text.splitlines(True)[-lines:])
+            if launch.location:
+                return _ssh(launch, "tail", f"-n{lines}", launch.output_file).stdout
+            text = Path(launch.output_file).read_text(errors="replace")
         except (OSError, subprocess.SubprocessError):
             return ""
-        return ""
-
-    def host_of(self, index: int) -> str:
-        """Where engine ``index`` runs, as the user named it (the ssh host) or its host name."""
-        launcher = self._launcher_of(self.facts[index])
-        return getattr(launcher, "location", "") or self.facts[index].hostname
+        return "".join(text.splitlines(True)[-lines:])
 
     # Liveness -------------------------------------------------------------------------------
 
     def lost(self, check_remote: bool) -> list[int]:
         """Indexes of engines that are gone: left the controller, or their process ended.
 
-        Local processes are checked every call; engines on other hosts only when
+        Processes on this machine are checked every call; engines on other hosts only when
         ``check_remote`` (one ssh per host).
         """
         registered = set(self.client.ids)
-        gone = [i for i, engine_id in enumerate(self.engine_ids) if engine_id not in registered]
-        remote: dict[Any, list[int]] = {}
+        gone = {i for i, engine_id in enumerate(self.engine_ids) if engine_id not in registered}
+        remote: dict[EngineLaunch, list[int]] = {}
         for index, facts in enumerate(self.facts):
+            launch = self.launch_of(index)
             if index in gone:
                 continue
-            launcher = self._launcher_of(facts)
-            if isinstance(launcher, launchers.ipp_launcher.SSHLauncher):
-                remote.setdefault((launcher.location, tuple(launcher.ssh_args)), []).append(index)
+            if launch is not None and launch.location:
+                remote.setdefault(_host_key(launch), []).append(index)
             elif facts.machine == "localhost" and not process_alive(facts.pid):
-                gone.append(index)
+                gone.add(index)
         if check_remote:
-            for (location, ssh_args), indexes in remote.items():
-                gone.extend(self._remote_dead(location, list(ssh_args), indexes))
+            for launch, indexes in remote.items():
+                gone.update(self._remote_dead(launch, indexes))
         return sorted(gone)
 
-    def _remote_dead(self, location: str, ssh_args: list[str], indexes: list[int]) -> list[int]:
+    def _remote_dead(self, launch: EngineLaunch, indexes: list[int]) -> list[int]:
         pids = " ".join(str(self.facts[i].pid) for i in indexes)
-        script = f"for p in {pids}; do kill -0 $p 2>/dev/null || echo $p; done"
         try:
-            done = subprocess.run(
-                ["ssh", *ssh_args, location, script], capture_output=True, text=True, timeout=15
-            )
+            done = _ssh(launch, f"for p in {pids}; do kill -0 $p 2>/dev/null || echo $p; done")
         except subprocess.TimeoutExpired:
-            return []  # an unreachable host is noticed by the controller's heartbeat
+            return []  # an unreachable host: the controller's heartbeat will drop its engines
         if done.returncode != 0:
             return []
         dead = {int(word) for word in done.stdout.split() if word.isdigit()}
@@ -180,39 +214,31 @@ class Engines:
             stop_cluster(self.cluster, self.cluster_id, self.profile_dir)
 
 
+def _host_key(launch: EngineLaunch) -> EngineLaunch:
+    return EngineLaunch("", -1, launch.location, launch.ssh_args)
+
+
 def stop_cluster(cluster: Any, cluster_id: str, profile_dir: Path) -> None:
     """Stop an ipyparallel cluster everywhere and leave nothing of it: processes on this machine,
     engines and their folders on ssh hosts, engine logs, connection and cluster files."""
-    ssh_sites = _ssh_sites(cluster)
+    launches = engine_launches(cluster.to_dict())
     try:
         cluster.stop_cluster_sync()
     except Exception:  # a half-started cluster: what is left is reaped below
         pass
     finally:
-        for location, ssh_args, folder in ssh_sites:
+        folders = {
+            _host_key(launch): launch.remote_folder
+            for launch in launches
+            if launch.location and Path(launch.remote_folder).name.startswith("hiresmed-")
+        }
+        for host, folder in folders.items():  # only the folders this project made
             with contextlib.suppress(subprocess.SubprocessError, OSError):
-                subprocess.run(
-                    ["ssh", *ssh_args, location, "rm", "-rf", folder],
-                    capture_output=True,
-                    timeout=15,
-                )
+                _ssh(host, "rm", "-rf", folder)
         reap_processes(cluster_id)
-        for leftover in (profile_dir / "log").glob(f"*{cluster_id}*"):
-            leftover.unlink(missing_ok=True)
-        for leftover in (profile_dir / "security").glob(f"*{cluster_id}*"):
-            leftover.unlink(missing_ok=True)
-
-
-def _ssh_sites(cluster: Any) -> list[tuple[str, list[str], str]]:
-    """(location, ssh args, remote folder) of every ssh engine, once per host."""
-    sites: dict[str, tuple[str, list[str], str]] = {}
-    for engine_set in (getattr(cluster, "engines", {}) or {}).values():
-        for launcher in getattr(engine_set, "launchers", {}).values():
-            if isinstance(launcher, launchers.ipp_launcher.SSHLauncher) and launcher.location:
-                folder = launcher.remote_profile_dir
-                if Path(folder).name.startswith("hiresmed-"):  # only the folders we made
-                    sites[launcher.location] = (launcher.location, list(launcher.ssh_args), folder)
-    return list(sites.values())
+        for folder in ("log", "security"):
+            for leftover in (profile_dir / folder).glob(f"*{cluster_id}*"):
+                leftover.unlink(missing_ok=True)
 
 
 def _make_profile_private(profile_dir: Path, cluster_id: str) -> None:
@@ -251,6 +277,7 @@ def start_engines(
         settings.engines = {entry.host: entry.slots for entry in hosts}
         settings.remote_python = remote_python
         settings.remote_profile_dir = remote_profile_dir(cluster_id)
+        settings.poll_seconds = SSH_POLL_SECONDS
         settings.ssh_args = list(SSH_OPTIONS)
         settings.scp_args = list(SSH_OPTIONS)
     elif launcher == "local":
@@ -279,7 +306,8 @@ def start_engines(
         finally:
             _make_profile_private(profile_dir, cluster_id)
     engine_ids = sorted(client.ids)[:n_engines]
-    return Engines(client, engine_ids, cluster, True, cluster_id, profile_dir)
+    launches = engine_launches(cluster.to_dict())
+    return Engines(client, engine_ids, cluster, True, cluster_id, profile_dir, launches)
 
 
 def _start_failure(cluster: Any, n_engines: int, controller_address: str, error: Exception) -> str:
@@ -306,18 +334,29 @@ def _start_failure(cluster: Any, n_engines: int, controller_address: str, error:
 def attach_engines(cluster_file: str, n_engines: int) -> Engines:
     """Connect to the running cluster of ``cluster_file`` and take ``n_engines`` of its engines.
 
-    Raises :class:`HiresmedError` naming IPP_CLUSTER_FILE when the file is missing, unreadable,
-    its controller does not answer, or it has fewer engines than asked.
+    Only a client connects (no launcher is rebuilt here, so nothing of the cluster runs in this
+    process). Raises :class:`HiresmedError` naming IPP_CLUSTER_FILE when the file is missing or
+    unreadable, its controller does not answer, or it has fewer engines than asked.
     """
+    import json
+
     import ipyparallel as ipp
 
-    path = Path(cluster_file).expanduser()
-    if not path.is_file():
-        raise HiresmedError(f"IPP_CLUSTER_FILE={cluster_file!r} does not exist")
+    path = resolve_path(cluster_file)
     try:
-        cluster = ipp.Cluster.from_file(str(path), log_level=40)
-        client = cluster.connect_client_sync()
-        client.wait_for_engines(n_engines, timeout=PROBE_SECONDS)
+        state = json.loads(path.read_text())
+        cluster_id = state["cluster"]["cluster_id"]
+        profile_dir = Path(state["cluster"]["profile_dir"])
+    except FileNotFoundError:
+        raise HiresmedError(f"IPP_CLUSTER_FILE={cluster_file!r} does not exist") from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise HiresmedError(
+            f"IPP_CLUSTER_FILE={cluster_file!r} is not an ipyparallel cluster file"
+        ) from None
+    client_file = profile_dir / "security" / f"ipcontroller-{cluster_id}-client.json"
+    try:
+        client = ipp.Client(url_file=str(client_file), timeout=PROBE_SECONDS)
+        client.wait_for_engines(n_engines, timeout=PROBE_SECONDS, interactive=False)
     except Exception as error:
         raise HiresmedError(
             f"IPP_CLUSTER_FILE={cluster_file!r}: cannot use {n_engines} engine(s) of that "
@@ -325,22 +364,18 @@ def attach_engines(cluster_file: str, n_engines: int) -> Engines:
             "(`python -m hiresmed_nb cluster start` prints a fresh file)"
         ) from None
     engine_ids = sorted(client.ids)[:n_engines]
-    profile_dir = Path(cluster.profile_dir)
-    return Engines(client, engine_ids, cluster, False, cluster.cluster_id, profile_dir)
+    launches = engine_launches(state)
+    return Engines(client, engine_ids, None, False, cluster_id, profile_dir, launches)
 
 
 def stop_cluster_file(cluster_file: str) -> str:
     """Stop the cluster of ``cluster_file`` everywhere (``cluster stop``); returns its id."""
     import ipyparallel as ipp
 
-    path = Path(cluster_file).expanduser()
+    path = resolve_path(cluster_file)
     if not path.is_file():
         raise HiresmedError(f"cluster file {cluster_file!r} does not exist")
     cluster = ipp.Cluster.from_file(str(path), log_level=40)
     stop_cluster(cluster, cluster.cluster_id, Path(cluster.profile_dir))
     path.unlink(missing_ok=True)
     return cluster.cluster_id
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

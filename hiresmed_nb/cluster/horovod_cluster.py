@@ -167,9 +167,9 @@ class HorovodCluster:
     @property
     def cluster_file(self) -> str:
         """The ipyparallel cluster file (attach to it with ``IPP_CLUSTER_FILE``)."""
-        if self.engines is None:
-            return ""
-        return str(getattr(self.engines.cluster, "cluster_file", ""))
+        if self.spec.cluster_file:
+            return str(resolve_path(self.spec.cluster_file))
+        return str(getattr(self.engines and self.engines.cluster, "cluster_file", ""))
 
     # Starting -------------------------------------------------------------------------------
 

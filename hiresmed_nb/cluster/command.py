@@ -1,0 +1,43 @@
+"""``python -m hiresmed_nb cluster start|stop``: a cluster that outlives the command.
+
+``start`` launches a controller and engines (here, or on ``--hosts`` over ssh) and prints the
+path of its cluster file; notebooks and studies attach to it with ``IPP_CLUSTER_FILE`` and leave
+it running. ``stop FILE`` stops it on every host.
+"""
+
+from __future__ import annotations
+
+from hiresmed_nb.cluster.engines import stop_cluster_file
+from hiresmed_nb.cluster.horovod_cluster import ClusterSpec, HorovodCluster
+from hiresmed_nb.cluster.hosts import parse_hosts, total_slots
+from hiresmed_nb.params import HiresmedError
+
+
+def start_detached(
+    n_engines: int = 0, hosts: str = "", remote_python: str = "", rendezvous_addr: str = "auto"
+) -> HorovodCluster:
+    """Start a cluster that keeps running after this process exits; returns it (its
+    ``cluster_file`` and ``placement`` say where it is). ``n_engines`` 0: the slots of
+    ``hosts``, else 2."""
+    parsed = parse_hosts(hosts)
+    if n_engines < 0:
+        raise HiresmedError(f"-n {n_engines}: give a positive number of engines")
+    n_engines = n_engines or (total_slots(parsed) if parsed else 2)
+    spec = ClusterSpec(
+        n_engines,
+        hosts=tuple(parsed),
+        remote_python=remote_python,
+        rendezvous_addr=rendezvous_addr,
+    )
+    cluster = HorovodCluster(spec=spec, detached=True)
+    try:
+        cluster.start()
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def stop(cluster_file: str) -> str:
+    """Stop the cluster of ``cluster_file`` on every host; returns its id."""
+    return stop_cluster_file(cluster_file)
