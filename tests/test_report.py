@@ -839,3 +839,12 @@ def test_overall_verdict_over_several_comparisons():
         "no interval can be computed (one seed per cell)"
     )
     assert report.overall([], "yes", "no") == "not answerable"
+
+
+def test_answers_of_a_one_arm_study_say_what_cannot_be_answered():
+    text = report.answers_html(records(*seeds([0.5, 0.6]), *seeds([0.7, 0.8], image_size=128)))
+    assert "Not answerable: no arm was run at two data sizes" in text
+    assert "Not answerable: no cell was run both distributed and serially." in text
+    assert "Not answerable from two resolutions per setting" in text
+    assert text.count("no paper value: this study runs on synthetic data") == 3
+    assert report.answers_html(records().iloc[:0]) == "<p>No records yet: nothing to answer.</p>"

@@ -6,7 +6,8 @@ fractions, everything shown is in percent. One module per concern:
 - :mod:`~hiresmed_nb.report.load`: records, failures, retried runs, the paper's Table 2
 - :mod:`~hiresmed_nb.report.stats`: seed means, t-intervals, paired differences
 - :mod:`~hiresmed_nb.report.answers`: the evidence for the paper's three questions
-- :mod:`~hiresmed_nb.report.verdicts`: the Answers section (verdicts, the paper's own answers)
+- :mod:`~hiresmed_nb.report.verdicts`: one verdict per question, evidence as display tables
+- :mod:`~hiresmed_nb.report.section`: the Answers section, with the paper's own answers
 - :mod:`~hiresmed_nb.report.tables`: the Table 2 replica, tables whose numbers never wrap
 - :mod:`~hiresmed_nb.report.figures`: the Figure 2 replica and the heat maps
 - :mod:`~hiresmed_nb.report.findings`: plain sentences, data locality, cost, retries
@@ -53,6 +54,7 @@ from hiresmed_nb.report.load import (
     paper_records,
     retried_runs,
 )
+from hiresmed_nb.report.section import answers_html, paper_answers
 from hiresmed_nb.report.stats import (
     HIGHER,
     LOWER,
@@ -75,10 +77,8 @@ from hiresmed_nb.report.tables import (
 )
 from hiresmed_nb.report.verdicts import (
     QUESTIONS,
-    answers_html,
     lr_sentences,
     overall,
-    paper_answers,
     q1_sentence,
     q2_sentences,
     q3_sentence,
