@@ -846,5 +846,11 @@ def test_answers_of_a_one_arm_study_say_what_cannot_be_answered():
     assert "Not answerable: no arm was run at two data sizes" in text
     assert "Not answerable: no cell was run both distributed and serially." in text
     assert "Not answerable from two resolutions per setting" in text
-    assert text.count("no paper value: this study runs on synthetic data") == 3
+    assert text.count("No paper value: this study runs on synthetic data") == 3
     assert report.answers_html(records().iloc[:0]) == "<p>No records yet: nothing to answer.</p>"
+
+
+def test_answers_of_a_learning_rate_sweep_give_the_best_rate_per_size():
+    text = report.answers_html(lr_frame())
+    assert "Best learning rate, serial, compact, 10/class: 96 px: 3e-3, 128 px: 1e-3;" in text
+    assert "Q2: best LEARNING_RATE per size and arm" in text

@@ -22,6 +22,7 @@ from hiresmed_nb.report.load import (
 from hiresmed_nb.report.tables import frame_html
 from hiresmed_nb.report.verdicts import (
     QUESTIONS,
+    capitalised,
     lr_sentences,
     lr_table,
     q1_sentence,
@@ -112,7 +113,7 @@ def answers_html(
             f'<h3 id="answer-{key.lower()}">{key}. {html.escape(short)}</h3>'
             f"<p><i>The paper asks: “{html.escape(question)}”</i></p>"
             f"<p><b>Our answer</b> ({metric.replace('_', ' ')}):</p><ul>{items}</ul>"
-            f"<p><b>The paper's answer</b>, {html.escape(theirs[key])}</p>"
+            f"<p><b>The paper's answer:</b> {html.escape(capitalised(theirs[key]))}</p>"
             f"{evidence[key]}"
         )
     return "\n".join(parts)

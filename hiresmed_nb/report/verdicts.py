@@ -83,7 +83,8 @@ def count_text(diffs: list[Difference], higher: str = "higher", lower: str = "lo
     return text
 
 
-def _capital(text: str) -> str:
+def capitalised(text: str) -> str:
+    """``text`` with its first letter in upper case."""
     return text[:1].upper() + text[1:]
 
 
@@ -121,7 +122,7 @@ def q1_sentence(pairs: pd.DataFrame, single: str = "one seed") -> str:
     diffs = list(pairs["diff"])
     top = pairs.loc[pairs["diff"].map(lambda d: d.mean).idxmax()]
     return (
-        f"{_capital(overall(diffs, 'yes', 'no', single))}. Fewer images at a higher resolution "
+        f"{capitalised(overall(diffs, 'yes', 'no', single))}. Fewer images at a higher resolution "
         f"against more images at a lower one, {_plural(len(diffs), 'comparison')}: "
         f"{count_text(diffs)}. Largest difference: "
         f"{format_points(top['diff'], unit=' points', single=single)}, "
