@@ -28,6 +28,20 @@ VERSIONED_PACKAGES = (
 )
 
 
+# What the record keeps of each rank's result: who and where it ran (``host``: its Horovod host
+# identity; ``hostname``: the machine's name), the files it trained on, its final weights.
+RANK_KEYS = (
+    "rank",
+    "local_rank",
+    "local_size",
+    "host",
+    "hostname",
+    "pid",
+    "train_files",
+    "weights_digest",
+)
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -130,10 +144,7 @@ def build_record(params: dict[str, Any], ranks: list[dict[str, Any]], started_at
                 "images_per_second",
             )
         },
-        "ranks": [
-            {key: rank[key] for key in ("rank", "hostname", "train_files", "weights_digest")}
-            for rank in ranks
-        ],
+        "ranks": [{key: rank[key] for key in RANK_KEYS} for rank in ranks],
         "data_locality": data_locality(ranks, head["n_train"]),
         "versions": versions(),
         "host": socket.gethostname(),

@@ -14,6 +14,7 @@ import os
 import socket
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +180,301 @@ def metrics_of(
     }
 
 
+@dataclass(frozen=True)
+class RankInfo:
+    """This process's place in the run: Horovod's numbers, or rank 0 of 1 in serial mode.
+
+    ``host`` is the rank's Horovod host identity (see :func:`horovod_host`); ``local_rank``
+    numbers the ranks on that host, ``local_size`` counts them.
+    """
+
+    rank: int
+    size: int
+    local_rank: int
+    local_size: int
+    host: str
+    distributed: bool
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This rank's training data: its files and labels, its input pipeline and the run's totals.
+
+    ``pipeline`` repeats forever; an epoch is ``steps_per_epoch`` batches on every rank.
+    """
+
+    split: data.Split
+    files: list[str]
+    labels: list[int]
+    per_site: bool
+    n_train: int
+    n_test: int
+    steps_per_epoch: int
+    pipeline: Any
+
+
+def horovod_host() -> str:
+    """The host identity Horovod groups local ranks by: ``HOROVOD_HOSTNAME``, else the hostname."""
+    return os.environ.get("HOROVOD_HOSTNAME") or socket.gethostname()
+
+
+def scaled_learning_rate(params: dict[str, Any], size: int) -> float:
+    """``LEARNING_RATE``, times ranks and accumulation steps when ``LR_SCALING`` is linear."""
+    learning_rate = params["LEARNING_RATE"]
+    if params["LR_SCALING"] == "linear":
+        # Horovod: linear scaling rule, lr x ranks; accumulation grows the batch alike.
+        learning_rate = learning_rate * size * params["ACCUMULATION_STEPS"]
+    return learning_rate
+
+
+def join_ranks(distributed: bool) -> RankInfo:
+    """Join the Horovod ranks (distributed) or stand alone as rank 0 of 1 (serial).
+
+    Then takes this rank's share of the host: its TensorFlow threads and, on a GPU host, the GPU
+    of its local rank. In distributed mode this blocks until every rank has joined.
+    """
+    if distributed:
+        import horovod.tensorflow.keras as hvd
+
+        hvd.init()  # Horovod: join the Gloo rendezvous; blocks until every rank is here.
+        ranks = RankInfo(
+            hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size(), horovod_host(), True
+        )
+    else:
+        ranks = RankInfo(0, 1, 0, 1, horovod_host(), False)
+    configure_threads(max(1, (os.cpu_count() or 1) // ranks.local_size))
+    pin_gpu(ranks.local_rank)  # Horovod: one GPU per process, chosen by local rank.
+    return ranks
+
+
+def seed_run(params: dict[str, Any]) -> None:
+    """Seed Python, NumPy and TensorFlow, restart the file-open audit, set the precision policy."""
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(params["SEED"])  # before the pipeline: its shuffle uses it
+    data.reset_opened_files()
+    tf.keras.mixed_precision.set_global_policy(params["PRECISION"])
+
+
+def shard_data(params: dict[str, Any], ranks: RankInfo, split: data.Split | None) -> Shard:
+    """This rank's shard of the training set and its input pipeline.
+
+    ``split``: the caller's train/test split (made here when None); in per-site mode the rank
+    splits its own ``SITE_DIRS`` folder instead, and every rank must call this at once.
+    """
+    per_site = bool(params["SITE_DIRS"])
+    if per_site:
+        # Per-site mode: the rank's data is its own site's folder, split where it lies.
+        split = make_split(params, site=ranks.rank)
+        files, labels = split.train_files, split.train_labels
+        n_train, n_test = _site_totals(split)
+    else:
+        split = split or make_split(params)
+        # Horovod: each rank reads only its own shard of the training files.
+        files, labels = data.shard(
+            split.train_files, split.train_labels, ranks.rank, ranks.size, params["SEED"]
+        )
+        n_train, n_test = len(split.train_files), len(split.test_files)
+    batch_size = params["BATCH_SIZE"]
+    accumulation = params["ACCUMULATION_STEPS"]
+    # Horovod: every rank takes the same number of steps, so allreduces pair up; with
+    # accumulation an epoch is a whole number of optimizer steps of `accumulation` batches.
+    steps_per_epoch = accumulation * math.ceil(n_train / (batch_size * ranks.size * accumulation))
+    pipeline = data.make_dataset(
+        split,
+        files,
+        labels,
+        params["IMAGE_SIZE"],
+        models.preprocessing_for(params["ARCH"]),
+        batch_size,
+        shuffle_seed=params["SEED"] + ranks.rank,
+        repeat=True,
+    )
+    return Shard(split, files, labels, per_site, n_train, n_test, steps_per_epoch, pipeline)
+
+
+def build_and_compile(params: dict[str, Any], ranks: RankInfo, n_classes: int) -> tuple[Any, Any]:
+    """The run's model, compiled with Adam (Horovod's distributed optimizer when distributed).
+
+    Returns ``(model, optimizer)``; with ``ACCUMULATION_STEPS`` > 1 the model accumulates the
+    gradients of that many batches per optimizer step.
+    """
+    import tensorflow as tf
+
+    model = models.build_model(
+        params["ARCH"], params["IMAGE_SIZE"], n_classes, params["WEIGHTS"], params["SEED"]
+    )
+    if params["ACCUMULATION_STEPS"] > 1:
+        from hiresmed_nb.accumulation import AccumulatingModel
+
+        model = AccumulatingModel.wrap(model, params["ACCUMULATION_STEPS"])
+    optimizer = tf.keras.optimizers.Adam(scaled_learning_rate(params, ranks.size))
+    if ranks.distributed:
+        import horovod.tensorflow.keras as hvd
+
+        compression = {"none": hvd.Compression.none, "fp16": hvd.Compression.fp16}
+        # Horovod: average gradients across ranks, optionally sent as float16.
+        optimizer = hvd.DistributedOptimizer(
+            optimizer, compression=compression[params["COMPRESSION"]]
+        )
+    model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model, optimizer
+
+
+def resume(
+    params: dict[str, Any], ranks: RankInfo, model: Any, optimizer: Any
+) -> tuple[int, Any | None]:
+    """Continue from the run's last complete epoch when rank 0 finds its checkpoint.
+
+    Returns the epoch to start at (0 when nothing is resumed) and, on rank 0, the callback that
+    checkpoints every epoch and keeps the learning curves (None on the other ranks).
+    """
+    from hiresmed_nb import checkpoints
+
+    checkpoint_dir = checkpoints.checkpoint_dir(params)
+    state = checkpoints.load_state(checkpoint_dir, params) if ranks.rank == 0 else None
+    if ranks.distributed:
+        import horovod.tensorflow as hvd_tf
+
+        # Horovod: every rank resumes at the epoch rank 0 found, from rank 0's weights.
+        state = hvd_tf.broadcast_object(state, root_rank=0, name="resume_state")
+    if state and ranks.rank == 0:
+        checkpoints.restore(checkpoint_dir, state, model, optimizer)
+    if state and ranks.distributed:
+        hvd_tf.broadcast_variables(model.variables, root_rank=0)
+    checkpointer = None
+    if ranks.rank == 0:
+        checkpointer = checkpoints.EpochCheckpoint(
+            checkpoint_dir, optimizer, params, state["history"] if state else {}
+        )
+    return (state["epoch"] if state else 0), checkpointer
+
+
+def fit(
+    params: dict[str, Any],
+    ranks: RankInfo,
+    model: Any,
+    shard: Shard,
+    initial_epoch: int,
+    callbacks: Sequence[Any],
+) -> float:
+    """Train from ``initial_epoch`` to ``EPOCHS``; returns the seconds it took.
+
+    ``callbacks`` run on this rank after Horovod's own; only rank 0 prints its progress.
+    """
+    fit_callbacks = []
+    if ranks.distributed:
+        import horovod.tensorflow.keras as hvd
+
+        fit_callbacks = [
+            hvd.callbacks.BroadcastGlobalVariablesCallback(0),  # Horovod: same start on all.
+            hvd.callbacks.MetricAverageCallback(),  # Horovod: report metrics over all ranks.
+        ]
+    started = time.perf_counter()
+    model.fit(
+        shard.pipeline,
+        epochs=params["EPOCHS"],
+        initial_epoch=initial_epoch,
+        steps_per_epoch=shard.steps_per_epoch,
+        callbacks=[*fit_callbacks, *callbacks],
+        verbose=2 if ranks.rank == 0 else 0,
+    )
+    return time.perf_counter() - started
+
+
+def finish(model: Any, shard: Shard, ranks: RankInfo) -> None:
+    """Recalibrate batch norm on this rank's shard; in distributed mode average it over ranks."""
+    recalibrate_batch_norm(model, shard.pipeline, shard.steps_per_epoch)
+    if ranks.distributed:
+        import horovod.tensorflow.keras as hvd
+
+        # Horovod: batch-norm statistics are per rank; average them so every rank ends equal.
+        for variable in model.non_trainable_variables:
+            variable.assign(hvd.allreduce(variable, op=hvd.Average, name=f"final_{variable.name}"))
+
+
+def rank_result(ranks: RankInfo, shard: Shard, model: Any) -> dict[str, Any]:
+    """What every rank reports: who and where it is, the files it read, its final weights."""
+    split = shard.split
+    # Paths relative to the data folder; absolute in per-site mode, where folders differ.
+    prefix = "" if shard.per_site else f"{split.data_dir}{os.sep}"
+    return {
+        "rank": ranks.rank,
+        "local_rank": ranks.local_rank,
+        "local_size": ranks.local_size,
+        "host": ranks.host,
+        "hostname": socket.gethostname(),
+        "pid": os.getpid(),
+        "train_files": (
+            [str(split.data_dir / name) for name in shard.files] if shard.per_site else shard.files
+        ),
+        # The audit: every image file this rank's training pipeline opened.
+        "opened_files": sorted({path.removeprefix(prefix) for path in data.opened_files()}),
+        "weights_digest": weights_digest(model.get_weights()),
+    }
+
+
+def evaluate_test_set(
+    params: dict[str, Any], ranks: RankInfo, shard: Shard, model: Any
+) -> dict[str, Any]:
+    """Rank 0's metrics (see :func:`evaluate`) on the whole test set; ``{}`` on other ranks.
+
+    In per-site mode every rank must call this at once: each predicts its own site's test set.
+    """
+    split = shard.split
+    if not (shard.per_site or ranks.rank == 0):
+        return {}
+    test_data = data.make_dataset(
+        split,
+        split.test_files,
+        split.test_labels,
+        params["IMAGE_SIZE"],
+        models.preprocessing_for(params["ARCH"]),
+        params["BATCH_SIZE"],
+    )
+    if not shard.per_site:
+        return evaluate(model, test_data, split.test_labels, split.class_names)
+    import horovod.tensorflow as hvd_tf
+
+    # Per-site mode: each site predicts its own test set; only the predictions (class
+    # probabilities and labels, no image) are gathered for rank 0's metrics.
+    probabilities = np.asarray(model.predict(test_data, verbose=0), dtype=np.float32)
+    gathered = hvd_tf.allgather_object((split.test_labels, probabilities), name="site_tests")
+    if ranks.rank != 0:
+        return {}
+    all_labels = np.concatenate([np.asarray(site_labels) for site_labels, _ in gathered])
+    all_probabilities = np.concatenate([site_probs for _, site_probs in gathered])
+    return metrics_of(all_labels, all_probabilities, split.class_names)
+
+
+def run_summary(
+    params: dict[str, Any],
+    ranks: RankInfo,
+    shard: Shard,
+    initial_epoch: int,
+    history: dict[str, list[float]],
+    train_seconds: float,
+) -> dict[str, Any]:
+    """Rank 0's account of the run: data, batch and learning rate, curves and timings."""
+    batch_size, size = params["BATCH_SIZE"], ranks.size
+    images_seen = shard.steps_per_epoch * batch_size * size * (params["EPOCHS"] - initial_epoch)
+    return {
+        "class_names": shard.split.class_names,
+        "skipped": shard.split.skipped,
+        "checked": shard.split.checked,
+        "accumulation_steps": params["ACCUMULATION_STEPS"],
+        "n_train": shard.n_train,
+        "n_test": shard.n_test,
+        "n_ranks": size,
+        "learning_rate": scaled_learning_rate(params, size),
+        "effective_batch_size": batch_size * size * params["ACCUMULATION_STEPS"],
+        "history": history,
+        "resumed_from_epoch": initial_epoch,
+        "train_seconds": train_seconds,
+        "images_per_second": images_seen / train_seconds if images_seen else 0.0,
+    }
+
+
 def train(
     params: dict[str, Any], callbacks: Sequence[Any] = (), split: data.Split | None = None
 ) -> dict[str, Any]:
@@ -188,170 +484,24 @@ def train(
     from its last complete epoch. ``callbacks`` are extra Keras callbacks for every rank.
     ``split``: the train/test file lists made (and checked) by the caller; without it the rank
     makes the split itself, which reads every listed file's header.
-    Returns, on every rank: rank, hostname, pid, the training files it read and its final
-    weights digest. Rank 0 adds the evaluation, learning curves and timings.
+    Returns, on every rank: rank, local_rank, local_size, host (Horovod's host identity),
+    hostname, pid, the training files it read and its final weights digest. Rank 0 adds the
+    evaluation, learning curves and timings.
     """
     params = validate(params)
-    distributed = params["MODE"] == "distributed"
-    if distributed:
-        import horovod.tensorflow as hvd_tf
-        import horovod.tensorflow.keras as hvd
-
-        hvd.init()  # Horovod: join the Gloo rendezvous; blocks until every rank is here.
-        rank, size, local_rank, local_size = (
-            hvd.rank(),
-            hvd.size(),
-            hvd.local_rank(),
-            hvd.local_size(),
-        )
-    else:
-        rank, size, local_rank, local_size = 0, 1, 0, 1
-    configure_threads(max(1, (os.cpu_count() or 1) // local_size))
-    pin_gpu(local_rank)  # Horovod: one GPU per process, chosen by local rank.
-
-    import tensorflow as tf
-
-    tf.keras.utils.set_random_seed(params["SEED"])  # before the pipeline: its shuffle uses it
-    data.reset_opened_files()
-    tf.keras.mixed_precision.set_global_policy(params["PRECISION"])
-    per_site = bool(params["SITE_DIRS"])
-    if per_site:
-        # Per-site mode: the rank's data is its own site's folder, split where it lies.
-        split = make_split(params, site=rank)
-        files, labels = split.train_files, split.train_labels
-        n_train, n_test = _site_totals(split)
-    else:
-        split = split or make_split(params)
-        # Horovod: each rank reads only its own shard of the training files.
-        files, labels = data.shard(
-            split.train_files, split.train_labels, rank, size, params["SEED"]
-        )
-        n_train, n_test = len(split.train_files), len(split.test_files)
-    preprocess = models.preprocessing_for(params["ARCH"])
-    batch_size = params["BATCH_SIZE"]
-    accumulation = params["ACCUMULATION_STEPS"]
-    # Horovod: every rank takes the same number of steps, so allreduces pair up; with
-    # accumulation an epoch is a whole number of optimizer steps of `accumulation` batches.
-    steps_per_epoch = accumulation * math.ceil(n_train / (batch_size * size * accumulation))
-    train_data = data.make_dataset(
-        split,
-        files,
-        labels,
-        params["IMAGE_SIZE"],
-        preprocess,
-        batch_size,
-        shuffle_seed=params["SEED"] + rank,
-        repeat=True,
-    )
-
-    model = models.build_model(
-        params["ARCH"],
-        params["IMAGE_SIZE"],
-        len(split.class_names),
-        params["WEIGHTS"],
-        params["SEED"],
-    )
-    if accumulation > 1:
-        from hiresmed_nb.accumulation import AccumulatingModel
-
-        model = AccumulatingModel.wrap(model, accumulation)
-    learning_rate = params["LEARNING_RATE"]
-    if params["LR_SCALING"] == "linear":
-        # Horovod: linear scaling rule, lr x ranks; accumulation grows the batch alike.
-        learning_rate = learning_rate * size * accumulation
-    optimizer = tf.keras.optimizers.Adam(learning_rate)
-    fit_callbacks = []
-    if distributed:
-        compression = {"none": hvd.Compression.none, "fp16": hvd.Compression.fp16}
-        # Horovod: average gradients across ranks, optionally sent as float16.
-        optimizer = hvd.DistributedOptimizer(
-            optimizer, compression=compression[params["COMPRESSION"]]
-        )
-        fit_callbacks = [
-            hvd.callbacks.BroadcastGlobalVariablesCallback(0),  # Horovod: same start on all.
-            hvd.callbacks.MetricAverageCallback(),  # Horovod: report metrics over all ranks.
-        ]
-    model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"])
-
-    from hiresmed_nb import checkpoints
-
-    checkpoint_dir = checkpoints.checkpoint_dir(params)
-    state = checkpoints.load_state(checkpoint_dir, params) if rank == 0 else None
-    if distributed:
-        # Horovod: every rank resumes at the epoch rank 0 found, from rank 0's weights.
-        state = hvd_tf.broadcast_object(state, root_rank=0, name="resume_state")
-    if state and rank == 0:
-        checkpoints.restore(checkpoint_dir, state, model, optimizer)
-    if state and distributed:
-        hvd_tf.broadcast_variables(model.variables, root_rank=0)
-    initial_epoch = state["epoch"] if state else 0
-    if rank == 0:
-        checkpointer = checkpoints.EpochCheckpoint(
-            checkpoint_dir, optimizer, params, state["history"] if state else {}
-        )
-        fit_callbacks.append(checkpointer)
-    fit_callbacks.extend(callbacks)
-
-    started = time.perf_counter()
-    model.fit(
-        train_data,
-        epochs=params["EPOCHS"],
-        initial_epoch=initial_epoch,
-        steps_per_epoch=steps_per_epoch,
-        callbacks=fit_callbacks,
-        verbose=2 if rank == 0 else 0,
-    )
-    train_seconds = time.perf_counter() - started
-    recalibrate_batch_norm(model, train_data, steps_per_epoch)
-    if distributed:
-        # Horovod: batch-norm statistics are per rank; average them so every rank ends equal.
-        for variable in model.non_trainable_variables:
-            variable.assign(hvd.allreduce(variable, op=hvd.Average, name=f"final_{variable.name}"))
-
-    # Paths relative to the data folder; absolute in per-site mode, where folders differ.
-    prefix = "" if per_site else f"{split.data_dir}{os.sep}"
-    result = {
-        "rank": rank,
-        "hostname": socket.gethostname(),
-        "pid": os.getpid(),
-        "train_files": [str(split.data_dir / name) for name in files] if per_site else files,
-        # The audit: every image file this rank's training pipeline opened.
-        "opened_files": sorted({path.removeprefix(prefix) for path in data.opened_files()}),
-        "weights_digest": weights_digest(model.get_weights()),
-    }
-    if per_site or rank == 0:
-        test_data = data.make_dataset(
-            split, split.test_files, split.test_labels, params["IMAGE_SIZE"], preprocess, batch_size
-        )
-    if per_site:
-        # Per-site mode: each site predicts its own test set; only the predictions (class
-        # probabilities and labels, no image) are gathered for rank 0's metrics.
-        probabilities = np.asarray(model.predict(test_data, verbose=0), dtype=np.float32)
-        gathered = hvd_tf.allgather_object((split.test_labels, probabilities), name="site_tests")
-        if rank == 0:
-            all_labels = np.concatenate([np.asarray(site_labels) for site_labels, _ in gathered])
-            all_probabilities = np.concatenate([site_probs for _, site_probs in gathered])
-            result.update(metrics_of(all_labels, all_probabilities, split.class_names))
-    if rank == 0:
-        if not per_site:
-            result.update(evaluate(model, test_data, split.test_labels, split.class_names))
-        images_seen = steps_per_epoch * batch_size * size * (params["EPOCHS"] - initial_epoch)
+    ranks = join_ranks(params["MODE"] == "distributed")
+    seed_run(params)
+    shard = shard_data(params, ranks, split)
+    model, optimizer = build_and_compile(params, ranks, len(shard.split.class_names))
+    initial_epoch, checkpointer = resume(params, ranks, model, optimizer)
+    rank0_callbacks = [checkpointer] if checkpointer is not None else []
+    train_seconds = fit(params, ranks, model, shard, initial_epoch, [*rank0_callbacks, *callbacks])
+    finish(model, shard, ranks)
+    result = rank_result(ranks, shard, model)
+    result.update(evaluate_test_set(params, ranks, shard, model))
+    if checkpointer is not None:  # rank 0
         result.update(
-            {
-                "class_names": split.class_names,
-                "skipped": split.skipped,
-                "checked": split.checked,
-                "accumulation_steps": accumulation,
-                "n_train": n_train,
-                "n_test": n_test,
-                "n_ranks": size,
-                "learning_rate": learning_rate,
-                "effective_batch_size": batch_size * size * accumulation,
-                "history": checkpointer.history,
-                "resumed_from_epoch": initial_epoch,
-                "train_seconds": train_seconds,
-                "images_per_second": images_seen / train_seconds if images_seen else 0.0,
-            }
+            run_summary(params, ranks, shard, initial_epoch, checkpointer.history, train_seconds)
         )
     return result
 

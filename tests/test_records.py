@@ -29,3 +29,53 @@ def test_versions_name_the_stack():
     assert found["tensorflow"] == "2.15.1" and found["horovod"] == "0.28.1"
     assert found["python"].startswith("3.11")
     assert {"ipyparallel", "papermill", "hiresmed_nb"} <= set(found)
+
+
+def test_each_rank_entry_keeps_who_and_where_it_ran():
+    from hiresmed_nb.params import validate
+
+    params = validate({"MODE": "distributed", "N_RANKS": 2})
+    head = {
+        "accuracy": 0.5,
+        "balanced_accuracy": 0.5,
+        "macro_f1": 0.5,
+        "per_class_auroc": {},
+        "macro_auroc": None,
+        "confusion_matrix": [],
+        "class_names": ["a", "b"],
+        "n_train": 2,
+        "n_test": 2,
+        "history": {},
+        "resumed_from_epoch": 0,
+        "skipped": {},
+        "checked": {},
+        "accumulation_steps": 1,
+        "train_seconds": 1.0,
+        "images_per_second": 2.0,
+        "n_ranks": 2,
+        "effective_batch_size": 16,
+        "learning_rate": 1e-3,
+    }
+    results = [
+        {
+            "rank": number,
+            "local_rank": number,
+            "local_size": 2,
+            "host": "nodeA",
+            "hostname": "machine",
+            "pid": 100 + number,
+            "train_files": [name],
+            "opened_files": [name],
+            "weights_digest": "d",
+            "junk": "not kept",
+        }
+        for number, name in enumerate(["x", "y"])
+    ]
+    results[0].update(head)
+    record = records.build_record(params, results, records.now_iso())
+    assert [entry["pid"] for entry in record["ranks"]] == [100, 101]
+    assert [entry["local_rank"] for entry in record["ranks"]] == [0, 1]
+    for entry in record["ranks"]:
+        assert set(entry) == set(records.RANK_KEYS)
+        assert (entry["host"], entry["hostname"], entry["local_size"]) == ("nodeA", "machine", 2)
+    assert record["data_locality"]["ok"]
