@@ -57,6 +57,13 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-report", action="store_true", help="skip the report notebook")
     run.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also show each notebook's cell progress and its kernel's own output (quietly, "
+        "that goes to runs/<run_id>.kernel.log; all cell output is in runs/<run_id>.ipynb)",
+    )
+    run.add_argument(
         "--outputs",
         default="outputs",
         metavar="DIR",
@@ -134,7 +141,12 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     study_dir = resolve_path(args.outputs) / name
     result = study.run_study(
-        runs, study_dir, force=args.force, report=not args.no_report, root=project_root()
+        runs,
+        study_dir,
+        force=args.force,
+        report=not args.no_report,
+        root=project_root(),
+        verbose=args.verbose,
     )
     return 0 if result.ok else 1
 

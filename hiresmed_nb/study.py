@@ -23,6 +23,7 @@ whose record exists is skipped (``force`` reruns it); a run that fails leaves
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import itertools
 import os
 import re
@@ -36,11 +37,11 @@ from typing import Any
 import yaml
 
 from hiresmed_nb import params as P
+from hiresmed_nb.executor import papermill_executor
 from hiresmed_nb.params import HiresmedError
 from hiresmed_nb.records import write_json_atomic
 
 RUNNER_KEYS = ("STUDY", "SEEDS", "CELLS")
-KERNEL_NAME = "hiresmed"
 TRAIN_NOTEBOOK = "notebooks/01_train.ipynb"
 REPORT_NOTEBOOK = "notebooks/02_report.ipynb"
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -274,29 +275,6 @@ def plan(
 # ---------------------------------------------------------------------------------------------
 
 
-def papermill_executor(notebook: Path, output: Path, parameters: dict[str, Any], cwd: Path) -> None:
-    """Execute ``notebook`` into ``output`` with papermill on the ``hiresmed`` kernel.
-
-    Writes to a temporary name beside ``output`` and renames it when papermill stops (also after
-    a failure, so the failing cell's traceback is kept in ``output``).
-    """
-    import papermill
-
-    partial = output.with_name(output.stem + ".partial.ipynb")
-    try:
-        papermill.execute_notebook(
-            str(notebook),
-            str(partial),
-            parameters=parameters,
-            kernel_name=KERNEL_NAME,
-            cwd=str(cwd),
-            progress_bar={"position": 1, "leave": False, "desc": "  cells"},
-        )
-    finally:
-        if partial.exists():
-            os.replace(partial, output)
-
-
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
@@ -343,6 +321,7 @@ def run_study(
     report: bool = True,
     root: Path | None = None,
     progress: bool = True,
+    verbose: bool = False,
     echo: Callable[[str], None] = print,
 ) -> StudyResult:
     """Execute the runs whose record is missing, isolate failures, then render the report.
@@ -350,11 +329,15 @@ def run_study(
     Records land in ``study_dir/runs/<run_id>.json`` (written by the notebook), executed notebooks
     beside them, failures in ``<run_id>.failed.json``. Returns a :class:`StudyResult`; it never
     raises for a failing run (``KeyboardInterrupt`` still stops it). ``executor`` defaults to
-    :func:`papermill_executor`; tests pass a fake one.
+    :func:`hiresmed_nb.executor.papermill_executor` (``verbose`` as given); tests pass a fake one.
+
+    The console shows one progress bar over the runs (the current run id, runs done and left, an
+    estimate of the time left) and one line per finished or failed run; the details of a run are
+    in its executed notebook.
     """
     from tqdm.auto import tqdm
 
-    executor = executor or papermill_executor
+    executor = executor or functools.partial(papermill_executor, verbose=verbose)
     root = root or P.project_root()
     runs_dir = study_dir / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -370,9 +353,19 @@ def run_study(
         f"{len(pending)} to execute"
     )
 
-    bar = tqdm(pending, desc="runs", unit="run", disable=not progress or not pending, position=0)
-    for run in bar:
-        bar.set_postfix_str(run.run_id)
+    def runs_done(done: int) -> str:
+        return f"runs {done}/{len(pending)} done, {len(pending) - done} left"
+
+    bar = tqdm(
+        pending,
+        desc=runs_done(0),
+        unit="run",
+        disable=not progress or not pending,
+        position=0,
+        bar_format="{desc} |{bar:20}| {elapsed} elapsed, ETA {remaining}{postfix}",
+    )
+    for done, run in enumerate(bar):
+        bar.set_postfix_str(f"now {run.run_id}")
         record = runs_dir / f"{run.run_id}.json"
         failed_path = runs_dir / f"{run.run_id}.failed.json"
         output = runs_dir / f"{run.run_id}.ipynb"
@@ -394,6 +387,9 @@ def run_study(
             failed_path.unlink(missing_ok=True)
             result.executed.append(run.run_id)
             bar.write(f"done   {run.run_id} ({time.monotonic() - started:.0f} s)")
+        bar.set_description_str(runs_done(done + 1), refresh=False)
+        if done + 1 == len(pending):
+            bar.set_postfix_str("", refresh=False)  # the bar closes itself after the last run
     bar.close()
 
     if report:
@@ -434,10 +430,10 @@ def summary_lines(result: StudyResult) -> list[str]:
     ]
     for rid, failure in result.failed.items():
         cell = failure.get("cell_index")
-        where = f"cell {cell}" if cell is not None else "before any cell"
+        where = f"in cell {cell}" if cell is not None else "before any cell"
         evalue = str(failure.get("evalue", "")).strip().splitlines()
         lines.append(
-            f"  FAILED {rid}: {failure['ename']} in {where}: {evalue[0] if evalue else ''}"
+            f"  FAILED {rid}: {failure['ename']} {where}: {evalue[0] if evalue else ''}"
             f" (see runs/{rid}.failed.json)"
         )
     if result.report_html is not None:

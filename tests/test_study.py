@@ -244,15 +244,23 @@ def test_bad_grid_exits_2_with_one_error_and_runs_nothing(tmp_path, capsys, monk
 # --- the runner with a fake executor -----------------------------------------------------------
 
 
-def fake_executor(fail: set[str] = frozenset(), calls: list | None = None, record: bool = True):
-    """An executor that writes a record like 01_train does, or raises like papermill."""
+def fake_executor(
+    fail: set[str] = frozenset(),
+    calls: list | None = None,
+    record: bool = True,
+    options: list | None = None,
+):
+    """An executor that writes a record like 01_train does, or raises like papermill.
+    ``options``: collects the keyword options each call got (the runner's ``verbose``)."""
 
-    def execute(notebook: Path, output: Path, parameters: dict, cwd: Path) -> None:
+    def execute(notebook: Path, output: Path, parameters: dict, cwd: Path, **given) -> None:
         from hiresmed_nb.params import run_id
 
         rid = run_id(parameters)
         if calls is not None:
             calls.append(rid)
+        if options is not None:
+            options.append(given)
         output.write_text("{}")
         if rid in fail:
             raise PapermillExecutionError(5, 5, "train()", "HiresmedError", "too few images", [])
@@ -340,6 +348,19 @@ def test_cli_exits_nonzero_and_lists_the_failure(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "smoke" / "runs" / f"{bad}.failed.json").exists()
 
 
+@pytest.mark.parametrize(("flags", "verbose"), [([], False), (["--verbose"], True), (["-v"], True)])
+def test_verbose_reaches_the_executor_of_every_run(tmp_path, capsys, monkeypatch, flags, verbose):
+    options: list[dict] = []
+    monkeypatch.setattr(study, "papermill_executor", fake_executor(options=options))
+    argv = ["run", str(PARAMS / "smoke.yaml"), "--no-report", "--outputs", str(tmp_path)]
+    assert main([*argv, *flags]) == 0
+    assert options == [{"verbose": verbose}] * len(smoke_runs())
+    out = capsys.readouterr().out
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("done ")] == [
+        run.run_id for run in smoke_runs()
+    ]
+
+
 # --- the real notebooks ------------------------------------------------------------------------
 
 TRAIN = ROOT / study.TRAIN_NOTEBOOK
@@ -355,7 +376,10 @@ def record_ids(study_dir: Path) -> set[str]:
 @pytest.mark.notebook
 @pytest.mark.distributed
 @needs_train
-def test_smoke_study_runs_the_train_notebook_resumes_and_reports(tmp_path, capsys):
+def test_smoke_study_runs_the_train_notebook_resumes_and_reports(tmp_path, capfd, monkeypatch):
+    """A real run of the 2 x 2 smoke grid; the console (also the kernels' and engines' output,
+    captured at the file descriptors) holds one line per run and none of the kernel noise."""
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)  # the runner must set it itself
     argv = ["run", str(PARAMS / "smoke.yaml"), "--outputs", str(tmp_path)]
     assert main(argv) == 0
     study_dir = tmp_path / "smoke"
@@ -367,19 +391,25 @@ def test_smoke_study_runs_the_train_notebook_resumes_and_reports(tmp_path, capsy
         assert record["n_ranks"] == run.params["N_RANKS"]
         assert 0.0 <= record["accuracy"] <= 1.0
         assert (study_dir / "runs" / f"{run.run_id}.ipynb").exists()
+        kernel_log = (study_dir / "runs" / f"{run.run_id}.kernel.log").read_text()
+        assert "oneDNN" not in kernel_log and "without encryption" not in kernel_log
     html = (study_dir / "report.html").read_text()
     assert "SYNTHETIC DATA" in html and "Table 2 replica" in html
-    out = capsys.readouterr().out
+    out, err = capfd.readouterr()
     assert f"report: {study_dir / 'report.html'}" in out
+    done = [line.split()[1] for line in out.splitlines() if line.startswith("done ")]
+    assert done == [run.run_id for run in runs]
+    for noise in ("without encryption", "oneDNN", "cpu_feature_guard", "  cells"):
+        assert noise not in out + err, noise
 
     stamps = {p.name: p.stat().st_mtime_ns for p in (study_dir / "runs").glob("*.json")}
     assert main([*argv, "--no-report"]) == 0
-    assert "executed 0, skipped 4" in capsys.readouterr().out
+    assert "executed 0, skipped 4" in capfd.readouterr().out
     assert stamps == {p.name: p.stat().st_mtime_ns for p in (study_dir / "runs").glob("*.json")}
 
     (study_dir / "runs" / f"{runs[0].run_id}.json").unlink()
     assert main([*argv, "--no-report"]) == 0
-    assert "executed 1, skipped 3" in capsys.readouterr().out
+    assert "executed 1, skipped 3" in capfd.readouterr().out
     assert record_ids(study_dir) == {r.run_id for r in runs}
 
 
@@ -446,7 +476,7 @@ def stub_train_notebook(path: Path) -> None:
 
 
 @pytest.mark.notebook
-def test_papermill_runner_isolates_the_failing_cell_and_renders_the_report(tmp_path):
+def test_papermill_runner_isolates_the_failing_cell_and_renders_the_report(tmp_path, capfd):
     root = tmp_path / "project"
     (root / "notebooks").mkdir(parents=True)
     stub_train_notebook(root / study.TRAIN_NOTEBOOK)
@@ -471,6 +501,11 @@ def test_papermill_runner_isolates_the_failing_cell_and_renders_the_report(tmp_p
     html = result.report_html.read_text()
     assert all(rid in html for rid in bad)
     assert "50.5 ± " in html  # seeds 0 and 1 of the 4-image cell: 50% and 51%
+    out, err = capfd.readouterr()  # also what the kernels print, at the file descriptors
+    assert "without encryption" not in out + err  # the kernels talk over IPC
+    ends = [line.split()[1] for line in out.splitlines() if line[:6] in ("done  ", "FAILED")]
+    assert sorted(ends) == sorted(r.run_id for r in runs)  # one line per run
+    assert (study_dir / "runs" / f"{min(bad)}.kernel.log").exists()
 
 
 def test_quick_grid_has_serial_distributed_and_accumulated_arms_at_equal_effective_batch():
