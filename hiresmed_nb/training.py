@@ -509,7 +509,8 @@ def train(
 def run(params: dict[str, Any], split: data.Split | None = None) -> list[dict[str, Any]]:
     """Train serially in this process, or on ``N_RANKS`` Horovod ranks; results in rank order.
 
-    The split is made here once (if not given) and sent to the ranks as file lists, so no rank
+    Distributed runs use the kernel's warm cluster (started on first use, reused while the
+    ranks' placement is unchanged, stopped when the kernel exits or a run fails). The split is made here once (if not given) and sent to the ranks as file lists, so no rank
     opens a file outside its own shard of the training set (rank 0 also reads the test set).
     """
     params = validate(params)
@@ -517,15 +518,13 @@ def run(params: dict[str, Any], split: data.Split | None = None) -> list[dict[st
         split = split or make_split(params)
     if params["MODE"] == "serial":
         return [train(params, split=split)]
-    from hiresmed_nb.cluster import HorovodCluster
+    from hiresmed_nb import cluster
 
-    with HorovodCluster(
-        params["N_RANKS"],
-        params["IPP_LAUNCHER"],
-        params["RENDEZVOUS_ADDR"],
-        params["NETWORK_INTERFACE"],
-    ) as cluster:
-        return cluster.run(train, params, (), split)
+    # Horovod: the ranks live in ipyparallel engines, kept warm for the next run that places
+    # its ranks the same way (same N_RANKS, HOSTS, cluster file); see hiresmed_nb.cluster.warm.
+    spec = cluster.ClusterSpec.from_params(params)
+    cluster.warm_cluster(spec).check_results_dir(resolve_path(params["RESULTS_DIR"]))
+    return cluster.run_warm(spec, train, params, (), split)
 
 
 def one_sgd_step(

@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from hiresmed_nb.cluster import preflight, probes
-from hiresmed_nb.cluster.engines import Engines, attach_engines, start_engines
+from hiresmed_nb.cluster.engines import (
+    Engines,
+    attach_engines,
+    remote_profile_dir,
+    start_engines,
+)
 from hiresmed_nb.cluster.errors import RankLostError, as_rank_failure
 from hiresmed_nb.cluster.hosts import HostSlots, head_address, parse_hosts, probe_hosts
 from hiresmed_nb.cluster.processes import (
@@ -204,7 +209,11 @@ class HorovodCluster:
                     f"N_RANKS={spec.n_ranks} does not match the {sum(h.slots for h in spec.hosts)}"
                     " slots of HOSTS: give N_RANKS equal to the total, or 0 for that total"
                 )
-            probes_ = probe_hosts(list(spec.hosts), spec.remote_python or sys.executable)
+            probes_ = probe_hosts(
+                list(spec.hosts),
+                spec.remote_python or sys.executable,
+                remote_profile_dir(self.cluster_id),
+            )
             found = head_address(probes_)
             return found if spec.rendezvous_addr == "auto" else spec.rendezvous_addr
         if spec.launcher == "local":
@@ -235,6 +244,7 @@ class HorovodCluster:
         preflight.check_routes(facts, self.rendezvous_addr)
         identities, how = host_identities(facts)
         self.slots = assign_ranks(identities)
+        preflight.check_local_peers(facts, self.slots)
         self.interfaces = preflight.check_interface(facts, self.spec.network_interface)
         self.threads = [
             threads_per_rank(f.cpu_count, slot.local_size)
@@ -305,12 +315,12 @@ class HorovodCluster:
             self._polls += 1
             failed = [f for f in done if f.exception() is not None]
             remote_due = self._polls % REMOTE_LIVENESS_EVERY == 0
-            self._raise_if_lost(check_remote=bool(failed) or remote_due)
+            self._raise_if_lost(futures, check_remote=bool(failed) or remote_due)
             if failed:
                 rank = futures.index(failed[0])
                 raise as_rank_failure(rank, failed[0].exception()) from None
 
-    def _raise_if_lost(self, check_remote: bool) -> None:
+    def _raise_if_lost(self, futures: list[Any], check_remote: bool) -> None:
         lost = self.engines.lost(check_remote)
         if lost:
             rank = lost[0]
@@ -318,7 +328,7 @@ class HorovodCluster:
                 rank,
                 self.engine_pids[rank],
                 self.engines.host_of(rank),
-                self.engines.output_tail(rank),
+                _task_output(futures[rank]) + self.engines.output_tail(rank),
             )
 
     def lost_ranks(self) -> list[int]:
@@ -338,3 +348,11 @@ class HorovodCluster:
                 self.engines.stop()
             finally:
                 self.engines = None
+
+
+def _task_output(future: Any, lines: int = 40) -> str:
+    """The last lines a rank's task wrote to stdout and stderr (the engine forwards them, also
+    what C++ code such as Gloo writes to file descriptor 2)."""
+    text = (getattr(future, "stdout", "") or "") + (getattr(future, "stderr", "") or "")
+    tail = "".join(text.splitlines(True)[-lines:])
+    return f"{tail.rstrip()}\n--- engine log ---\n" if tail.strip() else ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import re
+import shlex
 import subprocess
 from dataclasses import dataclass
 
@@ -18,11 +19,23 @@ from hiresmed_nb.params import HiresmedError
 SSH_TIMEOUT_SECONDS = 20
 ENGINE_MODULES = ("ipyparallel", "horovod", "tensorflow", "hiresmed_nb")
 _HOST_NAME = re.compile(r"^[A-Za-z0-9_.@\[\]:-]+$")
+# Runs on each host: reports what an engine needs, and prepares the cluster's own folder there
+# (owner-only; empty IPython configs, so ipyparallel's `ipython profile create` has nothing to
+# generate or print).
 _PROBE_SCRIPT = (
-    "import importlib.util, json, os, socket, sys; "
-    "print(json.dumps({'ssh_connection': os.environ.get('SSH_CONNECTION', ''), "
-    "'hostname': socket.gethostname(), 'python': sys.executable, "
-    f"'missing': [m for m in {ENGINE_MODULES!r} if importlib.util.find_spec(m) is None]}}))"
+    """
+import importlib.util, json, os, socket, sys
+folder = sys.argv[1]
+os.makedirs(folder, mode=0o700, exist_ok=True)
+for name in ("ipython_config.py", "ipython_kernel_config.py"):
+    open(os.path.join(folder, name), "a").close()
+print(json.dumps({
+    "ssh_connection": os.environ.get("SSH_CONNECTION", ""),
+    "hostname": socket.gethostname(),
+    "missing": [m for m in %s if importlib.util.find_spec(m) is None],
+}))
+""".strip()
+    % (ENGINE_MODULES,)
 )
 
 
@@ -72,13 +85,15 @@ class HostProbe:
     head_address: str
 
 
-def probe_host(host: str, remote_python: str) -> HostProbe:
-    """Ask ``host`` over ssh whether ``remote_python`` can run an engine there.
+def probe_host(host: str, remote_python: str, folder: str) -> HostProbe:
+    """Ask ``host`` over ssh whether ``remote_python`` can run an engine there, and create the
+    cluster's ``folder`` on it.
 
     Raises :class:`HiresmedError` naming the host and the fix when ssh fails, the interpreter
     is missing, or it lacks a module an engine imports.
     """
-    command = ["ssh", *SSH_OPTIONS, host, remote_python, "-c", _PROBE_SCRIPT]
+    remote_command = shlex.join([remote_python, "-c", _PROBE_SCRIPT, folder])
+    command = ["ssh", *SSH_OPTIONS, host, remote_command]
     try:
         done = subprocess.run(
             command, capture_output=True, text=True, timeout=SSH_TIMEOUT_SECONDS, check=False
@@ -112,10 +127,10 @@ def probe_host(host: str, remote_python: str) -> HostProbe:
     return HostProbe(host, answer["hostname"], fields[0] if fields else "")
 
 
-def probe_hosts(hosts: list[HostSlots], remote_python: str) -> list[HostProbe]:
+def probe_hosts(hosts: list[HostSlots], remote_python: str, folder: str) -> list[HostProbe]:
     """:func:`probe_host` on every host at once; the first failure is raised."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
-        futures = [pool.submit(probe_host, entry.host, remote_python) for entry in hosts]
+        futures = [pool.submit(probe_host, entry.host, remote_python, folder) for entry in hosts]
         return [future.result() for future in futures]
 
 

@@ -127,6 +127,24 @@ def leave_horovod() -> None:
         hvd.shutdown()  # Horovod: a fresh rendezvous (new port, new plan) needs a new init.
 
 
+def native_errors_to_engine_log() -> None:
+    """Let C and C++ code (Gloo, Horovod, TensorFlow) write straight to the engine's log file.
+
+    An engine relays file descriptor 2 to the client through a pipe and a thread; a process that
+    aborts (e.g. Gloo's "Unable to find address") dies before the thread relays its last words.
+    Writing them to the log file directly keeps them for RankLostError, and Python tracebacks of
+    a crash (faulthandler) go there too. Python-level output still streams to the notebook.
+    """
+    import faulthandler
+    import sys
+
+    log_fd = getattr(sys.stderr, "_original_stdstream_copy", None)
+    if log_fd is not None and not os.path.sameopenfile(log_fd, 2):
+        os.dup2(log_fd, 2)
+    if not faulthandler.is_enabled():
+        faulthandler.enable(file=sys.__stderr__ if log_fd is None else os.fdopen(os.dup(2), "w"))
+
+
 def run_as_rank(environment: dict[str, str], function: Callable, *args: Any) -> Any:
     """Run ``function(*args)`` as the rank ``environment`` describes, from a clean Horovod.
 
@@ -134,6 +152,7 @@ def run_as_rank(environment: dict[str, str], function: Callable, *args: Any) -> 
     run's rendezvous is gone) and after (so an idle engine holds no Gloo connections), and the
     rank's ``HOROVOD_*`` variables are this run's.
     """
+    native_errors_to_engine_log()
     leave_horovod()
     os.environ.update(environment)
     try:
