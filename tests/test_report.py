@@ -443,10 +443,10 @@ def per_seed(values: list[float]) -> pd.Series:
 
 
 def test_paired_difference_verdicts():
-    higher = report.paired_difference(per_seed([0.8, 0.82, 0.81]), per_seed([0.5, 0.52, 0.51]))
-    assert higher.verdict == report.HIGHER and higher.mean == pytest.approx(0.3)
+    higher = report.paired_difference(per_seed([0.8, 0.82, 0.81]), per_seed([0.5, 0.51, 0.53]))
+    assert higher.verdict == report.HIGHER and higher.mean == pytest.approx(0.81 - 1.54 / 3)
     assert higher.n == 3 and higher.low > 0
-    lower = report.paired_difference(per_seed([0.5, 0.52, 0.51]), per_seed([0.8, 0.82, 0.81]))
+    lower = report.paired_difference(per_seed([0.5, 0.51, 0.53]), per_seed([0.8, 0.82, 0.81]))
     assert lower.verdict == report.LOWER and lower.high < 0
     noise = report.paired_difference(per_seed([0.5, 0.7, 0.6]), per_seed([0.6, 0.6, 0.6]))
     assert noise.verdict == report.NOISE and noise.low < 0 < noise.high
@@ -456,10 +456,20 @@ def test_paired_difference_verdicts():
 
 
 def test_pairing_seeds_sees_a_consistent_gain_that_overlapping_means_hide():
-    # the seeds differ a lot, but every seed gains 2 points: paired, the gain is certain
-    diff = report.paired_difference(per_seed([0.52, 0.72, 0.92]), per_seed([0.5, 0.7, 0.9]))
+    # the seeds differ a lot, but every seed gains 2 to 3 points: paired, the gain is clear
+    diff = report.paired_difference(per_seed([0.52, 0.73, 0.92]), per_seed([0.5, 0.7, 0.9]))
     assert diff.verdict == report.HIGHER
-    assert report.format_points(diff) == "+2.0 (95% CI +2.0 to +2.0, n=3)"
+    assert report.format_points(diff) == "+2.3 (95% CI +0.9 to +3.8, n=3)"
+
+
+def test_the_same_difference_in_every_seed_gives_no_interval():
+    # accuracies are multiples of 1/n_test: two seeds can differ by exactly the same amount
+    diff = report.paired_difference(per_seed([41 / 80, 53 / 80]), per_seed([45 / 80, 57 / 80]))
+    assert diff.verdict == report.NO_SPREAD and diff.half == pytest.approx(0, abs=1e-12)
+    assert report.format_points(diff) == "-5.0 (the same in all 2 seeds: no interval)"
+    assert report.overall([diff], "yes", "no") == (
+        "no interval can be computed (no spread over seeds)"
+    )
 
 
 # --- Q1: fewer high-resolution images against many low-resolution ones -------------------------
@@ -473,18 +483,18 @@ def q1_frame(high: list[float], low: list[float], **common) -> pd.DataFrame:
 
 
 def test_q1_clear_yes():
-    pairs = report.q1_pairs(q1_frame([0.80, 0.82, 0.81], [0.50, 0.52, 0.51]))
+    pairs = report.q1_pairs(q1_frame([0.80, 0.82, 0.81], [0.50, 0.51, 0.53]))
     [pair] = pairs.itertuples()
     assert (pair.fewer, pair.more) == ((128, 10), (32, 30))
     assert pair.verdict == "yes"
     sentence = report.q1_sentence(pairs)
     assert sentence.startswith("Yes. ")
     assert "higher in 1 of 1, lower in 0, not distinguishable from seed noise in 0" in sentence
-    assert "+30.0 points (95% CI" in sentence
+    assert "+29.7 points (95% CI +25.9 to +33.5, n=3)" in sentence
 
 
 def test_q1_clear_no():
-    pairs = report.q1_pairs(q1_frame([0.50, 0.52, 0.51], [0.80, 0.82, 0.81]))
+    pairs = report.q1_pairs(q1_frame([0.50, 0.51, 0.53], [0.80, 0.82, 0.81]))
     assert list(pairs["verdict"]) == ["no"]
     assert report.q1_sentence(pairs).startswith("No. ")
 
@@ -586,7 +596,7 @@ def test_q2_without_an_accumulated_arm_says_it_cannot_separate_batch_and_distrib
 def test_q3_optimum_at_the_edge_of_the_grid_is_not_bracketed():
     frame = records(
         *seeds([0.40, 0.41, 0.42], image_size=32),
-        *seeds([0.60, 0.61, 0.62], image_size=64),
+        *seeds([0.60, 0.61, 0.63], image_size=64),
         *seeds([0.80, 0.81, 0.82], image_size=128),
     )
     [best] = report.q3_best_resolution(frame).itertuples()

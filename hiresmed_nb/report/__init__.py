@@ -58,6 +58,8 @@ from hiresmed_nb.report.section import answers_html, paper_answers
 from hiresmed_nb.report.stats import (
     HIGHER,
     LOWER,
+    NO_INTERVAL,
+    NO_SPREAD,
     NOISE,
     ONE_SEED,
     Difference,
@@ -91,6 +93,8 @@ __all__ = [
     "METRICS",
     "MODES",
     "NOISE",
+    "NO_INTERVAL",
+    "NO_SPREAD",
     "ONE_SEED",
     "OPTIONAL_COLUMNS",
     "PAPER_TABLE",

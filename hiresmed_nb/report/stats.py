@@ -14,12 +14,16 @@ import pandas as pd
 from hiresmed_nb.params import HiresmedError
 from hiresmed_nb.report.load import CELL, check_metric
 
-HIGHER, LOWER, NOISE, ONE_SEED = (
+HIGHER, LOWER, NOISE, ONE_SEED, NO_SPREAD = (
     "higher",
     "lower",
     "not distinguishable from seed noise",
     "one seed: no interval",
+    # every seed differs by the same amount (accuracies are multiples of 1/n_test, so this
+    # happens by chance with few seeds): a zero-width interval would claim certainty
+    "same difference in every seed: no interval",
 )
+NO_INTERVAL = (ONE_SEED, NO_SPREAD)
 
 
 def mean_ci(
@@ -79,8 +83,9 @@ class Difference:
     """Mean of the per-seed differences ``a - b`` over the ``n`` seeds both sides ran.
 
     ``half`` is the 95% t half-width (None for one seed). ``verdict`` is :data:`HIGHER` when the
-    whole interval is above zero, :data:`LOWER` when below, :data:`NOISE` when it holds zero,
-    :data:`ONE_SEED` when there is no interval. Units are those of the inputs.
+    whole interval is above zero, :data:`LOWER` when below, :data:`NOISE` when it holds zero;
+    :data:`ONE_SEED` (one seed) and :data:`NO_SPREAD` (every seed gave the same difference, a
+    zero-width interval) give no verdict. Units are those of the inputs.
     """
 
     mean: float
@@ -110,6 +115,8 @@ def paired_difference(a: pd.Series, b: pd.Series) -> Difference | None:
     mean, half = mean_ci(a[common] - b[common])
     if half is None:
         verdict = ONE_SEED
+    elif half < 1e-9:  # zero up to float rounding of k/n_test differences
+        verdict = NO_SPREAD
     elif mean - half > 0:
         verdict = HIGHER
     elif mean + half < 0:
@@ -128,5 +135,7 @@ def format_points(
     text = f"{scale * diff.mean:+.1f}{unit}"
     if diff.half is None:
         return f"{text} ({single}: no interval)"
+    if diff.verdict == NO_SPREAD:
+        return f"{text} (the same in all {diff.n} seeds: no interval)"
     low, high = scale * diff.low, scale * diff.high
     return f"{text} (95% CI {low:+.1f} to {high:+.1f}, n={diff.n})"

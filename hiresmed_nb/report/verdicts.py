@@ -7,7 +7,16 @@ import math
 
 import pandas as pd
 
-from hiresmed_nb.report.stats import HIGHER, LOWER, NOISE, ONE_SEED, Difference, format_points
+from hiresmed_nb.report.stats import (
+    HIGHER,
+    LOWER,
+    NO_INTERVAL,
+    NO_SPREAD,
+    NOISE,
+    ONE_SEED,
+    Difference,
+    format_points,
+)
 from hiresmed_nb.report.tables import format_lr
 
 QUESTIONS = {
@@ -40,7 +49,7 @@ POSITIONS = {
 
 def tally(diffs: list[Difference]) -> dict[str, int]:
     """How many differences are higher, lower, within seed noise, or without an interval."""
-    counts = {HIGHER: 0, LOWER: 0, NOISE: 0, ONE_SEED: 0}
+    counts = {HIGHER: 0, LOWER: 0, NOISE: 0, ONE_SEED: 0, NO_SPREAD: 0}
     for diff in diffs:
         counts[diff.verdict] += 1
     return counts
@@ -55,9 +64,10 @@ def overall(diffs: list[Difference], yes: str, no: str, single: str = "one seed"
     if not diffs:
         return "not answerable"
     counts = tally(diffs)
-    with_interval = len(diffs) - counts[ONE_SEED]
+    with_interval = len(diffs) - counts[ONE_SEED] - counts[NO_SPREAD]
     if with_interval == 0:
-        return f"no interval can be computed ({single} per cell)"
+        why = f"{single} per cell" if counts[ONE_SEED] else "no spread over seeds"
+        return f"no interval can be computed ({why})"
     for key, word in ((HIGHER, yes), (LOWER, no), (NOISE, NOISE)):
         if counts[key] == with_interval:
             return word
@@ -71,7 +81,7 @@ def count_text(diffs: list[Difference], higher: str = "higher", lower: str = "lo
     the mean alone ('higher in 4 of 5, lower in 1') when no comparison has an interval."""
     counts = tally(diffs)
     total = len(diffs)
-    if counts[ONE_SEED] == total:
+    if counts[ONE_SEED] + counts[NO_SPREAD] == total:
         up, down = sum(d.mean > 0 for d in diffs), sum(d.mean < 0 for d in diffs)
         return f"{higher} in {up} of {total}, {lower} in {down}"
     text = (
@@ -80,6 +90,8 @@ def count_text(diffs: list[Difference], higher: str = "higher", lower: str = "lo
     )
     if counts[ONE_SEED]:
         text += f", one seed (no interval) in {counts[ONE_SEED]}"
+    if counts[NO_SPREAD]:
+        text += f", the same difference in every seed (no interval) in {counts[NO_SPREAD]}"
     return text
 
 
@@ -334,13 +346,14 @@ def q3_sentence(best: pd.DataFrame, single: str = "one seed") -> str:
     winners = ranked["best"].value_counts()
     sizes = ", ".join(f"{size} px in {count}" for size, count in winners.items())
     diffs = [d for d in ranked["diff"] if d is not None]
-    if diffs and all(d.verdict == ONE_SEED for d in diffs):
+    if diffs and all(d.verdict in NO_INTERVAL for d in diffs):
         noise = f"no interval can be computed ({single} per cell)"
     else:
         sure = sum(d.verdict == HIGHER for d in diffs)
         noise = f"the best beats the next best size beyond seed noise in {sure} of {len(ranked)}"
+    what = "arch, arm, data size" + (", learning rate" if (ranked["lr"] != "").any() else "")
     text = (
-        f"{word}. Over {_plural(len(ranked), 'setting')} (arch, arm, data size) the best "
+        f"{word}. Over {_plural(len(ranked), 'setting')} ({what}) the best "
         f"resolution is {sizes}. It is interior, bracketed by the grid, in {interior}; the "
         f"largest size tried in {int(counts.get('largest', 0))} and the smallest in "
         f"{int(counts.get('smallest', 0))} (there the optimum may lie beyond the grid)"
