@@ -5,6 +5,9 @@ Subcommands:
 - ``run``: expand the parameter files into a grid of runs, execute ``notebooks/01_train.ipynb``
   for each run not yet recorded, then execute ``notebooks/02_report.ipynb`` and render
   ``outputs/<STUDY>/report.html``. Exits 1 when a run or the report failed, 2 on bad parameters.
+- ``cluster start`` / ``cluster stop FILE``: a cluster of engines that outlives the command
+  (here or on ``--hosts``); ``start`` prints its cluster file, which notebooks and studies attach
+  to with ``IPP_CLUSTER_FILE`` (and leave running).
 - ``bench``: run the performance benchmarks (:mod:`hiresmed_nb.bench`), one JSON each in
   ``outputs/bench/``, and a Markdown summary there (``--markdown`` also updates a file's block).
 """
@@ -100,7 +103,54 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="also replace the generated block of FILE (e.g. BENCHMARKS.md) with the tables",
     )
+    _add_cluster_parser(commands)
     return parser
+
+
+def _add_cluster_parser(commands: argparse._SubParsersAction) -> None:
+    cluster = commands.add_parser(
+        "cluster",
+        help="start or stop a cluster of engines that outlives this command",
+        description="Start a controller and engines (here, or over ssh on --hosts) that keep "
+        "running after this command; attach notebooks and studies to it with "
+        "IPP_CLUSTER_FILE=<the printed path>, and stop it with `cluster stop <path>`.",
+    )
+    actions = cluster.add_subparsers(dest="action", required=True, metavar="ACTION")
+    start = actions.add_parser("start", help="start a cluster; print its cluster file")
+    start.add_argument(
+        "-n", type=int, default=0, metavar="N", help="engines (default: --hosts' slots, else 2)"
+    )
+    start.add_argument(
+        "--hosts", default="", metavar="HOSTS", help="'hostA:2,hostB:2' (ssh); default: here"
+    )
+    start.add_argument(
+        "--remote-python",
+        default="",
+        metavar="PATH",
+        help="interpreter on the hosts (default: this one's path)",
+    )
+    start.add_argument(
+        "--rendezvous-addr",
+        default="auto",
+        metavar="ADDR",
+        help="address of this machine the engines reach (default: found over ssh)",
+    )
+    stop = actions.add_parser("stop", help="stop the cluster of a cluster file, on every host")
+    stop.add_argument("cluster_file", metavar="FILE", help="the path `cluster start` printed")
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    from hiresmed_nb.cluster import command
+
+    if args.action == "start":
+        started = command.start_detached(
+            args.n, args.hosts, args.remote_python, args.rendezvous_addr
+        )
+        print(started.placement, file=sys.stderr)
+        print(started.cluster_file)
+        return 0
+    print(f"stopped {command.stop(args.cluster_file)}", file=sys.stderr)
+    return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -157,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "cluster":
+            return _cluster(args)
         if args.command == "bench":
             return _bench(args)
     except HiresmedError as error:

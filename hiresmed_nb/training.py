@@ -248,9 +248,14 @@ def join_ranks(distributed: bool) -> RankInfo:
 
 
 def seed_run(params: dict[str, Any]) -> None:
-    """Seed Python, NumPy and TensorFlow, restart the file-open audit, set the precision policy."""
+    """Start from a clean slate: a fresh Keras session, seeds for Python, NumPy and TensorFlow,
+    a restarted file-open audit and the run's precision policy.
+
+    A warm engine (or a kernel) that trained before thus runs like a fresh process would.
+    """
     import tensorflow as tf
 
+    tf.keras.backend.clear_session()  # forget earlier runs' models, layer names and graph
     tf.keras.utils.set_random_seed(params["SEED"])  # before the pipeline: its shuffle uses it
     data.reset_opened_files()
     tf.keras.mixed_precision.set_global_policy(params["PRECISION"])

@@ -355,7 +355,7 @@ def attach_engines(cluster_file: str, n_engines: int) -> Engines:
         ) from None
     client_file = profile_dir / "security" / f"ipcontroller-{cluster_id}-client.json"
     try:
-        client = ipp.Client(url_file=str(client_file), timeout=PROBE_SECONDS)
+        client = ipp.Client(str(client_file), timeout=PROBE_SECONDS)
         client.wait_for_engines(n_engines, timeout=PROBE_SECONDS, interactive=False)
     except Exception as error:
         raise HiresmedError(
@@ -370,12 +370,19 @@ def attach_engines(cluster_file: str, n_engines: int) -> Engines:
 
 def stop_cluster_file(cluster_file: str) -> str:
     """Stop the cluster of ``cluster_file`` everywhere (``cluster stop``); returns its id."""
+    import json
+
     import ipyparallel as ipp
 
     path = resolve_path(cluster_file)
     if not path.is_file():
         raise HiresmedError(f"cluster file {cluster_file!r} does not exist")
-    cluster = ipp.Cluster.from_file(str(path), log_level=40)
+    state = json.loads(path.read_text())
+    engines = state.get("engines", {})
+    # ipyparallel records a launcher class outside its own entry points as 'module:Class' but
+    # imports dotted paths only.
+    engines["class"] = str(engines.get("class", "")).replace(":", ".")
+    cluster = ipp.Cluster.from_dict(state, cluster_file=str(path), log_level=40)
     stop_cluster(cluster, cluster.cluster_id, Path(cluster.profile_dir))
     path.unlink(missing_ok=True)
     return cluster.cluster_id

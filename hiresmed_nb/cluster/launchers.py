@@ -34,6 +34,8 @@ class LocalEngines(ipp_launcher.LocalEngineSetLauncher):
     """Engines on this machine (``IPP_LAUNCHER="local"``)."""
 
     launcher_class = LocalEngine
+    # The name a cluster file records, which ipyparallel imports again (a dotted path).
+    entrypoint_name = f"{__name__}.LocalEngines"
 
 
 class SSHEngine(_KeepsOutput, ipp_launcher.SSHEngineLauncher):
@@ -49,7 +51,8 @@ class SSHEngines(ipp_launcher.SSHEngineSetLauncher):
     """Engines on the hosts of ``HOSTS``, started over ssh."""
 
     launcher_class = SSHEngine
+    entrypoint_name = f"{__name__}.SSHEngines"
 
 
-LOCAL = f"{__name__}.LocalEngines"
-SSH = f"{__name__}.SSHEngines"
+LOCAL = LocalEngines.entrypoint_name
+SSH = SSHEngines.entrypoint_name
