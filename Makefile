@@ -1,32 +1,135 @@
 # hiresmed-nb: `make reproduce` runs the quick study; `make test` runs the tests.
-# Both create .venv on first use (Python 3.11); the stamp file makes later calls install nothing.
+# Both create .venv on first use (Python 3.11) from the lock; a stamp per variant makes later calls
+# install nothing. `make GPU=1 <target>` installs the GPU variant instead: TensorFlow with CUDA
+# (requirements-gpu.txt) and Horovod with NCCL operations. `make lock` regenerates both locks.
 
 PYTHON ?= python3.11
 VENV := .venv
 PY ?= $(VENV)/bin/python
-STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# The user `make lab` runs as: Jupyter refuses root unless told --allow-root.
+USER_ID ?= $(shell id -u)
+
+# Where GPU=1 looks for the CUDA 12 toolkit and NCCL (Horovod's own variables).
+CUDA_HOME ?= /usr/local/cuda
+HOROVOD_NCCL_HOME ?= /usr
+
 HOROVOD_BUILD := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_PYTORCH=1 \
 	HOROVOD_WITHOUT_MXNET=1 HOROVOD_WITHOUT_MPI=1 CMAKE_POLICY_VERSION_MINIMUM=3.5
+ifeq ($(GPU),1)
+VARIANT := gpu
+LOCK := requirements-gpu.txt
+OTHER_TENSORFLOW := tensorflow-cpu
+HOROVOD_BUILD += HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_CUDA_HOME=$(CUDA_HOME) \
+	HOROVOD_NCCL_HOME=$(HOROVOD_NCCL_HOME)
+HOROVOD_NEEDS := TensorFlow Gloo NCCL
+else
+VARIANT := cpu
+LOCK := requirements.txt
+OTHER_TENSORFLOW := tensorflow
+HOROVOD_NEEDS := TensorFlow Gloo
+endif
+STAMP := $(VENV)/.installed-$(VARIANT)
+# The variant's TensorFlow as pyproject.toml declares it (its `cpu` or `gpu` extra).
+TENSORFLOW := $(shell sed -n 's/^$(VARIANT) = \["\([^"]*\)"\]/\1/p' pyproject.toml)
+# The pip the lock pins (pip-tools needs it), installed before the lock itself.
+PIP_VERSION := $(shell sed -n 's/^pip==\([^ ]*\).*/\1/p' $(LOCK))
+WITH_VENV_PATH := PATH="$(dir $(abspath $(PY))):$$PATH"
 
-.PHONY: venv horovod test test-fast reproduce lab lint format clean-outputs
+# Horovod is rebuilt only when the TensorFlow it compiles against changes (variant or version).
+TENSORFLOW_PIN := $(shell sed -n 's/^\(tensorflow\(-cpu\)\{0,1\}\)==\([^ ]*\).*/\1-\3/p' $(LOCK))
+HOROVOD_STAMP := $(VENV)/.horovod-$(TENSORFLOW_PIN)
+
+.PHONY: venv install install-lock install-project horovod check-gpu-build lock test test-fast \
+	reproduce lab lint format
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt requirements-horovod.txt pyproject.toml
+# One variant per venv: the other's stamp goes (and install-lock swaps the TensorFlow wheel).
+$(STAMP): $(LOCK) requirements-horovod.txt pyproject.toml
+ifeq ($(VARIANT),gpu)
+	$(MAKE) check-gpu-build
+endif
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
-	$(MAKE) horovod
-	$(PY) -m pip install --quiet --no-deps -e .
-	$(PY) -m ipykernel install --sys-prefix --name hiresmed --display-name "Python 3 (hiresmed)"
+	rm -f $(VENV)/.installed $(VENV)/.installed-*
+	$(MAKE) install-lock
+	$(MAKE) $(HOROVOD_STAMP)
+	$(MAKE) install-project
 	touch $@
 
-# Horovod compiles against the TensorFlow already installed (about 3 minutes on 2 cores).
+$(HOROVOD_STAMP): requirements-horovod.txt
+	rm -f $(VENV)/.horovod-*
+	$(MAKE) horovod
+	touch $@
+
+# Everything into the environment of $(PY), Horovod always rebuilt (a conda environment:
+# `make install PY=python`).
+install:
+ifeq ($(VARIANT),gpu)
+	$(MAKE) check-gpu-build
+endif
+	$(MAKE) install-lock
+	$(MAKE) horovod
+	$(MAKE) install-project
+
+# The variant's lock, after the pip it pins; the other variant's TensorFlow wheel goes first.
+install-lock:
+	@echo "Installing the $(VARIANT) variant from $(LOCK): $(TENSORFLOW), Horovod with $(HOROVOD_NEEDS)"
+	$(PY) -m pip install --quiet pip==$(PIP_VERSION)
+	if $(PY) -m pip show --quiet $(OTHER_TENSORFLOW) >/dev/null 2>&1; then \
+		$(PY) -m pip uninstall --quiet --yes $(OTHER_TENSORFLOW); fi
+	$(PY) -m pip install --quiet -r $(LOCK)
+
+# This package (editable) and the `hiresmed` kernel, whose environment silences TensorFlow's INFO
+# lines in notebooks and in the engines they start.
+install-project:
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name hiresmed --display-name "Python 3 (hiresmed)" \
+		--env TF_CPP_MIN_LOG_LEVEL 2
+
+# Horovod compiles against the TensorFlow already installed (about 3-5 minutes on 2 cores); its
+# dependencies come from the lock, so only the hash-checked source archive is installed here.
 horovod:
-	PATH="$(dir $(abspath $(PY))):$$PATH" $(HOROVOD_BUILD) \
-		$(PY) -m pip install --quiet --no-build-isolation --no-cache-dir -r requirements-horovod.txt
-	PATH="$(dir $(abspath $(PY))):$$PATH" horovodrun --check-build | grep -q '\[X\] Gloo'
+	$(WITH_VENV_PATH) $(HOROVOD_BUILD) $(PY) -m pip install --quiet --no-build-isolation \
+		--no-cache-dir --no-deps --force-reinstall -r requirements-horovod.txt
+	@built="$$($(WITH_VENV_PATH) horovodrun --check-build)"; \
+	for part in $(HOROVOD_NEEDS); do \
+		echo "$$built" | grep -q "\[X\] $$part" || { \
+			echo "Horovod was built without $$part:"; echo "$$built"; exit 1; } >&2; \
+	done
+
+# TensorFlow 2.15 is built for CUDA 12.2, so Horovod's NCCL operations need a CUDA 12 toolkit
+# and NCCL's header and library; name what is missing before anything is installed.
+NVCC_VERSION = $(shell $(CUDA_HOME)/bin/nvcc --version 2>/dev/null \
+	| sed -n 's/.*release \([0-9.]*\),.*/\1/p')
+NCCL_HEADER = $(firstword $(wildcard $(HOROVOD_NCCL_HOME)/include/nccl.h \
+	$(CUDA_HOME)/include/nccl.h /usr/include/nccl.h))
+NCCL_LIBRARY = $(firstword $(wildcard $(addsuffix /libnccl*.[as]*,$(HOROVOD_NCCL_HOME)/lib \
+	$(HOROVOD_NCCL_HOME)/lib64 $(CUDA_HOME)/lib64 /usr/lib/x86_64-linux-gnu)))
+
+check-gpu-build:
+	@missing=""; \
+	case "$(NVCC_VERSION)" in 12.*) ;; *) missing="$$missing\n  - the CUDA 12 toolkit:\
+	 $(CUDA_HOME)/bin/nvcc is $(or $(NVCC_VERSION),absent) (set CUDA_HOME to a CUDA 12 install)";; \
+	esac; \
+	[ -n "$(NCCL_HEADER)" ] && [ -n "$(NCCL_LIBRARY)" ] || missing="$$missing\n  - NCCL 2:\
+	 nccl.h and libnccl under $(HOROVOD_NCCL_HOME) or $(CUDA_HOME) (set HOROVOD_NCCL_HOME;\
+	 Debian/Ubuntu: libnccl-dev from NVIDIA's CUDA repository)"; \
+	if [ -n "$$missing" ]; then \
+		printf "make GPU=1 stops before installing anything. Building Horovod with NCCL\
+	 GPU operations for TensorFlow 2.15 needs:$$missing\nWithout them, run make without\
+	 GPU=1 for the CPU variant.\n" >&2; exit 1; fi
+
+# Regenerate both locks from pyproject.toml ([tool.pip-tools] holds the options), keeping every
+# pin that still fits: LOCK_ARGS="--upgrade-package NAME" or "--upgrade" moves them. The GPU lock
+# is constrained to the CPU lock's versions, so the variants differ only in TensorFlow and CUDA.
+LOCK_ARGS ?=
+lock: | $(VENV)/.installed-$(VARIANT)
+	CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile --quiet $(LOCK_ARGS) \
+		--extra cpu --extra horovod --extra dev -o requirements.txt pyproject.toml
+	CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile --quiet $(LOCK_ARGS) \
+		--extra gpu --extra horovod --extra dev -c requirements.txt -o requirements-gpu.txt \
+		pyproject.toml
 
 test: venv
 	$(PY) -m pytest
@@ -37,8 +140,10 @@ test-fast: venv
 reproduce: venv
 	$(PY) -m hiresmed_nb run params/quick.yaml
 
+# Jupyter prints the URL (with its token) once the server is up.
 lab: venv
-	$(VENV)/bin/jupyter lab notebooks
+	$(VENV)/bin/jupyter lab notebooks --no-browser --ServerApp.ip=127.0.0.1 \
+		$(if $(filter 0,$(USER_ID)),--allow-root)
 
 lint: venv
 	$(VENV)/bin/ruff check .
