@@ -31,20 +31,20 @@ def _no_warm_cluster_between_tests():
         sys.modules["hiresmed_nb.cluster.warm"].stop_warm_cluster()
 
 
-# --- Simulated hosts (network namespaces with sshd) for multi-host tests: see tests/simhosts.py ---
+# --- Simulated hosts (network namespaces with sshd) for multi-host tests: hiresmed_nb.simhosts ---
 
 
 @pytest.fixture(scope="session")
 def _simhosts_unavailable() -> str | None:
     """Why simulated hosts cannot be built on this machine (checked once), or None."""
-    import simhosts
+    from hiresmed_nb import simhosts
 
     return simhosts.unavailable_reason()
 
 
 def _simhosts_factory(request: pytest.FixtureRequest, unavailable: str | None):
     """Yield ``build(*specs) -> SimHosts``; every instance built is torn down afterwards."""
-    import simhosts
+    from hiresmed_nb import simhosts
 
     if request.node.get_closest_marker("multihost") is None:  # so `-m "not multihost"` works
         where = "the test" if request.scope == "function" else "the module (pytestmark = ...)"
