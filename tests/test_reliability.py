@@ -305,13 +305,16 @@ import sys
 from hiresmed_nb.cluster import HorovodCluster
 cluster = HorovodCluster(2)
 cluster.start()
-print(cluster.cluster_id, *cluster.engine_pids, flush=True)
+print(cluster.cluster_id, flush=True)
 sys.stdin.read()  # hold the cluster until this process is killed
 """
 
 
-@pytest.mark.distributed
-def test_a_killed_kernels_cluster_is_reaped_by_the_next_one():
+def kill_a_kernel_holding_a_cluster(undertaker_too: bool = False) -> str:
+    """Start a cluster in a child process, SIGKILL the child (no clean-up runs), return the id.
+
+    ``undertaker_too``: first SIGKILL the undertaker that would stop the cluster."""
+    import signal
     import subprocess
     import sys
 
@@ -321,15 +324,29 @@ def test_a_killed_kernels_cluster_is_reaped_by_the_next_one():
         stdout=subprocess.PIPE,
         text=True,
     )
-    orphan_id, *engine_pids = kernel.stdout.readline().split()
-    engines = [psutil.Process(int(pid)) for pid in engine_pids]
-    kernel.kill()  # like papermill or the OOM killer stopping a kernel: no clean-up runs
+    orphan_id = kernel.stdout.readline().strip()
+    assert cluster.cluster_processes(orphan_id), "the cluster should be running"
+    if undertaker_too:
+        for process in cluster.cluster_processes(orphan_id):
+            if "undertaker" in " ".join(process.cmdline()):
+                process.send_signal(signal.SIGKILL)  # a zombie of the kernel from here on
+    kernel.kill()  # like papermill, a kernel restart or the OOM killer: no clean-up runs
     kernel.wait()
-    # Its engines end by themselves (they watch their kernel); its controller lingers...
-    _, still_running = psutil.wait_procs(engines, timeout=60)
+    return orphan_id
+
+
+@pytest.mark.distributed
+def test_a_killed_kernels_cluster_is_stopped_by_its_undertaker():
+    orphan_id = kill_a_kernel_holding_a_cluster()
+    left = [p for p in cluster.cluster_processes(orphan_id) if "undertaker" not in p.cmdline()]
+    _, still_running = psutil.wait_procs(left, timeout=60)
     assert still_running == []
-    assert cluster.cluster_processes(orphan_id), "the killed kernel's controller should linger"
-    # ...until the next cluster reaps it.
+
+
+@pytest.mark.distributed
+def test_a_killed_kernels_cluster_is_reaped_by_the_next_one_if_its_undertaker_died_too():
+    orphan_id = kill_a_kernel_holding_a_cluster(undertaker_too=True)
+    assert cluster.cluster_processes(orphan_id), "without its undertaker the cluster lingers"
     with HorovodCluster(2) as running:
         assert running.run(eval, "1 + 1") == [2, 2]
     assert cluster.cluster_processes(orphan_id) == []

@@ -192,12 +192,6 @@ class Engines:
 
     # Stopping -------------------------------------------------------------------------------
 
-    def watch_owner(self, owner_pid: int) -> None:
-        """Make this machine's engines end when ``owner_pid`` ends (see probes.watch_owner)."""
-        for view, facts in zip(self.views, self.facts, strict=True):
-            if facts.machine == "localhost":
-                view.apply_sync(probes.watch_owner, owner_pid)
-
     def interrupt(self) -> None:
         """Send SIGINT to every engine's running task (through the controller: any host)."""
         import signal

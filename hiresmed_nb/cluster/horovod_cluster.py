@@ -40,6 +40,7 @@ from hiresmed_nb.cluster.ranks import (
     host_identities,
     threads_per_rank,
 )
+from hiresmed_nb.cluster.undertaker import start_undertaker
 from hiresmed_nb.params import HiresmedError, resolve_path
 
 IPP_PROFILE_DIR = ".ipyparallel/profile_hiresmed"
@@ -181,7 +182,7 @@ class HorovodCluster:
     def start(self) -> None:
         """Start (or attach) the engines, then place the ranks; see the module docstring."""
         spec = self.spec
-        reap_orphans()
+        reap_orphans(self.profile_dir)
         if spec.cluster_file:
             self.engines = attach_engines(spec.cluster_file, spec.n_ranks)
             self.rendezvous_addr = self._attached_rendezvous_addr()
@@ -198,6 +199,10 @@ class HorovodCluster:
                 detached=self.detached,
             )
             self.rendezvous_addr = controller
+            if not self.detached:
+                # A warm cluster may idle between runs: it must not outlive this kernel, also
+                # when the kernel is killed before it can stop it.
+                start_undertaker(os.getpid(), self.cluster_file)
         self._place_ranks()
 
     def _controller_address(self) -> str:
@@ -253,9 +258,6 @@ class HorovodCluster:
         self.engine_pids = [f.pid for f in facts]
         hosts = ", ".join(dict.fromkeys(self.engines.host_of(i) for i in range(len(facts))))
         self.placement = f"{self.n_ranks} ranks on {hosts} ({how})"
-        if self.engines.owned and not self.detached:
-            # A warm cluster may idle between runs: its local engines end with this kernel.
-            self.engines.watch_owner(os.getpid())
 
     # Running --------------------------------------------------------------------------------
 

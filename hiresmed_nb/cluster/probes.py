@@ -92,23 +92,6 @@ def sees_file(path: str) -> bool:
     return Path(path).exists()
 
 
-def watch_owner(owner_pid: int) -> None:
-    """End this engine when ``owner_pid`` (the kernel that owns the cluster) is gone, e.g. killed:
-    a warm engine holding a model in memory must not outlive its kernel."""
-    import threading
-
-    import psutil
-
-    def watch() -> None:
-        try:
-            psutil.Process(owner_pid).wait()
-        except psutil.NoSuchProcess:
-            pass
-        os._exit(0)
-
-    threading.Thread(target=watch, name="hiresmed-owner-watch", daemon=True).start()
-
-
 def set_environment(variables: dict[str, str]) -> int:
     """Set environment variables in the engine process; returns the engine's pid."""
     os.environ.update(variables)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 from typing import Any
 
 CLUSTER_PREFIX = "hiresmed-"
@@ -68,11 +70,12 @@ def reap_processes(cluster_id: str, grace_seconds: float = STOP_GRACE_SECONDS) -
     psutil.wait_procs(alive, timeout=grace_seconds)
 
 
-def reap_orphans() -> list[str]:
+def reap_orphans(profile_dir: Path | None = None) -> list[str]:
     """Stop clusters left behind by a kernel that was killed (papermill, OOM, kill -9).
 
     A cluster's id carries its owner's pid; any local engine or controller whose owner is gone is
-    reaped. Detached clusters (``cluster start``) have no owner and are left alone. Returns the
+    reaped, and (given ``profile_dir``) the logs and connection files of such clusters are
+    removed. Detached clusters (``cluster start``) have no owner and are left alone. Returns the
     ids reaped.
     """
     import psutil
@@ -89,4 +92,16 @@ def reap_orphans() -> list[str]:
                 orphaned.add(cluster_id)
     for cluster_id in sorted(orphaned):
         reap_processes(cluster_id)
+    if profile_dir is not None:
+        _remove_orphaned_files(profile_dir)
     return sorted(orphaned)
+
+
+def _remove_orphaned_files(profile_dir: Path) -> None:
+    """Remove the log and connection files of owned clusters whose owner is gone."""
+    owned = re.compile(rf"{CLUSTER_PREFIX}(\d+)-[0-9a-f]+")
+    for folder in ("log", "security"):
+        for path in (profile_dir / folder).glob(f"*{CLUSTER_PREFIX}*"):
+            found = owned.search(path.name)
+            if found and not process_alive(int(found.group(1))):
+                path.unlink(missing_ok=True)

@@ -3,8 +3,8 @@ layout changes, stopped when the kernel exits.
 
 A second distributed run with the same :class:`ClusterSpec` reuses the running engines, which
 already imported TensorFlow and Horovod; a different spec, a failed or interrupted run, or a lost
-engine replaces it. The kernel's exit stops it (``atexit``); if the kernel is killed instead, its
-local engines end with it (a watchdog) and the next cluster reaps the controller it left.
+engine replaces it. The kernel's exit stops it (``atexit``); if the kernel is killed instead,
+the cluster's undertaker (:mod:`.undertaker`) stops it on every host.
 """
 
 from __future__ import annotations
