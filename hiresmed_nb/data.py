@@ -586,16 +586,45 @@ def make_dataset(
     With ``shuffle_seed`` the order is reshuffled every epoch; with ``repeat`` it never ends
     (each rank then runs a fixed number of steps per epoch, so ranks stay in lockstep).
     """
+    images = cached_images(split, files, labels, image_size)
+    return batches(images, preprocess, batch_size, shuffle_seed, repeat)
+
+
+def cached_images(
+    split: Split, files: Sequence[str], labels: Sequence[int], image_size: int
+) -> tf.data.Dataset:
+    """(image, label) pairs, decoded and resized (see :func:`load_image`) on the first pass,
+    then read from memory. Pipelines made from this one object by :func:`batches` share that
+    cache: the files are decoded once."""
     import tensorflow as tf
 
     paths = [str(split.data_dir / name) for name in files]
     dataset = tf.data.Dataset.from_tensor_slices((paths, list(labels)))
-    dataset = dataset.map(
+    return dataset.map(
         lambda path, label: (load_image(path, image_size, split.greyscale), label),
         num_parallel_calls=tf.data.AUTOTUNE,
     ).cache()
+
+
+def batches(
+    images: tf.data.Dataset,
+    preprocess: Callable,
+    batch_size: int,
+    shuffle_seed: int | None = None,
+    repeat: bool = False,
+) -> tf.data.Dataset:
+    """The rest of :func:`make_dataset`'s pipeline over ``images`` (from :func:`cached_images`).
+
+    Each call makes a pipeline with its own shuffle: all iterators over one pipeline share its
+    seed generator, so a new iterator's order depends on how many epochs earlier iterators
+    (and their prefetch, running ahead) started; the first iterator of a new one does not.
+    """
+    import tensorflow as tf
+
+    dataset = images
     if shuffle_seed is not None:
-        dataset = dataset.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
+        n_images = int(images.cardinality())  # known: a list of files, mapped and cached
+        dataset = dataset.shuffle(n_images, seed=shuffle_seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
     dataset = dataset.map(lambda image, label: (preprocess(image), label))

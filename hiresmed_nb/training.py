@@ -198,9 +198,13 @@ class RankInfo:
 
 @dataclass(frozen=True)
 class Shard:
-    """This rank's training data: its files and labels, its input pipeline and the run's totals.
+    """This rank's training data: its files and labels, its input pipelines and the run's totals.
 
     ``pipeline`` repeats forever; an epoch is ``steps_per_epoch`` batches on every rank.
+    ``recalibration`` is an identical but separate pipeline (same cached images) for the
+    batch-norm pass after training: a second iterator over ``pipeline`` would shuffle in an order
+    that depends on how far ``fit``'s prefetch ran ahead (both would draw shuffle seeds from one
+    seed generator), so the final weights would differ between runs with the same seed.
     """
 
     split: data.Split
@@ -211,6 +215,7 @@ class Shard:
     n_test: int
     steps_per_epoch: int
     pipeline: Any
+    recalibration: Any
 
 
 def horovod_host() -> str:
@@ -285,17 +290,22 @@ def shard_data(params: dict[str, Any], ranks: RankInfo, split: data.Split | None
     # Horovod: every rank takes the same number of steps, so allreduces pair up; with
     # accumulation an epoch is a whole number of optimizer steps of `accumulation` batches.
     steps_per_epoch = accumulation * math.ceil(n_train / (batch_size * ranks.size * accumulation))
-    pipeline = data.make_dataset(
-        split,
-        files,
-        labels,
-        params["IMAGE_SIZE"],
-        models.preprocessing_for(params["ARCH"]),
-        batch_size,
-        shuffle_seed=params["SEED"] + ranks.rank,
-        repeat=True,
+    images = data.cached_images(split, files, labels, params["IMAGE_SIZE"])
+
+    def pipeline() -> Any:
+        return data.batches(
+            images,
+            models.preprocessing_for(params["ARCH"]),
+            batch_size,
+            shuffle_seed=params["SEED"] + ranks.rank,
+            repeat=True,
+        )
+
+    # Two pipelines over one cache (files decoded once): the batch-norm pass must not share
+    # fit's shuffle seed generator (see Shard).
+    return Shard(
+        split, files, labels, per_site, n_train, n_test, steps_per_epoch, pipeline(), pipeline()
     )
-    return Shard(split, files, labels, per_site, n_train, n_test, steps_per_epoch, pipeline)
 
 
 def build_and_compile(params: dict[str, Any], ranks: RankInfo, n_classes: int) -> tuple[Any, Any]:
@@ -389,7 +399,8 @@ def fit(
 
 def finish(model: Any, shard: Shard, ranks: RankInfo) -> None:
     """Recalibrate batch norm on this rank's shard; in distributed mode average it over ranks."""
-    recalibrate_batch_norm(model, shard.pipeline, shard.steps_per_epoch)
+    # Its own pipeline: its shuffle order must not depend on how far fit's prefetch ran ahead.
+    recalibrate_batch_norm(model, shard.recalibration, shard.steps_per_epoch)
     if ranks.distributed:
         import horovod.tensorflow.keras as hvd
 
