@@ -3,14 +3,17 @@
 No timing thresholds: the benchmarks measure speed, the tests check what they write.
 """
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from hiresmed_nb import bench
-from hiresmed_nb.bench import launchers
+from hiresmed_nb import bench, simhosts
+from hiresmed_nb.bench import launchers, timed, two_hosts, warm
 from hiresmed_nb.bench.timing import median_ratios, step_intervals, time_calls
 from hiresmed_nb.params import HiresmedError, project_root
 
@@ -87,29 +90,179 @@ def fake_launch_run(first_step: float) -> dict:
     return {"called": 0.0, "entered": 2.0, "batch_ends": ends, "epoch_starts": [0, 2]}
 
 
-def test_every_launch_path_gets_its_figures_and_a_first_step_goal():
+def launch_figures(first_steps: dict[str, float]) -> dict:
+    """The launchers figures of one fake run per path, ``path -> its call to first step``."""
+    runs = {name: [fake_launch_run(first_step)] for name, first_step in first_steps.items()}
     figures = {}
+    for name, done in runs.items():
+        figures.update(launchers._path_figures(name, done))
+    figures.update(launchers._ratio_figures(runs))
+    return figures
+
+
+def fake_memory_series(*rss_mb: list[float]) -> dict:
+    """A warm.memory_series result: one list of MB per rank (after start, then each run)."""
+    return {
+        "engine_pids": list(range(100, 100 + len(rss_mb))),
+        "rss_bytes": [[value * warm.MB for value in rank] for rank in rss_mb],
+        "first_step_seconds": [5.0] + [1.0] * (len(rss_mb[0]) - 2),
+    }
+
+
+def test_every_launch_path_gets_its_figures_and_each_target_a_first_step_goal():
+    figures = launch_figures({name: 2.5 for name in launchers.PATHS})
     for name in launchers.PATHS:
-        figures.update(launchers._path_figures(name, [fake_launch_run(5.0)]))
-    figures["step_ratio"] = bench.summarize([1.0], "x", "ratio")
-    goals = launchers._goals(figures)
-    assert [g["name"] for g in goals[1:]] == [
-        f"call to first step, {path.goal_name}" for path in launchers.PATHS.values()
-    ]
-    for found in goals[1:]:
-        assert found["value"] == pytest.approx(5.0) and found["met"]
-    assert figures["ipyparallel_setup_seconds"]["median"] == pytest.approx(3.0)
+        assert figures[f"{name}_first_step_seconds"]["median"] == pytest.approx(2.5)
+        assert figures[f"{name}_setup_seconds"]["median"] == pytest.approx(0.5)
     assert figures["horovodrun_step_seconds"]["values"] == pytest.approx([0.5, 0.4, 0.5])
+    goals = launchers._goals(figures)
+    targets = [p for p in launchers.PATHS.values() if p.target is not None]
+    assert [g["name"] for g in goals] == [
+        "steady-state s/step, ipyparallel / horovodrun",
+        *[f"call to first step, {path.goal_name}" for path in targets],
+        "call to first step, warm engines / horovodrun (same run)",
+    ]
+    assert launchers.PATHS["two_hosts"].target is None  # overhead figures, no goal
+    assert figures["two_hosts_step_ratio"]["median"] == pytest.approx(1.0)
 
 
 def test_missed_first_step_goal_says_what_limits_it():
-    figures = {}
-    for name in launchers.PATHS:
-        figures.update(launchers._path_figures(name, [fake_launch_run(12.0)]))
-    figures["step_ratio"] = bench.summarize([1.0], "x", "ratio")
+    figures = launch_figures({name: 12.0 for name in ("ipyparallel", "horovodrun")})
     missed = launchers._goals(figures)[1]
-    assert not missed["met"] and "takes 2.0 s" in missed["limits"]
-    assert "(10.0 s)" in missed["limits"]
+    assert missed["name"] == "call to first step, ipyparallel path" and not missed["met"]
+    assert "takes 2.0 s" in missed["limits"] and "(10.0 s)" in missed["limits"]
+
+
+def test_warm_goals_are_three_seconds_and_four_tenths_of_horovodrun_in_the_same_run():
+    figures = launch_figures({"ipyparallel": 12.0, "horovodrun": 5.0, "warm": 2.5})
+    goals = {found["name"]: found for found in launchers._goals(figures)}
+    absolute = goals["call to first step, warm engines (second run)"]
+    assert absolute["met"] and absolute["target"] == 3.0 and absolute["op"] == "<="
+    ratio = goals["call to first step, warm engines / horovodrun (same run)"]
+    assert ratio["value"] == pytest.approx(0.5) and ratio["target"] == 0.4 and not ratio["met"]
+    assert "warm 2.50 s against horovodrun 5.00 s" in ratio["limits"]
+    figures = launch_figures({"horovodrun": 10.0, "warm": 3.5})
+    goals = {found["name"]: found for found in launchers._goals(figures)}
+    absolute = goals["call to first step, warm engines (second run)"]
+    assert not absolute["met"] and "+0.5 s" in absolute["miss"]
+    assert "2.00 s" in absolute["limits"] and "1.50 s" in absolute["limits"]
+    assert goals["call to first step, warm engines / horovodrun (same run)"]["met"]
+    assert "steady-state s/step, ipyparallel / horovodrun" not in goals  # no ipyparallel run
+
+
+def test_warm_memory_growth_is_per_rank_from_run_one_to_the_last():
+    met = fake_memory_series([300, 600, 650, 690], [300, 610, 615, 620])
+    figures = warm.memory_figures(met)
+    assert figures["warm_rss_first_run_mb"]["values"] == pytest.approx([600, 610])
+    assert figures["warm_rss_last_run_mb"]["values"] == pytest.approx([690, 620])
+    assert figures["warm_rss_growth_mb"]["values"] == pytest.approx([90, 10])
+    assert figures["warm_series_first_step_seconds"]["values"] == [1.0, 1.0]  # runs 2 and 3
+    found = warm.memory_goal(met)
+    assert found["met"] and found["value"] == pytest.approx(90) and found["op"] == "<"
+    assert found["name"] == "engine RSS growth, warm run 1 -> run 3 (largest rank)"
+    missed = warm.memory_goal(fake_memory_series([300, 600, 650, 720], [300, 610, 615, 620]))
+    assert not missed["met"] and missed["value"] == pytest.approx(120)
+    assert "rank 0 +120 MB, rank 1 +10 MB" in missed["limits"]
+    assert "rank 0: 600, 650, 720 MB; rank 1: 610, 615, 620 MB" in missed["limits"]
+
+
+def test_warm_memory_series_needs_two_runs():
+    with pytest.raises(HiresmedError, match="warm_memory_runs"):
+        warm.memory_series({}, 1)
+
+
+def test_runs_on_replaced_engines_are_refused():
+    warm._same_engines([{"pid": 7}, {"pid": 8}], [{"pid": 7}, {"pid": 8}])
+    with pytest.raises(HiresmedError, match=r"replaced between runs: pids \[7, 8\] -> \[7, 9\]"):
+        warm._same_engines([{"pid": 7}, {"pid": 8}], [{"pid": 7}, {"pid": 9}])
+
+
+def test_two_hosts_that_cannot_be_built_are_skipped_with_the_reason(monkeypatch):
+    monkeypatch.setattr(simhosts, "unavailable_reason", lambda: "no sshd on this test machine")
+    with two_hosts.simulated_pair() as reason:
+        assert reason == "no sshd on this test machine"
+    payload = launchers.measure(bench.LEVELS["tiny"], paths=["two_hosts"])
+    assert payload["skipped"] == {"two_hosts": "no sshd on this test machine"}
+    assert "2 hosts x 1 rank: skipped: no sshd on this test machine" in payload["notes"]
+    assert payload["figures"] == {} and payload["goals"] == []
+
+
+def test_a_failing_two_host_run_is_recorded_not_raised(monkeypatch):
+    @contextlib.contextmanager
+    def built_pair():
+        yield None
+
+    def failing_run(params):
+        raise HiresmedError("HOSTS: cannot ssh to hostA")
+
+    monkeypatch.setattr(two_hosts, "simulated_pair", built_pair)
+    path = launchers.PATHS["two_hosts"]._replace(run=failing_run)
+    monkeypatch.setitem(launchers.PATHS, "two_hosts", path)
+    payload = launchers.measure(bench.LEVELS["tiny"], paths=["two_hosts"])
+    expected = "the 2-host run failed: HiresmedError: HOSTS: cannot ssh to hostA"
+    assert payload["skipped"] == {"two_hosts": expected}
+    assert payload["raw"] == {"warm_memory": None}
+
+
+@pytest.mark.distributed
+def test_warm_path_and_memory_series_at_tiny_reuse_the_engines(skin_dir):
+    from hiresmed_nb.cluster import current_warm_cluster
+
+    level = {**bench.LEVELS["tiny"], "warm_memory_runs": 2}
+    payload = launchers.measure(level, paths=["warm"])
+    assert payload["config"]["paths"] == ["warm"] and payload["skipped"] == {}
+    figures = payload["figures"]
+    for key in ("step", "first_step", "launch", "setup"):
+        figure = figures[f"warm_{key}_seconds"]
+        assert figure["n"] >= 1 and figure["min"] <= figure["median"] <= figure["max"]
+    run = payload["raw"]["warm"][0]
+    first_run, second_run = run["engine_pids"]
+    assert first_run == second_run and len(set(first_run)) == 2 and run["pid"] == first_run[0]
+    assert run["called"] < run["entered"] < run["batch_ends"][0]
+    memory = payload["raw"]["warm_memory"]
+    assert len(set(memory["engine_pids"])) == 2
+    assert [len(rss) for rss in memory["rss_bytes"]] == [3, 3]  # started, run 1, run 2
+    assert all(rss > 50 * warm.MB for rank in memory["rss_bytes"] for rss in rank)
+    assert figures["warm_rss_growth_mb"]["n"] == 2
+    names = [found["name"] for found in payload["goals"]]
+    assert names == [
+        "call to first step, warm engines (second run)",
+        "engine RSS growth, warm run 1 -> run 2 (largest rank)",
+    ]
+    assert any(note.startswith("Warm memory: 2 consecutive runs") for note in payload["notes"])
+    assert current_warm_cluster() is None  # stopped afterwards
+
+
+@pytest.mark.multihost
+def test_simulated_pair_makes_plain_ssh_reach_both_hosts_then_removes_them():
+    reason = simhosts.unavailable_reason()
+    if reason:
+        pytest.skip(f"multihost: {reason}")
+    path = os.environ["PATH"]
+    with two_hosts.simulated_pair() as reason:
+        assert reason is None
+        bin_dir = Path(os.environ["PATH"].split(os.pathsep)[0])
+        for alias in ("hostA", "hostB"):
+            shown = subprocess.run(["ssh", alias, "hostname"], capture_output=True, text=True)
+            assert shown.stdout == f"{alias}\n"
+    assert os.environ["PATH"] == path
+    assert not bin_dir.exists()
+
+
+@pytest.mark.multihost
+@pytest.mark.distributed
+def test_two_host_path_runs_one_rank_on_each_simulated_host(simulated_hosts, skin_dir):
+    sim = simulated_hosts(*two_hosts.SPECS)
+    params = timed.train_params(bench.LEVELS["tiny"], Path("unused"))
+    with two_hosts.ssh_reaches(sim):
+        run = timed.in_fresh_results_dir(two_hosts.via_two_hosts, params)
+    assert run["hostnames"] == ["hostA", "hostB"]
+    assert "hostA" in run["placement"] and "hostB" in run["placement"]
+    figures = launchers._path_figures("two_hosts", [run])
+    assert figures["two_hosts_step_seconds"]["n"] >= 1
+    assert figures["two_hosts_launch_seconds"]["median"] > 0
+    for alias in sim.aliases:
+        assert sim.wait_for_no_leftovers(alias) == {}
 
 
 def test_goal_says_whether_met_and_by_how_much_it_missed():
@@ -248,3 +401,35 @@ def test_benchmarks_notebook_plots_the_tiny_results(tiny_results, tmp_path):
         if "image/png" in output.get("data", {})
     ]
     assert len(images) >= 2  # the pipeline and resolution plots
+
+
+@pytest.mark.notebook
+def test_benchmarks_notebook_plots_every_launch_path_and_the_warm_memory(tmp_path):
+    import papermill
+
+    memory = fake_memory_series([300, 600, 620], [300, 610, 615])
+    figures = launch_figures({name: 2.5 for name in launchers.PATHS})
+    figures.update(warm.memory_figures(memory))
+    payload = {  # made-up figures (no measurement): what the notebook reads of launchers.json
+        "benchmark": "launchers",
+        "level": "tiny",
+        "config": {"first_step_targets": {n: p.target for n, p in launchers.PATHS.items()}},
+        "figures": figures,
+        "goals": launchers._goals(figures, memory),
+        "notes": ["2 hosts x 1 rank: skipped: made up for this test"],
+        "raw": {"warm_memory": memory},
+    }
+    bench.write_result(payload, tmp_path)
+    executed = tmp_path / "03_benchmarks.ipynb"
+    papermill.execute_notebook(
+        str(project_root() / "notebooks" / "03_benchmarks.ipynb"),
+        str(executed),
+        parameters={"BENCH_DIR": str(tmp_path)},
+        kernel_name="hiresmed",
+        progress_bar=False,
+    )
+    outputs = [o for c in json.loads(executed.read_text())["cells"] for o in c.get("outputs", [])]
+    images = [output for output in outputs if "image/png" in output.get("data", {})]
+    assert len(images) == 2  # the launchers and the warm memory plots
+    shown = [o["data"].get("text/markdown", "") for o in outputs if "data" in o]
+    assert "2 hosts x 1 rank: skipped: made up for this test" in "".join(map(str, shown))

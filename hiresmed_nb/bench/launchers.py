@@ -2,86 +2,35 @@
 
 A launch path is a function ``(params) -> rank 0's timed_train result`` plus ``called`` (the
 ``time.time()`` its clock starts from), and one line in :data:`PATHS` naming it, its
-first-step goal and what limits that goal when missed. Every path gets the same four figures
-(steady s/step, call to first step, call to function running, function start to first step)
-and its own first-step goal; the steady-state goal compares ipyparallel with horovodrun.
+first-step target and what limits that goal when missed. The paths: a cold ipyparallel
+cluster, ``horovodrun``, a second run on warm engines (:mod:`.warm`) and 2 simulated hosts x
+1 rank (:mod:`.two_hosts`). Every path gets the same four figures (steady s/step, call to
+first step, call to function running, function start to first step). Goals: steady state of
+ipyparallel against horovodrun, each path's first step, warm against horovodrun in the same
+run, and the warm engines' memory over :func:`.warm.memory_series`.
 
-:func:`timed_train` is what the ranks run, on ipyparallel engines and under ``horovodrun``
-(``python -m hiresmed_nb.bench.worker timed-train``).
+What the ranks run is :func:`hiresmed_nb.bench.timed.timed_train`.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from hiresmed_nb.bench import two_hosts, warm
 from hiresmed_nb.bench.process import run_worker
 from hiresmed_nb.bench.table import goal
-from hiresmed_nb.bench.timing import (
-    median_ratio,
-    median_ratios,
-    relative_iqr,
-    step_clock,
-    step_intervals,
-    summarize,
+from hiresmed_nb.bench.timed import (
+    first_step_seconds,
+    in_fresh_results_dir,
+    steady_seconds,
+    timed_train,
+    train_params,
 )
-
-# --- what the ranks run --------------------------------------------------------------------------
-
-
-def timed_train(config: dict[str, Any]) -> dict[str, Any]:
-    """``training.train(params)`` with a :func:`step_clock`; returns this rank's timestamps.
-
-    ``config``: ``params`` (run parameters). Returns ``rank``, ``entered`` (when this function
-    started on the rank), ``batch_ends``, ``epoch_starts``, ``images_per_step`` (global) and
-    rank 0's ``images_per_second`` as :func:`training.train` reports it.
-    """
-    entered = time.time()
-    from hiresmed_nb import training
-
-    clock = step_clock()
-    result = training.train(dict(config["params"]), callbacks=[clock])
-    params = config["params"]
-    ranks = result.get("n_ranks", 1) if result["rank"] == 0 else None
-    return {
-        "rank": result["rank"],
-        "pid": os.getpid(),
-        "entered": entered,
-        "batch_ends": clock.batch_ends,
-        "epoch_starts": clock.epoch_starts,
-        "n_ranks": ranks,
-        "images_per_step": params["BATCH_SIZE"] * (ranks or 1),
-        "images_per_second_reported": result.get("images_per_second"),
-    }
-
-
-def steady_seconds(run: dict[str, Any]) -> list[float]:
-    """Rank 0's seconds per step from the second epoch on (images cached after the first)."""
-    return step_intervals(run["batch_ends"], run["epoch_starts"], 1)
-
-
-def train_params(level: dict[str, Any], scratch: Path, mode: str = "distributed") -> dict:
-    """The run the launcher and threads benchmarks train: compact CNN on synthetic-skin."""
-    return {
-        "DATASET": "synthetic-skin",
-        "ARCH": "compact",
-        "MODE": mode,
-        "N_RANKS": 2,
-        "TEST_IMAGES_PER_CLASS": 2,
-        "RESULTS_DIR": str(scratch),
-        **level["train"],
-    }
-
-
-def in_fresh_results_dir(run: Callable, params: dict[str, Any]) -> dict[str, Any]:
-    """``run(params)`` with ``RESULTS_DIR`` set to a scratch folder removed afterwards."""
-    with tempfile.TemporaryDirectory(prefix="hiresmed-bench-run-") as scratch:
-        return run({**params, "RESULTS_DIR": scratch})
-
+from hiresmed_nb.bench.timing import median_ratio, median_ratios, relative_iqr, summarize
 
 # --- the launch paths ----------------------------------------------------------------------------
 
@@ -108,19 +57,25 @@ def via_horovodrun(params: dict[str, Any]) -> dict[str, Any]:
 class LaunchPath(NamedTuple):
     """One way to start the ranks, and its goal "call to first step, <goal_name>".
 
-    ``limits``: what limits that goal when it is missed, a ``str.format`` template over the
-    medians of the launchers figures (``{ipyparallel_setup_seconds:.1f}``).
+    ``target``: that goal's seconds (None: no goal, figures only). ``limits``: what limits the
+    goal when it is missed, a ``str.format`` template over the medians of the launchers figures
+    (``{ipyparallel_setup_seconds:.1f}``).
     """
 
     run: Callable[[dict[str, Any]], dict[str, Any]]
     goal_name: str
+    target: float | None
     limits: str
 
 
+FIRST_STEP_TARGET_SECONDS = 10.0
+WARM_TARGET_SECONDS = 3.0  # issue 9
+WARM_TO_HOROVODRUN_TARGET = 0.4  # issue 9: warm call to first step / horovodrun's, same run
 PATHS: dict[str, LaunchPath] = {
     "ipyparallel": LaunchPath(
         via_ipyparallel,
         "ipyparallel path",
+        FIRST_STEP_TARGET_SECONDS,
         "Starting 2 engines and the controller takes {ipyparallel_launch_seconds:.1f} s; then "
         "each rank imports TensorFlow and Horovod, joins the rendezvous, checks and reads its "
         "images, builds and traces the model: {ipyparallel_setup_seconds:.1f} s, on 2 cores "
@@ -130,10 +85,20 @@ PATHS: dict[str, LaunchPath] = {
     "horovodrun": LaunchPath(
         via_horovodrun,
         "horovodrun",
+        FIRST_STEP_TARGET_SECONDS,
         "Python start, TensorFlow import and graph tracing on 2 shared cores.",
     ),
+    "warm": LaunchPath(
+        warm.via_warm_engines,
+        "warm engines (second run)",
+        WARM_TARGET_SECONDS,
+        "From the call to the function running on rank 0 (fresh rendezvous, reachability "
+        "check, task sent): {warm_launch_seconds:.2f} s; from there to the first step end "
+        "(hvd.init, split, model build, tracing, first batch; TensorFlow and Horovod already "
+        "imported): {warm_setup_seconds:.2f} s, on 2 cores shared by both ranks.",
+    ),
+    "two_hosts": LaunchPath(two_hosts.via_two_hosts, "2 simulated hosts x 1 rank", None, ""),
 }
-FIRST_STEP_TARGET_SECONDS = 10.0
 
 
 # --- the benchmark -------------------------------------------------------------------------------
@@ -146,9 +111,7 @@ def _path_figures(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
             [s for run in runs for s in steady_seconds(run)], "s", f"{name}: steady-state s/step"
         ),
         f"{name}_first_step_seconds": summarize(
-            [run["batch_ends"][0] - run["called"] for run in runs],
-            "s",
-            f"{name}: call to first step end",
+            [first_step_seconds(run) for run in runs], "s", f"{name}: call to first step end"
         ),
         f"{name}_launch_seconds": summarize(
             [run["entered"] - run["called"] for run in runs],
@@ -158,73 +121,205 @@ def _path_figures(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         f"{name}_setup_seconds": summarize(
             [run["batch_ends"][0] - run["entered"] for run in runs],
             "s",
-            f"{name}: function start to first step end (TF import, hvd.init, split, build, "
-            "first batch)",
+            f"{name}: function start to first step end (imports unless warm, hvd.init, split, "
+            "build, first batch)",
         ),
     }
 
 
-def _goals(figures: dict[str, Any]) -> list[dict[str, Any]]:
-    """The steady-state goal (ipyparallel against horovodrun), then each path's first step."""
-    pairs = figures["step_ratio"]
-    steady = goal(
-        "steady-state s/step, ipyparallel / horovodrun",
-        median_ratio(figures, "ipyparallel_step_seconds", "horovodrun_step_seconds"),
-        "<=",
-        1.03,
-        "x",
-        "Same function, data, threads and Gloo on both paths; the step-to-step spread "
-        f"(IQR / median) is {relative_iqr(figures['ipyparallel_step_seconds']):.0%} "
-        f"(ipyparallel) and {relative_iqr(figures['horovodrun_step_seconds']):.0%} "
-        f"(horovodrun), and the ratio over repeat pairs ranges {pairs['min']:.2f}-"
-        f"{pairs['max']:.2f}.",
-    )
-    medians = {key: figure["median"] for key, figure in figures.items()}
-    first_steps = [
-        goal(
-            f"call to first step, {path.goal_name}",
-            medians[f"{name}_first_step_seconds"],
-            "<=",
-            FIRST_STEP_TARGET_SECONDS,
-            "s",
-            path.limits.format(**medians),
+def _ratio_figures(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per repeat pair: ipyparallel / horovodrun s/step, warm / horovodrun call to first step,
+    2 hosts x 1 / 1 host x 2 ranks s/step; each where both paths ran."""
+    figures = {}
+
+    def both(a: str, b: str) -> bool:
+        return bool(runs.get(a)) and bool(runs.get(b))
+
+    if both("ipyparallel", "horovodrun"):
+        figures["step_ratio"] = summarize(
+            median_ratios(
+                [steady_seconds(run) for run in runs["ipyparallel"]],
+                [steady_seconds(run) for run in runs["horovodrun"]],
+            ),
+            "x",
+            "ipyparallel / horovodrun s/step",
         )
-        for name, path in PATHS.items()
-    ]
-    return [steady, *first_steps]
+    if both("warm", "horovodrun"):
+        figures["warm_first_step_ratio"] = summarize(
+            median_ratios(
+                [first_step_seconds(run) for run in runs["warm"]],
+                [first_step_seconds(run) for run in runs["horovodrun"]],
+            ),
+            "x",
+            "warm / horovodrun call to first step",
+        )
+    if both("two_hosts", "ipyparallel"):
+        figures["two_hosts_step_ratio"] = summarize(
+            median_ratios(
+                [steady_seconds(run) for run in runs["two_hosts"]],
+                [steady_seconds(run) for run in runs["ipyparallel"]],
+            ),
+            "x",
+            "2 hosts x 1 rank / 1 host x 2 ranks s/step (same 2 cores: overhead, not speed-up)",
+        )
+    return figures
 
 
-def measure(level: dict[str, Any]) -> dict[str, Any]:
-    """Every path of :data:`PATHS` ``launch_repeats`` times, alternating the order per repeat."""
+def _goals(figures: dict[str, Any], memory: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The steady-state goal (ipyparallel against horovodrun), each path's first step, warm
+    against horovodrun, and the warm engines' memory; each where its figures exist."""
+    found = []
+    if "step_ratio" in figures:
+        pairs = figures["step_ratio"]
+        found.append(
+            goal(
+                "steady-state s/step, ipyparallel / horovodrun",
+                median_ratio(figures, "ipyparallel_step_seconds", "horovodrun_step_seconds"),
+                "<=",
+                1.03,
+                "x",
+                "Same function, data, threads and Gloo on both paths; the step-to-step spread "
+                f"(IQR / median) is {relative_iqr(figures['ipyparallel_step_seconds']):.0%} "
+                f"(ipyparallel) and {relative_iqr(figures['horovodrun_step_seconds']):.0%} "
+                f"(horovodrun), and the ratio over repeat pairs ranges {pairs['min']:.2f}-"
+                f"{pairs['max']:.2f}.",
+            )
+        )
+    medians = {key: figure["median"] for key, figure in figures.items()}
+    for name, path in PATHS.items():
+        if path.target is not None and f"{name}_first_step_seconds" in figures:
+            found.append(
+                goal(
+                    f"call to first step, {path.goal_name}",
+                    medians[f"{name}_first_step_seconds"],
+                    "<=",
+                    path.target,
+                    "s",
+                    path.limits.format_map(_Medians(medians)),
+                )
+            )
+    if "warm_first_step_ratio" in figures:
+        found.append(
+            goal(
+                "call to first step, warm engines / horovodrun (same run)",
+                median_ratio(figures, "warm_first_step_seconds", "horovodrun_first_step_seconds"),
+                "<=",
+                WARM_TO_HOROVODRUN_TARGET,
+                "x",
+                f"warm {medians['warm_first_step_seconds']:.2f} s against horovodrun "
+                f"{medians['horovodrun_first_step_seconds']:.2f} s; per repeat pair "
+                f"{figures['warm_first_step_ratio']['min']:.2f}-"
+                f"{figures['warm_first_step_ratio']['max']:.2f}.",
+            )
+        )
+    if memory is not None:
+        found.append(warm.memory_goal(memory))
+    return found
+
+
+class _Medians(dict):
+    """Medians for a limits template; a figure not measured this time shows as '?'."""
+
+    def __missing__(self, key: str) -> Any:
+        return _Unmeasured()
+
+
+class _Unmeasured:
+    def __format__(self, spec: str) -> str:
+        return "?"
+
+
+def _run_paths(
+    params: dict[str, Any], chosen: list[str], repeats: int, skipped: dict[str, str]
+) -> dict[str, list[dict[str, Any]]]:
+    """Every chosen path ``repeats`` times, alternating the order per repeat. A failing 2-host
+    run is recorded in ``skipped`` (its runs dropped); any other failure is raised."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen}
+    for repeat in range(repeats):
+        for name in chosen if repeat % 2 == 0 else chosen[::-1]:
+            if name in skipped:
+                continue
+            try:
+                runs[name].append(in_fresh_results_dir(PATHS[name].run, params))
+            except Exception as error:
+                if name != "two_hosts":
+                    raise
+                skipped[name] = f"the 2-host run failed: {type(error).__name__}: {error}"[:3000]
+                runs[name] = []
+    return {name: done for name, done in runs.items() if done}
+
+
+def measure(level: dict[str, Any], paths: Sequence[str] = tuple(PATHS)) -> dict[str, Any]:
+    """Each of ``paths`` ``launch_repeats`` times, then (with the warm path)
+    ``warm_memory_runs`` runs on one warm cluster. The 2-host path is skipped, with the reason
+    in ``skipped``, where simulated hosts cannot be built or its run fails."""
     params = train_params(level, Path("unused"))
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in PATHS}
-    for repeat in range(level["launch_repeats"]):
-        order = list(PATHS) if repeat % 2 == 0 else list(PATHS)[::-1]
-        for name in order:
-            runs[name].append(in_fresh_results_dir(PATHS[name].run, params))
+    chosen = [name for name in PATHS if name in paths]
+    skipped: dict[str, str] = {}
+    with contextlib.ExitStack() as stack:
+        if "two_hosts" in chosen:
+            reason = stack.enter_context(two_hosts.simulated_pair())
+            if reason:
+                skipped["two_hosts"] = reason
+        runs = _run_paths(params, chosen, level["launch_repeats"], skipped)
+    memory = None
+    if "warm" in chosen and level.get("warm_memory_runs"):
+        memory = warm.memory_series(params, level["warm_memory_runs"])
     figures: dict[str, Any] = {}
     for name, done in runs.items():
         figures.update(_path_figures(name, done))
-    figures["step_ratio"] = summarize(
-        median_ratios(
-            [steady_seconds(run) for run in runs["ipyparallel"]],
-            [steady_seconds(run) for run in runs["horovodrun"]],
-        ),
-        "x",
-        "ipyparallel / horovodrun s/step",
-    )
+    figures.update(_ratio_figures(runs))
+    if memory is not None:
+        figures.update(warm.memory_figures(memory))
     return {
         "benchmark": "launchers",
-        "title": "1. Notebook-hosted ranks (ipyparallel) against horovodrun",
-        "config": {"params": params, "repeats": level["launch_repeats"]},
+        "title": "1. Launching 2 ranks: ipyparallel (cold, warm, 2 simulated hosts), horovodrun",
+        "config": {
+            "params": params,
+            "repeats": level["launch_repeats"],
+            "paths": chosen,
+            "first_step_targets": {n: PATHS[n].target for n in chosen},
+            "two_hosts": two_hosts.HOSTS,
+            "two_hosts_threads_per_rank": two_hosts.rank_threads(),
+            "warm_memory_runs": len(memory["first_step_seconds"]) if memory else 0,
+        },
         "figures": figures,
-        "goals": _goals(figures),
-        "notes": [
-            "Steady state: rank 0's intervals between batch ends from the second epoch on "
-            "(images cached in memory after the first), pooled over repeats; the ratio's spread "
-            "is over repeat pairs.",
-            "Call: just before HorovodCluster(2) is entered, or just before horovodrun is "
-            "started; first step: rank 0's first batch end.",
-        ],
-        "raw": runs,
+        "goals": _goals(figures, memory),
+        "skipped": skipped,
+        "notes": _notes(runs, memory, skipped),
+        "raw": {**runs, "warm_memory": memory},
     }
+
+
+def _notes(
+    runs: dict[str, list[dict[str, Any]]], memory: dict[str, Any] | None, skipped: dict[str, str]
+) -> list[str]:
+    """What each figure's clock measures, the 2-host placement or why it was skipped, and the
+    warm engines' RSS after every run."""
+    notes = [
+        "Steady state: rank 0's intervals between batch ends from the second epoch on "
+        "(images cached in memory after the first), pooled over repeats; ratios' spreads are "
+        "over repeat pairs.",
+        "Call: just before HorovodCluster(2) is entered (ipyparallel, cold: controller and "
+        "engines started), just before horovodrun is started, or just before the second "
+        "run_warm call on engines that ran the same training once (warm); first step: rank 0's "
+        "first batch end.",
+    ]
+    if "two_hosts" in runs:
+        placement = runs["two_hosts"][0]["placement"]
+        notes.append(
+            f"2 hosts x 1 rank: HOSTS={two_hosts.HOSTS}, simulated hosts (network namespaces "
+            f"with their own sshd) on this machine: {placement}. Both layouts share the same "
+            "2 cores, so this measures the overhead of crossing hosts (ssh start, Gloo over a "
+            "bridge instead of loopback), not a speed-up; each rank had "
+            f"{two_hosts.rank_threads()} TensorFlow thread(s), as a rank of 1 host x 2 ranks."
+        )
+    if "two_hosts" in skipped:
+        notes.append(f"2 hosts x 1 rank: skipped: {skipped['two_hosts']}")
+    if memory is not None:
+        notes.append(
+            f"Warm memory: {len(memory['first_step_seconds'])} consecutive runs of this training "
+            "on one warm cluster (each with its own RESULTS_DIR); engine RSS after each run, "
+            f"in MB (10^6 bytes): {warm.rss_lines(memory)}."
+        )
+    return notes

@@ -26,6 +26,7 @@ LEVELS: dict[str, dict[str, Any]] = {
     "tiny": {
         "train": {"IMAGE_SIZE": 32, "IMAGES_PER_CLASS": 4, "EPOCHS": 2, "BATCH_SIZE": 4},
         "launch_repeats": 1,
+        "warm_memory_runs": 2,
         "pipeline": {"size": 32, "batch": 4, "images_per_class": 4, "epochs": 2, "repeats": 1},
         "decode_repeats": 1,
         "resolution": [("compact", 32, 2, "float32")],
@@ -37,6 +38,7 @@ LEVELS: dict[str, dict[str, Any]] = {
     "quick": {
         "train": {"IMAGE_SIZE": 128, "IMAGES_PER_CLASS": 20, "EPOCHS": 4, "BATCH_SIZE": 8},
         "launch_repeats": 2,
+        "warm_memory_runs": 10,
         "pipeline": {"size": 224, "batch": 8, "images_per_class": 20, "epochs": 3, "repeats": 3},
         "decode_repeats": 3,
         "resolution": [("compact", s, 8, "float32") for s in (112, 224, 448, 1024)]
@@ -50,6 +52,7 @@ LEVELS: dict[str, dict[str, Any]] = {
     "full": {
         "train": {"IMAGE_SIZE": 224, "IMAGES_PER_CLASS": 60, "EPOCHS": 4, "BATCH_SIZE": 8},
         "launch_repeats": 3,
+        "warm_memory_runs": 10,
         "pipeline": {"size": 448, "batch": 8, "images_per_class": 60, "epochs": 3, "repeats": 3},
         "decode_repeats": 5,
         "resolution": [("compact", s, 8, "float32") for s in (112, 224, 448, 768, 1024)]

@@ -7,13 +7,16 @@ puts that text between the bench markers of a file, leaving the rest alone.
 
 from __future__ import annotations
 
+import operator
 from pathlib import Path
 from typing import Any
 
 from hiresmed_nb.bench.timing import GiB
+from hiresmed_nb.params import HiresmedError
 
 MARKDOWN_BEGIN = "<!-- bench:begin (written by `python -m hiresmed_nb bench`) -->"
 MARKDOWN_END = "<!-- bench:end -->"
+_OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
 
 
 def goal(
@@ -21,10 +24,12 @@ def goal(
 ) -> dict[str, Any]:
     """One goal of the issue: ``value op target``; ``miss`` says by how much when missed.
 
-    ``op`` is ``"<="`` or ``">="``; ``limits`` (what limits a missed goal) is kept only when the
-    goal is missed.
+    ``op`` is ``"<="``, ``"<"``, ``">="`` or ``">"``; ``limits`` (what limits a missed goal) is
+    kept only when the goal is missed.
     """
-    met = value <= target if op == "<=" else value >= target
+    if op not in _OPS:
+        raise HiresmedError(f"goal {name!r}: op must be one of {list(_OPS)}, got {op!r}")
+    met = _OPS[op](value, target)
     miss = ""
     if not met:
         relative = (value - target) / target if target else float("inf")

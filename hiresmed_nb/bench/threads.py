@@ -1,7 +1,7 @@
 """Benchmark 4: 2 ranks x 1 thread against 1 rank x 2 threads at the same global batch.
 
 The 2-rank arm is benchmark 1's ipyparallel runs when they are given (same parameters), or
-measured here the same way; the 1-rank arm runs the same :func:`launchers.timed_train` in a
+measured here the same way; the 1-rank arm runs the same :func:`timed.timed_train` in a
 fresh process with ``MODE: serial`` and twice the batch.
 """
 
@@ -10,14 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hiresmed_nb.bench.launchers import (
-    in_fresh_results_dir,
-    steady_seconds,
-    train_params,
-    via_ipyparallel,
-)
+from hiresmed_nb.bench.launchers import via_ipyparallel
 from hiresmed_nb.bench.process import run_worker
 from hiresmed_nb.bench.table import goal
+from hiresmed_nb.bench.timed import in_fresh_results_dir, steady_seconds, train_params
 from hiresmed_nb.bench.timing import median_ratio, median_ratios, summarize
 
 

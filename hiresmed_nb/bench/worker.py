@@ -3,7 +3,7 @@
 Each task takes a JSON config and returns a JSON-able dict;
 :func:`hiresmed_nb.bench.process.run_worker` starts it and the benchmark modules summarise what it
 returns. The same
-:func:`~hiresmed_nb.bench.launchers.timed_train` runs on ipyparallel engines
+:func:`~hiresmed_nb.bench.timed.timed_train` runs on ipyparallel engines
 (``HorovodCluster(2).run(timed_train, config)``) and under Horovod's own launcher::
 
     horovodrun -np 2 --gloo -H localhost:2 --network-interface lo \\
@@ -20,10 +20,10 @@ import json
 import sys
 from pathlib import Path
 
-from hiresmed_nb.bench import allreduce, launchers, pipeline, resolution
+from hiresmed_nb.bench import allreduce, pipeline, resolution, timed
 
 TASKS = {
-    "timed-train": launchers.timed_train,
+    "timed-train": timed.timed_train,
     "probe": resolution.probe,
     "pipeline": pipeline.time_variants,
     "allreduce-share": allreduce.allreduce_share,
