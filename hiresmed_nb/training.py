@@ -526,8 +526,9 @@ def run(params: dict[str, Any], split: data.Split | None = None) -> list[dict[st
     """Train serially in this process, or on ``N_RANKS`` Horovod ranks; results in rank order.
 
     Distributed runs use the kernel's warm cluster (started on first use, reused while the
-    ranks' placement is unchanged, stopped when the kernel exits or a run fails). The split is made here once (if not given) and sent to the ranks as file lists, so no rank
-    opens a file outside its own shard of the training set (rank 0 also reads the test set).
+    ranks' placement is unchanged, stopped when the kernel exits or a run fails). The split is
+    made here once (if not given) and sent to the ranks as file lists, so no rank opens a file
+    outside its own shard of the training set (rank 0 also reads the test set).
     """
     params = validate(params)
     if not params["SITE_DIRS"]:

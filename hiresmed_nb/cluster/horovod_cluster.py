@@ -247,9 +247,9 @@ class HorovodCluster:
         """Ask the engines where they are, check their routes, give them ranks and interfaces."""
         facts = self.engines.describe(self.rendezvous_addr)
         preflight.check_routes(facts, self.rendezvous_addr)
+        preflight.check_host_names(facts)
         identities, how = host_identities(facts)
         self.slots = assign_ranks(identities)
-        preflight.check_local_peers(facts, self.slots)
         self.interfaces = preflight.check_interface(facts, self.spec.network_interface)
         self.threads = [
             threads_per_rank(f.cpu_count, slot.local_size)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hiresmed_nb.cluster import probes
-from hiresmed_nb.cluster.ranks import EngineFacts, RankSlot
+from hiresmed_nb.cluster.ranks import EngineFacts
 from hiresmed_nb.params import HiresmedError
 
 CONNECT_SECONDS = 5.0
@@ -38,26 +38,26 @@ def check_routes(facts: Sequence[EngineFacts], rendezvous_addr: str) -> None:
             )
 
 
-def check_local_peers(facts: Sequence[EngineFacts], slots: Sequence[RankSlot]) -> None:
-    """Ranks sharing a host (across hosts) need its own name to resolve to its address.
+def check_host_names(facts: Sequence[EngineFacts]) -> None:
+    """When ranks span hosts, each host's own name must resolve, on it, to its address.
 
-    Measured with Horovod 0.28.1: Gloo connects the ranks of one host through the address the
-    host's own name resolves to; where that is not the address Gloo listens on (Debian's
-    default 127.0.1.1, a stale /etc/hosts line), hvd.init() aborts with "connect
-    [127.0.1.1]:port: Connection refused". One rank per such host runs fine.
+    Measured with Horovod 0.28.1 on simulated hosts: Gloo advertises to the other ranks the
+    address the host's own name resolves to, whatever HOROVOD_GLOO_IFACE says; where that is
+    not the host's address (Debian's default 127.0.1.1, a stale /etc/hosts line), the peers'
+    connections are refused and hvd.init() aborts. Hosts that share one name are fine as long
+    as it resolves, on each, to its own address.
     """
     if {f.machine for f in facts} == {"localhost"}:
         return
-    for f, slot in zip(facts, slots, strict=True):
-        if slot.local_size > 1 and f.route_address not in f.hostname_addresses:
+    for f in facts:
+        if f.route_address not in f.hostname_addresses:
             shown = ", ".join(f.hostname_addresses) or "nothing"
             raise HiresmedError(
-                f"host {f.hostname} runs {slot.local_size} ranks, but on that host its own name "
-                f"'{f.hostname}' resolves to {shown}, not to its address {f.route_address}: "
-                "Horovod's Gloo connects the ranks of one host through that name and would "
+                f"host {f.hostname}: its own name '{f.hostname}' resolves there to {shown}, not "
+                f"to its address {f.route_address} on the route to this machine. Horovod's Gloo "
+                "gives the other ranks the address that name resolves to, so hvd.init() would "
                 f"abort. Fix: on {f.hostname}, map '{f.hostname}' to {f.route_address} in "
-                "/etc/hosts (Debian's default line points it at 127.0.1.1), or give that host "
-                "1 slot in HOSTS"
+                "/etc/hosts (Debian's default line maps it to 127.0.1.1)"
             )
 
 

@@ -72,8 +72,8 @@ def host_identities(engines: Sequence[EngineFacts]) -> tuple[list[str], str]:
 
     Engines on one machine share an identity and so get consecutive local ranks; engines on
     different machines never do. All on this machine: 'localhost'. Otherwise each machine's
-    host name, unless two machines report the same name or a name does not resolve (on its
-    machine) to that machine's own address, e.g. Debian's 127.0.1.1: then every machine is
+    host name, unless two machines report the same name (cloned images, containers) or a name
+    does not resolve (on its machine) to that machine's own address: then every machine is
     named by its address on the route to the rendezvous server, which is unique.
     """
     machines = {facts.machine for facts in engines}
