@@ -385,6 +385,10 @@ def fit(
             hvd.callbacks.BroadcastGlobalVariablesCallback(0),  # Horovod: same start on all.
             hvd.callbacks.MetricAverageCallback(),  # Horovod: report metrics over all ranks.
         ]
+    if os.environ.get("HIRESMED_INJECT_FAULT"):  # reliability tests only: see hiresmed_nb.faults
+        from hiresmed_nb.faults import injected_callbacks
+
+        fit_callbacks.extend(injected_callbacks())
     started = time.perf_counter()
     model.fit(
         shard.pipeline,

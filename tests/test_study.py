@@ -231,7 +231,7 @@ def test_bad_grid_exits_2_with_one_error_and_runs_nothing(tmp_path, capsys, monk
     def executor(*args):
         raise AssertionError("nothing may execute for a bad grid")
 
-    monkeypatch.setattr(study, "papermill_executor", executor)
+    monkeypatch.setattr(study.runner, "papermill_executor", executor)
     argv = ["run", str(PARAMS / "smoke.yaml"), "-p", "IMAGE_SIZE", "[32, 5]"]
     code = main([*argv, "--outputs", str(tmp_path)])
     err = capsys.readouterr().err
@@ -340,7 +340,7 @@ def test_a_notebook_that_writes_no_record_counts_as_failed(tmp_path):
 
 def test_cli_exits_nonzero_and_lists_the_failure(tmp_path, capsys, monkeypatch):
     bad = smoke_runs()[0].run_id
-    monkeypatch.setattr(study, "papermill_executor", fake_executor(fail={bad}))
+    monkeypatch.setattr(study.runner, "papermill_executor", fake_executor(fail={bad}))
     code = main(["run", str(PARAMS / "smoke.yaml"), "--no-report", "--outputs", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 1
@@ -351,7 +351,7 @@ def test_cli_exits_nonzero_and_lists_the_failure(tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize(("flags", "verbose"), [([], False), (["--verbose"], True), (["-v"], True)])
 def test_verbose_reaches_the_executor_of_every_run(tmp_path, capsys, monkeypatch, flags, verbose):
     options: list[dict] = []
-    monkeypatch.setattr(study, "papermill_executor", fake_executor(options=options))
+    monkeypatch.setattr(study.runner, "papermill_executor", fake_executor(options=options))
     argv = ["run", str(PARAMS / "smoke.yaml"), "--no-report", "--outputs", str(tmp_path)]
     assert main([*argv, *flags]) == 0
     assert options == [{"verbose": verbose}] * len(smoke_runs())

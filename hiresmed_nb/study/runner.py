@@ -1,0 +1,254 @@
+"""Executing a study: ``notebooks/01_train.ipynb`` once per run, then the report.
+
+The runner executes the notebook into ``outputs/<STUDY>/runs/<run_id>.ipynb``; the notebook writes
+``<run_id>.json`` beside it. A run whose record exists is skipped (``force`` reruns it); a run that
+fails leaves ``<run_id>.failed.json`` (the error and the cell it failed in) and is retried next
+time. Distributed runs attach to a warm cluster the runner keeps per rank layout
+(:mod:`.clusters`); a run whose rank fails or is lost is retried once, from its last epoch's
+checkpoint, on a restarted cluster, and its record says so (``retry``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hiresmed_nb import params as P
+from hiresmed_nb.executor import papermill_executor
+from hiresmed_nb.params import HiresmedError
+from hiresmed_nb.records import write_json_atomic
+from hiresmed_nb.study.clusters import StudyClusters, is_rank_failure
+from hiresmed_nb.study.grid import Run
+
+TRAIN_NOTEBOOK = "notebooks/01_train.ipynb"
+REPORT_NOTEBOOK = "notebooks/02_report.ipynb"
+
+# An executor runs one notebook: (input notebook, output notebook, parameters, cwd) -> None.
+# It raises (papermill's PapermillExecutionError or anything else) when the notebook fails.
+Executor = Callable[[Path, Path, dict[str, Any], Path], None]
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def failure_record(run: Run, error: BaseException, notebook: Path) -> dict[str, Any]:
+    """Describe a failed run: the error, and the cell it failed in when papermill says so."""
+    return {
+        "run_id": run.run_id,
+        "status": "failed",
+        "params": run.params,
+        "cell_index": getattr(error, "cell_index", None),  # in the notebook as executed
+        "cell_source": getattr(error, "source", None),
+        "ename": getattr(error, "ename", None) or type(error).__name__,
+        "evalue": getattr(error, "evalue", None) or str(error),
+        "notebook": str(notebook),
+        "traceback": "".join(traceback.format_exception_only(type(error), error))[-4000:],
+        "failed_at": _now(),
+    }
+
+
+@dataclass
+class StudyResult:
+    """What one invocation of the runner did."""
+
+    study_dir: Path
+    executed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    report_html: Path | None = None
+    report_error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when no run failed and the report rendered (or was not asked for)."""
+        return not self.failed and self.report_error is None
+
+
+def run_study(
+    runs: list[Run],
+    study_dir: Path,
+    *,
+    executor: Executor | None = None,
+    force: bool = False,
+    report: bool = True,
+    root: Path | None = None,
+    progress: bool = True,
+    verbose: bool = False,
+    echo: Callable[[str], None] = print,
+) -> StudyResult:
+    """Execute the runs whose record is missing, isolate failures, then render the report.
+
+    Records land in ``study_dir/runs/<run_id>.json`` (written by the notebook), executed notebooks
+    beside them, failures in ``<run_id>.failed.json``. Returns a :class:`StudyResult`; it never
+    raises for a failing run (``KeyboardInterrupt`` still stops it, after stopping the study's
+    clusters). ``executor`` defaults to :func:`hiresmed_nb.executor.papermill_executor`
+    (``verbose`` as given); tests pass a fake one.
+
+    Distributed runs share one warm cluster per rank layout (:class:`StudyClusters`). A run whose
+    rank fails or is lost restarts that cluster and is retried once: it resumes from its last
+    complete epoch's checkpoint, and its record gets ``retry`` (the first error, the epoch).
+
+    The console shows one progress bar over the runs (the current run id, runs done and left, an
+    estimate of the time left) and one line per finished or failed run; the details of a run are
+    in its executed notebook.
+    """
+    from tqdm.auto import tqdm
+
+    executor = executor or functools.partial(papermill_executor, verbose=verbose)
+    root = root or P.project_root()
+    runs_dir = study_dir / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    result = StudyResult(study_dir=study_dir)
+    pending = []
+    for run in runs:
+        if (runs_dir / f"{run.run_id}.json").exists() and not force:
+            result.skipped.append(run.run_id)
+        else:
+            pending.append(run)
+    echo(
+        f"study {study_dir.name}: {len(runs)} runs, {len(result.skipped)} already recorded, "
+        f"{len(pending)} to execute"
+    )
+
+    def runs_done(done: int) -> str:
+        return f"runs {done}/{len(pending)} done, {len(pending) - done} left"
+
+    bar = tqdm(
+        pending,
+        desc=runs_done(0),
+        unit="run",
+        disable=not progress or not pending,
+        position=0,
+        bar_format="{desc} |{bar:20}| {elapsed} elapsed, ETA {remaining}{postfix}",
+    )
+    with StudyClusters() as clusters:
+        for done, run in enumerate(bar):
+            bar.set_postfix_str(f"now {run.run_id}")
+            _execute_run(run, runs_dir, root, executor, clusters, force, result, bar.write)
+            bar.set_description_str(runs_done(done + 1), refresh=False)
+            if done + 1 == len(pending):
+                bar.set_postfix_str("", refresh=False)  # the bar closes itself after the last run
+        bar.close()
+
+    if report:
+        try:
+            result.report_html = render_report(study_dir, executor=executor, root=root)
+        except Exception as error:
+            result.report_error = f"{type(error).__name__}: {error}"
+    for line in summary_lines(result):
+        echo(line)
+    return result
+
+
+def _execute_run(
+    run: Run,
+    runs_dir: Path,
+    root: Path,
+    executor: Executor,
+    clusters: StudyClusters,
+    force: bool,
+    result: StudyResult,
+    write: Callable[[str], None],
+) -> None:
+    """Execute one run (retried once after a rank failure); record its outcome in ``result``."""
+    record = runs_dir / f"{run.run_id}.json"
+    failed_path = runs_dir / f"{run.run_id}.failed.json"
+    output = runs_dir / f"{run.run_id}.ipynb"
+    parameters = dict(run.params, RESULTS_DIR=str(runs_dir.resolve()))
+    if force and record.exists():
+        record.unlink()
+    started = time.monotonic()
+    first_error: BaseException | None = None
+    while True:
+        try:
+            executor(root / TRAIN_NOTEBOOK, output, clusters.attach(parameters), root)
+            if not record.exists():
+                raise HiresmedError(f"the notebook finished but wrote no record {record.name}")
+        except Exception as error:
+            if is_rank_failure(error):
+                clusters.restart(parameters)  # its engines may be stuck or gone
+            if is_rank_failure(error) and first_error is None:
+                first_error = error
+                write(f"RETRY  {run.run_id}: {_one_line(error)}; resuming on a new cluster")
+                continue
+            # Isolate: record the failure, go on with the other runs.
+            result.failed[run.run_id] = failure_record(run, error, output)
+            write_json_atomic(result.failed[run.run_id], failed_path)
+            cell = result.failed[run.run_id]["cell_index"]
+            where = f" in cell {cell}" if cell is not None else ""
+            write(f"FAILED {run.run_id}{where}: {result.failed[run.run_id]['ename']}")
+            return
+        break
+    if first_error is not None:
+        mark_retry(record, first_error)
+    failed_path.unlink(missing_ok=True)
+    result.executed.append(run.run_id)
+    write(f"done   {run.run_id} ({time.monotonic() - started:.0f} s)")
+
+
+def _one_line(error: BaseException) -> str:
+    ename = getattr(error, "ename", None) or type(error).__name__
+    evalue = str(getattr(error, "evalue", None) or error).strip().splitlines()
+    return f"{ename}: {evalue[0] if evalue else ''}"
+
+
+def mark_retry(record_file: Path, first_error: BaseException) -> None:
+    """Add ``retry`` to a record written by a retried run: the first attempt's error and the
+    epoch the retry resumed from (the report lists retried runs)."""
+    import json
+
+    record = json.loads(record_file.read_text())
+    record["retry"] = {
+        "first_error": _one_line(first_error),
+        "resumed_from_epoch": record.get("resumed_from_epoch", 0),
+    }
+    write_json_atomic(record, record_file)
+
+
+def render_report(
+    study_dir: Path, *, executor: Executor | None = None, root: Path | None = None
+) -> Path:
+    """Execute 02_report into ``study_dir/report.ipynb`` and render ``report.html`` (no code)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    executor = executor or papermill_executor
+    root = root or P.project_root()
+    notebook = study_dir / "report.ipynb"
+    executor(root / REPORT_NOTEBOOK, notebook, {"STUDY_DIR": str(study_dir.resolve())}, root)
+    exporter = HTMLExporter(exclude_input=True)
+    body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
+    html = study_dir / "report.html"
+    tmp = html.with_name(html.name + ".tmp")
+    tmp.write_text(body, encoding="utf-8")
+    os.replace(tmp, html)
+    return html
+
+
+def summary_lines(result: StudyResult) -> list[str]:
+    """The closing summary: counts, each failure with its cell and error, where the report is."""
+    lines = [
+        f"executed {len(result.executed)}, skipped {len(result.skipped)} (already recorded), "
+        f"failed {len(result.failed)}"
+    ]
+    for rid, failure in result.failed.items():
+        cell = failure.get("cell_index")
+        where = f"in cell {cell}" if cell is not None else "before any cell"
+        evalue = str(failure.get("evalue", "")).strip().splitlines()
+        lines.append(
+            f"  FAILED {rid}: {failure['ename']} {where}: {evalue[0] if evalue else ''}"
+            f" (see runs/{rid}.failed.json)"
+        )
+    if result.report_html is not None:
+        lines.append(f"report: {result.report_html}")
+    if result.report_error is not None:
+        lines.append(f"report FAILED: {result.report_error}")
+    return lines

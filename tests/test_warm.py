@@ -1,0 +1,168 @@
+"""Warm clusters: engines kept between runs, in a kernel and in a study, and what ends them."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+from hiresmed_nb import cluster, study, training
+from hiresmed_nb.cluster import ClusterSpec, RankFailedError, command
+from hiresmed_nb.params import validate
+
+pytestmark = pytest.mark.distributed
+
+TINY = {"IMAGE_SIZE": 32, "IMAGES_PER_CLASS": 4, "BATCH_SIZE": 4, "EPOCHS": 2}
+SAME_RESULT = (
+    "weights_digest",
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "confusion_matrix",
+    "history",
+)
+
+
+def tiny_params(results_dir, **overrides) -> dict:
+    return validate({**TINY, "MODE": "distributed", "RESULTS_DIR": str(results_dir), **overrides})
+
+
+def pids(ranks: list[dict]) -> list[int]:
+    return [rank["pid"] for rank in ranks]
+
+
+def processes_of_clusters_owned_by(pid: int) -> list[psutil.Process]:
+    prefix = f"hiresmed-{pid}-"
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get("IPP_CLUSTER_ID", "").startswith(prefix):
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def kernel_processes() -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if "ipykernel_launcher" in " ".join(process.info["cmdline"] or []):
+            found.append(process)
+    return found
+
+
+def test_a_second_run_reuses_the_warm_engines_and_gives_the_record_of_a_fresh_cluster(
+    tmp_path, skin_dir
+):
+    first = training.run(tiny_params(tmp_path / "first"))
+    second = training.run(tiny_params(tmp_path / "second"))  # same placement: warm engines
+    cluster.stop_warm_cluster()
+    fresh = training.run(tiny_params(tmp_path / "fresh"))
+    assert pids(second) == pids(first)
+    assert not set(pids(fresh)) & set(pids(first))
+    for key in SAME_RESULT:
+        assert second[0][key] == first[0][key] == fresh[0][key], key
+    assert len({rank["weights_digest"] for rank in first + second + fresh}) == 1
+
+
+def test_a_changed_placement_replaces_the_warm_cluster(tmp_path, skin_dir):
+    two = training.run(tiny_params(tmp_path / "two", EPOCHS=1))
+    one = training.run(tiny_params(tmp_path / "one", EPOCHS=1, N_RANKS=1))
+    assert len(one) == 1 and pids(one)[0] not in pids(two)
+    assert not any(psutil.pid_exists(pid) for pid in pids(two))  # the old cluster was stopped
+
+
+def test_a_failed_run_stops_the_warm_cluster_and_the_next_run_starts_a_new_one():
+    spec = ClusterSpec(2)
+    failing = "1 // (1 - int(__import__('os').environ['HOROVOD_RANK']))"
+    with pytest.raises(RankFailedError):
+        cluster.run_warm(spec, eval, failing)
+    assert cluster.current_warm_cluster() is None
+    assert cluster.run_warm(spec, eval, "__import__('os').environ['HOROVOD_SIZE']") == ["2", "2"]
+
+
+def test_attaching_leaves_a_cluster_it_did_not_start_running(tmp_path, skin_dir):
+    started = command.start_detached(2)
+    cluster_file, engine_pids = started.cluster_file, started.engine_pids
+    try:
+        params = tiny_params(tmp_path, EPOCHS=1, IPP_CLUSTER_FILE=cluster_file)
+        assert params["N_RANKS"] == 2  # N_RANKS 0: the cluster's engines
+        first = training.run(params)
+        cluster.stop_warm_cluster()  # what a kernel's exit does
+        assert sorted(pids(first)) == sorted(engine_pids)
+        assert all(psutil.pid_exists(pid) for pid in engine_pids)
+    finally:
+        command.stop(cluster_file)
+    _, alive = psutil.wait_procs([psutil.Process(p) for p in engine_pids if psutil.pid_exists(p)])
+    assert alive == []
+    assert not os.path.exists(cluster_file)
+
+
+SMOKE_DISTRIBUTED = {
+    "STUDY": "warm",
+    **TINY,
+    "TEST_IMAGES_PER_CLASS": 4,
+    "WEIGHTS": None,
+    "MODE": "distributed",
+    "N_RANKS": 2,
+}
+
+
+@pytest.mark.notebook
+def test_a_study_retries_a_lost_rank_on_a_restarted_cluster_and_shares_it_with_the_next_run(
+    tmp_path, monkeypatch, skin_dir
+):
+    # The first run's rank 1 kills itself at the end of its last epoch, once (faults.py).
+    marker = tmp_path / "rank-1-was-killed"
+    monkeypatch.setenv("HIRESMED_INJECT_FAULT", f"kill-rank:1:1:{marker}")
+    runs = study.expand({**SMOKE_DISTRIBUTED, "SEEDS": [0, 1]})
+    lines = []
+    result = study.run_study(
+        runs, tmp_path / "warm", report=False, progress=False, echo=lines.append
+    )
+    assert result.ok, result.failed
+    assert marker.exists()
+    first, second = (
+        json.loads((tmp_path / "warm" / "runs" / f"{run.run_id}.json").read_text()) for run in runs
+    )
+    assert first["retry"]["first_error"].startswith("RankLostError")
+    assert 1 <= first["retry"]["resumed_from_epoch"] <= 2
+    assert "retry" not in second
+    # The retry's restarted cluster served the next run too: same engine processes.
+    assert [r["pid"] for r in first["ranks"]] == [r["pid"] for r in second["ranks"]]
+    assert processes_of_clusters_owned_by(os.getpid()) == []  # stopped when the study ended
+
+
+INTERRUPTED_STUDY = """
+import sys
+from pathlib import Path
+from hiresmed_nb import study
+runs = study.expand({config!r})
+study.run_study(runs, Path(sys.argv[1]), report=False, progress=False)
+"""
+
+
+@pytest.mark.notebook
+def test_an_interrupted_study_leaves_nothing_running(tmp_path, skin_dir):
+    config = {**SMOKE_DISTRIBUTED, "EPOCHS": 1, "SEEDS": [0, 1, 2]}
+    kernels_before = {p.pid for p in kernel_processes()}
+    runner = subprocess.Popen(
+        [sys.executable, "-u", "-c", INTERRUPTED_STUDY.format(config=config), str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    for line in runner.stdout:  # the runner prints one line per finished run
+        if line.startswith("done"):
+            break
+    runner.send_signal(signal.SIGINT)  # Ctrl-C, in the middle of the second run
+    runner.communicate(timeout=300)
+    assert runner.returncode != 0
+    leftovers = processes_of_clusters_owned_by(runner.pid)
+    leftovers += [p for p in kernel_processes() if p.pid not in kernels_before]
+    _, alive = psutil.wait_procs(leftovers, timeout=30)
+    assert alive == []
+    assert (tmp_path / "runs").is_dir() and len(list((tmp_path / "runs").glob("*.json"))) >= 1
