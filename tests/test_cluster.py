@@ -1,6 +1,7 @@
 """Rank placement, GPU selection, and a real 2-rank cluster: results, errors, clean stop."""
 
 import socket
+import subprocess
 
 import numpy as np
 import pytest
@@ -140,3 +141,144 @@ def test_two_accumulation_steps_on_one_rank_equal_one_step_on_two_ranks():
         two_ranks = running.run(training.one_sgd_step, images, labels, True)
     assert_same_weights(two_ranks[0], accumulated)
     assert_same_weights(per_rank[1], accumulated)  # both levers at once
+
+
+# Hosts, host identities and preflight, without a cluster -----------------------------------
+
+
+def facts(engine_id, hostname, route, resolves_to, machine_pid=100):
+    return cluster.EngineFacts(
+        engine_id=engine_id,
+        hostname=hostname,
+        pid=machine_pid + engine_id,
+        launch_id="",
+        route_address=route,
+        interface="lo" if route.startswith("127.") else "eth0",
+        hostname_addresses=tuple(resolves_to),
+        addresses=() if route.startswith("127.") else (route,),
+        cpu_count=2,
+    )
+
+
+def test_hosts_parse_horovodrun_syntax_and_refuse_bad_entries():
+    assert cluster.parse_hosts("") == []
+    parsed = cluster.parse_hosts("hostA:2, user@hostB ,hostC:1")
+    assert [(h.host, h.slots) for h in parsed] == [("hostA", 2), ("user@hostB", 1), ("hostC", 1)]
+    assert cluster.total_slots(parsed) == 4
+    for bad, named in (("hostA:0", "positive"), ("a:1,,b:1", "not 'host'"), ("a,a:2", "twice")):
+        with pytest.raises(HiresmedError, match=named):
+            cluster.parse_hosts(bad)
+
+
+def test_host_identities_are_names_unless_names_collide_or_resolve_elsewhere():
+    local = [facts(0, "vm", "127.0.0.1", ["127.0.1.1"]), facts(1, "vm", "127.0.0.1", [])]
+    assert cluster.host_identities(local)[0] == ["localhost", "localhost"]
+    good = [
+        facts(0, "hostA", "10.0.0.2", ["10.0.0.2"]),
+        facts(1, "hostA", "10.0.0.2", ["10.0.0.2"]),
+        facts(2, "hostB", "10.0.0.3", ["10.0.0.3"]),
+    ]
+    names, how = cluster.host_identities(good)
+    assert names == ["hostA", "hostA", "hostB"] and "host names" in how
+    clones = [
+        facts(0, "node", "10.0.0.2", ["10.0.0.2"]),
+        facts(1, "node", "10.0.0.3", ["10.0.0.3"]),
+    ]
+    names, how = cluster.host_identities(clones)
+    assert names == ["10.0.0.2", "10.0.0.3"] and "same host name" in how
+    assert [s.local_rank for s in assign_ranks(names)] == [0, 0]
+
+
+def test_preflight_names_the_host_and_the_fix():
+    from hiresmed_nb.cluster import preflight
+
+    debian = [facts(0, "hostA", "10.0.0.2", ["127.0.1.1"]), facts(1, "hostB", "10.0.0.3", [])]
+    with pytest.raises(
+        HiresmedError, match=r"host hostA: .*127\.0\.1\.1.*map 'hostA' to 10\.0\.0\.2"
+    ):
+        preflight.check_host_names(debian)
+    preflight.check_host_names([facts(0, "vm", "127.0.0.1", ["127.0.1.1"])])  # local: fine
+    remote = [facts(0, "hostA", "10.0.0.2", ["10.0.0.2"])]
+    with pytest.raises(HiresmedError, match="RENDEZVOUS_ADDR=127.0.0.1 is loopback.*hostA"):
+        preflight.check_routes(remote, "127.0.0.1")
+    no_route = [facts(0, "hostA", "", ["10.0.0.2"])]
+    with pytest.raises(HiresmedError, match="hostA .*no route to the rendezvous address"):
+        preflight.check_routes(no_route, "10.0.0.1")
+    assert preflight.check_interface(remote, "auto") == ["eth0"]
+    assert preflight.check_interface(remote, "ib0") == ["ib0"]
+
+
+class AnsweringView:
+    """A stand-in for an engine's view: runs the function here and returns its answer."""
+
+    def __init__(self, replace=None):
+        self.replace = replace
+
+    def apply_async(self, function, *args):
+        answer = function(*args) if self.replace is None else self.replace
+
+        class Done:
+            def get(self, timeout=None):
+                return answer
+
+        return Done()
+
+
+def test_preflight_reports_a_host_that_cannot_reach_the_rendezvous_server():
+    from hiresmed_nb.cluster import preflight
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        ok = [facts(0, "hostA", "10.0.0.2", ["10.0.0.2"])]
+        preflight.check_rendezvous_reachable([AnsweringView()], ok, "127.0.0.1", port)
+    refused = [AnsweringView("ConnectionRefusedError: [Errno 111] Connection refused")]
+    with pytest.raises(HiresmedError, match=r"hostA .*cannot open a TCP connection.*:4242"):
+        preflight.check_rendezvous_reachable(refused, ok, "10.0.0.1", 4242)
+
+
+def test_results_dir_must_be_visible_from_rank_0s_host(tmp_path):
+    from hiresmed_nb.cluster import preflight
+
+    remote = facts(0, "hostA", "10.0.0.2", ["10.0.0.2"])
+    preflight.check_results_dir(AnsweringView(), remote, tmp_path / "runs")  # shared: fine
+    assert not list((tmp_path / "runs").iterdir())  # the probe file is removed
+    with pytest.raises(HiresmedError, match="RESULTS_DIR=.* not visible from rank 0's host hostA"):
+        preflight.check_results_dir(AnsweringView(False), remote, tmp_path / "runs")
+
+
+def fake_ssh(returncode, stdout="", stderr=""):
+    def run(command, **kwargs):
+        return subprocess.CompletedProcess(command, returncode, stdout, stderr)
+
+    return run
+
+
+@pytest.mark.parametrize(
+    ("answer", "named"),
+    [
+        (fake_ssh(255, stderr="ssh: Could not resolve hostname hostA"), "cannot ssh to hostA"),
+        (fake_ssh(127, stderr="sh: 1: /opt/py: not found"), "on hostA, REMOTE_PYTHON='/opt/py'"),
+        (
+            fake_ssh(0, '{"ssh_connection": "", "hostname": "a", "missing": ["ipyparallel"]}'),
+            "cannot import ipyparallel",
+        ),
+    ],
+)
+def test_each_host_problem_is_one_error_naming_the_host_and_the_fix(monkeypatch, answer, named):
+    from hiresmed_nb.cluster import hosts
+
+    monkeypatch.setattr(hosts.subprocess, "run", answer)
+    with pytest.raises(HiresmedError, match=named):
+        hosts.probe_host("hostA", "/opt/py", "/tmp/hiresmed-x")
+
+
+def test_the_head_address_is_where_every_host_sees_this_machine():
+    from hiresmed_nb.cluster.hosts import HostProbe, head_address
+
+    seen = [HostProbe("a", "a", "10.0.0.1"), HostProbe("b", "b", "10.0.0.1")]
+    assert head_address(seen) == "10.0.0.1"
+    assert head_address([HostProbe("localhost", "vm", "127.0.0.1")]) == "127.0.0.1"
+    with pytest.raises(HiresmedError, match="different addresses.*set RENDEZVOUS_ADDR"):
+        head_address([*seen, HostProbe("c", "c", "192.168.0.9")])
