@@ -322,6 +322,17 @@ def test_update_markdown_replaces_only_the_generated_block(tmp_path):
     assert text.count(bench.MARKDOWN_BEGIN) == 1 and "## Hand-written analysis" in text
 
 
+def test_update_markdown_refuses_to_drop_a_benchmark_the_file_lists(tmp_path):
+    path = tmp_path / "BENCHMARKS.md"
+    listed = "- launchers: `bench` at then\n- pipeline: `bench` at then\n"
+    bench.update_markdown(path, listed + "both tables\n")
+    with pytest.raises(HiresmedError, match="would lose pipeline"):
+        bench.update_markdown(path, "- launchers: `bench --only launchers` at now\n")
+    assert "both tables" in path.read_text()
+    bench.update_markdown(path, listed + "new tables\n")
+    assert "new tables" in path.read_text() and "both tables" not in path.read_text()
+
+
 def test_bench_help_lists_the_options():
     shown = subprocess.run(
         [sys.executable, "-m", "hiresmed_nb", "bench", "--help"],

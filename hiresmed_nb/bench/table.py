@@ -8,6 +8,7 @@ puts that text between the bench markers of a file, leaving the rest alone.
 from __future__ import annotations
 
 import operator
+import re
 from pathlib import Path
 from typing import Any
 
@@ -192,14 +193,32 @@ def render_markdown(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def listed_benchmarks(generated: str) -> list[str]:
+    """The benchmarks a generated block lists (its contention lines, ``- <name>: `...```)."""
+    return re.findall(r"^- (\w+): `", generated, flags=re.MULTILINE)
+
+
 def update_markdown(path: str | Path, generated: str) -> Path:
-    """Replace the generated block of ``path`` (between the bench markers), or append one."""
+    """Replace the generated block of ``path`` (between the bench markers), or append one.
+
+    Raises :class:`HiresmedError` (the file unchanged) when the new block would drop a
+    benchmark the old one lists: the block is rendered from the JSONs in one folder, and a
+    benchmark without its JSON there would vanish from the file.
+    """
     path = Path(path)
     block = f"{MARKDOWN_BEGIN}\n{generated}{MARKDOWN_END}"
     text = path.read_text() if path.exists() else "# Benchmarks\n\n"
     if MARKDOWN_BEGIN in text and MARKDOWN_END in text:
         head, rest = text.split(MARKDOWN_BEGIN, 1)
-        text = head + block + rest.split(MARKDOWN_END, 1)[1]
+        old, tail = rest.split(MARKDOWN_END, 1)
+        kept = set(listed_benchmarks(generated))
+        dropped = [name for name in listed_benchmarks(old) if name not in kept]
+        if dropped:
+            raise HiresmedError(
+                f"{path}: not updated, its tables would lose {', '.join(dropped)} (no JSON for "
+                "them in the results folder): run those benchmarks too, or put their JSONs there"
+            )
+        text = head + block + tail
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(text)
