@@ -135,7 +135,7 @@ test: venv
 	$(PY) -m pytest
 
 test-fast: venv
-	$(PY) -m pytest -m "not notebook and not distributed"
+	$(PY) -m pytest -m "not notebook and not distributed and not multihost"
 
 reproduce: venv
 	$(PY) -m hiresmed_nb run params/quick.yaml
