@@ -347,7 +347,10 @@ def attach_engines(cluster_file: str, n_engines: int) -> Engines:
         raise HiresmedError(
             f"IPP_CLUSTER_FILE={cluster_file!r} is not an ipyparallel cluster file"
         ) from None
-    client_file = profile_dir / "security" / f"ipcontroller-{cluster_id}-client.json"
+    # ipyparallel names connection files after the cluster id ('ipcluster start' without
+    # --cluster-id leaves it empty).
+    prefix = f"ipcontroller-{cluster_id}" if cluster_id else "ipcontroller"
+    client_file = profile_dir / "security" / f"{prefix}-client.json"
     try:
         client = ipp.Client(str(client_file), timeout=PROBE_SECONDS)
         client.wait_for_engines(n_engines, timeout=PROBE_SECONDS, interactive=False)
