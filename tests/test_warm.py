@@ -166,3 +166,25 @@ def test_an_interrupted_study_leaves_nothing_running(tmp_path, skin_dir):
     _, alive = psutil.wait_procs(leftovers, timeout=30)
     assert alive == []
     assert (tmp_path / "runs").is_dir() and len(list((tmp_path / "runs").glob("*.json"))) >= 1
+
+
+def test_a_cluster_started_by_ipcluster_itself_can_be_attached(tmp_path, skin_dir):
+    """What the Slurm recipe does inside an allocation (with the local launcher here)."""
+    ipcluster = [sys.executable, "-m", "ipyparallel.cluster"]
+    profile = f"--profile-dir={tmp_path / 'profile'}"
+    subprocess.run(
+        [*ipcluster, "start", profile, "-n", "2", "--ip=127.0.0.1", "--daemonize"],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    try:
+        [cluster_file] = (tmp_path / "profile" / "security").glob("cluster-*.json")
+        ranks = training.run(
+            tiny_params(tmp_path / "runs", EPOCHS=1, IPP_CLUSTER_FILE=str(cluster_file))
+        )
+        cluster.stop_warm_cluster()
+        assert len(ranks) == 2 and ranks[0]["weights_digest"] == ranks[1]["weights_digest"]
+        assert all(psutil.pid_exists(pid) for pid in pids(ranks))  # not ours to stop
+    finally:
+        subprocess.run([*ipcluster, "stop", profile], capture_output=True, timeout=300)
