@@ -167,10 +167,6 @@ class HorovodCluster:
         self.stop()
 
     @property
-    def owned(self) -> bool:
-        return self.engines is None or self.engines.owned
-
-    @property
     def cluster_file(self) -> str:
         """The ipyparallel cluster file (attach to it with ``IPP_CLUSTER_FILE``)."""
         if self.spec.cluster_file:
