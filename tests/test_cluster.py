@@ -1,6 +1,8 @@
 """Rank placement, GPU selection, and a real 2-rank cluster: results, errors, clean stop."""
 
+import os
 import socket
+import stat
 import subprocess
 
 import numpy as np
@@ -282,3 +284,21 @@ def test_the_head_address_is_where_every_host_sees_this_machine():
     assert head_address([HostProbe("localhost", "vm", "127.0.0.1")]) == "127.0.0.1"
     with pytest.raises(HiresmedError, match="different addresses.*set RENDEZVOUS_ADDR"):
         head_address([*seen, HostProbe("c", "c", "192.168.0.9")])
+
+
+def test_files_created_while_a_cluster_starts_are_owner_only(tmp_path):
+    from hiresmed_nb.cluster.engines import private_files
+
+    umask_before = current_umask()
+    with private_files():
+        (tmp_path / "cluster-x.json").write_text("{}")
+        (tmp_path / "security").mkdir()
+    assert stat.S_IMODE((tmp_path / "cluster-x.json").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "security").stat().st_mode) == 0o700
+    assert current_umask() == umask_before  # the process's umask is restored afterwards
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

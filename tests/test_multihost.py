@@ -17,11 +17,12 @@ from test_train_notebook import execute
 
 from hiresmed_nb import cluster, training
 from hiresmed_nb.cluster import ClusterSpec, HorovodCluster, RankLostError, parse_hosts
-from hiresmed_nb.params import HiresmedError, validate
+from hiresmed_nb.params import HiresmedError, resolve_path, validate
 from hiresmed_nb.simhosts import HostSpec
 
 pytestmark = pytest.mark.multihost
 
+PROFILE = resolve_path(cluster.IPP_PROFILE_DIR)
 TINY = {"IMAGE_SIZE": 32, "IMAGES_PER_CLASS": 4, "BATCH_SIZE": 4, "EPOCHS": 1}
 
 
@@ -66,6 +67,8 @@ def test_a_notebook_runs_one_rank_on_each_of_two_hosts_given_by_hosts(
     assert ranks[0]["weights_digest"] == ranks[1]["weights_digest"]
     assert record["data_locality"]["ok"] is True
     nothing_left(sim)  # the kernel's exit stopped the engines on both hosts
+    # The hosts' helpers wrote into their own folder, never into the project's profile.
+    assert list(PROFILE.glob("ipython*config.py")) == []
 
 
 def test_two_hosts_with_two_ranks_each_listen_only_on_the_cluster_address(
