@@ -80,7 +80,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     level = bench.add_mutually_exclusive_group()
     level.add_argument(
-        "--quick", action="store_true", help="fewer sizes and repeats: about 10 min on 2 cores"
+        "--quick",
+        action="store_true",
+        help="fewer sizes and repeats: about 15 min on 2 cores (launchers alone 8.5)",
     )
     level.add_argument(
         "--tiny", action="store_true", help="structure only, in seconds (used by the tests)"
