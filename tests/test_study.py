@@ -11,6 +11,7 @@ import pytest
 import yaml
 from papermill.exceptions import PapermillExecutionError
 
+from hiresmed_nb import params as P
 from hiresmed_nb import study
 from hiresmed_nb.__main__ import main
 from hiresmed_nb.params import HiresmedError, project_root
@@ -526,3 +527,31 @@ def test_quick_grid_has_serial_distributed_and_accumulated_arms_at_equal_effecti
         for arm, ps in arms.items()
     }
     assert effective == {"serial": {8}, "distributed": {16}, "accumulated": {16}}
+
+
+def test_the_runner_keeps_clusters_only_for_distributed_runs_without_their_own_cluster_file(
+    tmp_path,
+):
+    assert study.layout_of(P.validate({"MODE": "serial"})) is None
+    assert study.layout_of(P.validate({"MODE": "distributed", "N_RANKS": 3})).n_ranks == 3
+    cluster_file = tmp_path / "cluster.json"
+    cluster_file.write_text(json.dumps({"engines": {"sets": {"1": {"n": 2}}}}))
+    own = P.validate({"MODE": "distributed", "IPP_CLUSTER_FILE": str(cluster_file)})
+    assert own["N_RANKS"] == 2 and study.layout_of(own) is None  # attaches to its own cluster
+    with_hosts = P.validate({"MODE": "distributed", "HOSTS": "a:2,b:1"})
+    assert [(h.host, h.slots) for h in study.layout_of(with_hosts).hosts] == [("a", 2), ("b", 1)]
+    clusters = study.StudyClusters()
+    serial = P.validate({"MODE": "serial"})
+    assert clusters.attach(serial) == serial  # nothing started for a serial run
+
+
+def test_only_a_rank_failure_counts_as_one_for_the_retry():
+    class NotebookError(Exception):
+        def __init__(self, ename):
+            super().__init__(ename)
+            self.ename = ename
+
+    assert study.is_rank_failure(NotebookError("RankLostError"))
+    assert study.is_rank_failure(NotebookError("RankFailedError"))
+    assert not study.is_rank_failure(NotebookError("HiresmedError"))
+    assert not study.is_rank_failure(ValueError("RankLostError"))
