@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hiresmed_nb import cluster, training
-from hiresmed_nb.cluster import HorovodCluster, RankFailedError, assign_ranks
+from hiresmed_nb.cluster import HorovodCluster, RankFailedError, assign_ranks, memory, probes
 from hiresmed_nb.params import HiresmedError
 
 
@@ -302,3 +302,29 @@ def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def test_engine_memory_is_outgrown_only_past_the_bound_over_the_first_reading():
+    mb = memory.MB
+    watch = memory.EngineMemory()
+    assert not watch.outgrown()  # nothing read yet
+    assert watch.observe([700 * mb, 600 * mb]) == 0  # the first reading is the baseline
+    assert watch.observe([790 * mb, 640 * mb]) == 90 * mb and not watch.outgrown()
+    assert watch.observe([760 * mb, 701 * mb]) == 101 * mb and watch.outgrown()
+    assert "101 MB" in watch.describe()
+
+
+def test_release_memory_drops_the_custom_gradients_a_run_registered_and_keeps_older_ones():
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def doubled(x):
+        return 2 * x, lambda upstream: 2 * upstream
+
+    tf.function(doubled)(tf.constant(1.0))  # traced in graph mode: registers one entry
+    before = probes.custom_gradient_names()
+    assert before
+    tf.function(lambda x: doubled(x) + 1)(tf.constant(1.0))  # a run's own tracing
+    assert len(probes.custom_gradient_names() - before) == 1
+    probes.release_memory(before)
+    assert probes.custom_gradient_names() == before

@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from hiresmed_nb import cluster, study, training
-from hiresmed_nb.cluster import ClusterSpec, RankFailedError, command
+from hiresmed_nb.cluster import ClusterSpec, RankFailedError, command, memory
 from hiresmed_nb.params import validate
 
 pytestmark = pytest.mark.distributed
@@ -55,11 +55,19 @@ def kernel_processes() -> list[psutil.Process]:
 
 
 def test_a_second_run_reuses_the_warm_engines_and_gives_the_record_of_a_fresh_cluster(
-    tmp_path, skin_dir
+    tmp_path, skin_dir, monkeypatch
 ):
     first = training.run(tiny_params(tmp_path / "first"))
+    warm = cluster.current_warm_cluster()
+    baseline = list(warm.memory.baseline)  # every engine's RSS, read after the first run
+    assert len(baseline) == 2 and min(baseline) > 100 * memory.MB  # engines hold TensorFlow
     second = training.run(tiny_params(tmp_path / "second"))  # same placement: warm engines
-    cluster.stop_warm_cluster()
+    assert warm.memory.baseline == baseline and warm.usable()
+    # Engines grown past the memory bound are replaced before the next run: with a bound below
+    # any growth, the reading after the second run retires them.
+    monkeypatch.setattr(memory, "RECYCLE_GROWTH_BYTES", -(10**12))
+    warm.observe_memory()
+    assert not warm.usable()
     fresh = training.run(tiny_params(tmp_path / "fresh"))
     assert pids(second) == pids(first)
     assert not set(pids(fresh)) & set(pids(first))

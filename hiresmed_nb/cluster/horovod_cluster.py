@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import secrets
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 
 from hiresmed_nb.cluster import preflight, probes
 from hiresmed_nb.cluster.engines import (
+    PROBE_SECONDS,
     Engines,
     attach_engines,
     remote_profile_dir,
@@ -28,6 +30,7 @@ from hiresmed_nb.cluster.engines import (
 )
 from hiresmed_nb.cluster.errors import RankLostError, as_rank_failure
 from hiresmed_nb.cluster.hosts import HostSlots, head_address, parse_hosts, probe_hosts
+from hiresmed_nb.cluster.memory import EngineMemory, resident_bytes
 from hiresmed_nb.cluster.processes import (
     detached_cluster_id,
     owned_cluster_id,
@@ -152,7 +155,9 @@ class HorovodCluster:
         self.placement = ""
         self.runs = 0
         self.broken = False
+        self.memory = EngineMemory()
         self.engines: Engines | None = None
+        self._undertaker: subprocess.Popen | None = None
         self._polls = 0
 
     def __enter__(self) -> HorovodCluster:
@@ -198,7 +203,7 @@ class HorovodCluster:
             if not self.detached:
                 # A warm cluster may idle between runs: it must not outlive this kernel, also
                 # when the kernel is killed before it can stop it.
-                start_undertaker(os.getpid(), self.cluster_file)
+                self._undertaker = start_undertaker(os.getpid(), self.cluster_file)
         self._place_ranks()
 
     def _controller_address(self) -> str:
@@ -334,8 +339,21 @@ class HorovodCluster:
         return self.engines.lost(check_remote=True) if self.engines else []
 
     def usable(self) -> bool:
-        """Whether another run can use these engines: not broken, every engine still here."""
-        return self.engines is not None and not self.broken and not self.lost_ranks()
+        """Whether another run can use these engines: not broken, not grown past the memory
+        bound (:mod:`.memory`), every engine still here."""
+        return (
+            self.engines is not None
+            and not self.broken
+            and not self.memory.outgrown()
+            and not self.lost_ranks()
+        )
+
+    def observe_memory(self) -> int:
+        """Read every engine's RSS after a run (the first reading is the baseline); returns the
+        largest growth in bytes. Past :data:`~.memory.RECYCLE_GROWTH_BYTES` the cluster is no
+        longer :meth:`usable`."""
+        futures = [view.apply_async(resident_bytes) for view in self.engines.views]
+        return self.memory.observe([future.get(timeout=PROBE_SECONDS) for future in futures])
 
     # Stopping -------------------------------------------------------------------------------
 
@@ -346,6 +364,11 @@ class HorovodCluster:
                 self.engines.stop()
             finally:
                 self.engines = None
+        if self._undertaker is not None:
+            # Its watch would end on its own within a poll; end it now so nothing outlives stop().
+            self._undertaker.terminate()
+            self._undertaker.wait()
+            self._undertaker = None
 
 
 def _task_output(future: Any, lines: int = 40) -> str:

@@ -3,8 +3,9 @@
 A study's distributed notebooks attach to the runner's cluster for their layout (their
 ``N_RANKS`` and ``HOSTS``) with ``IPP_CLUSTER_FILE``, instead of each starting engines, importing
 TensorFlow and Horovod, and stopping them again. A cluster is started when a layout is first
-needed, restarted after a run whose rank failed or was lost, and every one is stopped when the
-study ends, also on Ctrl-C or an error (and by its undertaker if the runner is killed).
+needed, restarted after a run whose rank failed or was lost or once its engines' memory has grown
+too much (:mod:`hiresmed_nb.cluster.memory`), and every one is stopped when the study ends,
+also on Ctrl-C or an error (and by its undertaker if the runner is killed).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class StudyClusters:
 
     def __init__(self) -> None:
         self._running: dict[ClusterSpec, HorovodCluster] = {}
+        self._handed_out: set[ClusterSpec] = set()  # clusters that ran at least one notebook
 
     def __enter__(self) -> StudyClusters:
         return self
@@ -48,6 +50,10 @@ class StudyClusters:
         if spec is None:
             return params
         cluster = self._running.get(spec)
+        if cluster is not None and spec in self._handed_out and cluster.usable():
+            cluster.observe_memory()  # after its runs so far; the first reading is the baseline
+            if cluster.memory.outgrown():
+                print(f"{cluster.placement}: {cluster.memory.describe()}, replaced", flush=True)
         if cluster is None or not cluster.usable():
             self.restart(params)
             cluster = HorovodCluster(spec=spec)
@@ -57,6 +63,7 @@ class StudyClusters:
             except BaseException:
                 self.restart(params)
                 raise
+        self._handed_out.add(spec)
         # The notebook attaches: the hosts are the cluster's, its file says where they are.
         return {**params, "IPP_CLUSTER_FILE": cluster.cluster_file, "HOSTS": ""}
 
@@ -64,6 +71,7 @@ class StudyClusters:
         """Stop the cluster of ``params``' layout; the next run of that layout starts a new one."""
         spec = layout_of(params)
         cluster = self._running.pop(spec, None) if spec is not None else None
+        self._handed_out.discard(spec)
         if cluster is not None:
             cluster.stop()
 
