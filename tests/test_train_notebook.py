@@ -99,7 +99,7 @@ def test_two_rank_run_reads_disjoint_shards_and_ends_with_equal_weights(tmp_path
         ({"ARCH": "AlexNet"}, "ARCH='AlexNet'"),
         ({"MODE": "parallel"}, "MODE='parallel'"),
         ({"IMAGE_SIZE": 16}, "IMAGE_SIZE=16"),
-        ({"N_RANKS": 0, "MODE": "distributed"}, "N_RANKS=0"),
+        ({"N_RANKS": -1, "MODE": "distributed"}, "N_RANKS=-1"),
         ({"IMAGES_PER_CLASS": 500, "MODE": "distributed"}, "holds only 60"),
         ({"DATASET": "nih", "DATA_DIR": "/nonexistent/nih"}, "nih layout"),
     ],
