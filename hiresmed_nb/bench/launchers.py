@@ -319,7 +319,9 @@ def _notes(
     if memory is not None:
         notes.append(
             f"Warm memory: {len(memory['first_step_seconds'])} consecutive runs of this training "
-            "on one warm cluster (each with its own RESULTS_DIR); engine RSS after each run, "
-            f"in MB (10^6 bytes): {warm.rss_lines(memory)}."
+            "on one warm cluster (each with its own RESULTS_DIR), recycling off: in use, engines "
+            "grown by more than 100 MB since their first run are replaced before the next run "
+            f"(hiresmed_nb.cluster.memory). Engine RSS after each run, in MB (10^6 bytes): "
+            f"{warm.rss_lines(memory)}."
         )
     return notes

@@ -10,6 +10,7 @@ The cluster package is imported only when a run starts (it imports ipyparallel),
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -23,14 +24,15 @@ MB = 10**6
 RSS_GROWTH_TARGET_MB = 100.0
 
 
-def _warm_run(params: dict[str, Any]) -> list[dict[str, Any]]:
+def _warm_run(params: dict[str, Any], recycle: bool = True) -> list[dict[str, Any]]:
     """One run on the warm cluster; every rank's result carries ``called``, the ``time.time()``
-    just before ``run_warm`` was called."""
+    just before ``run_warm`` was called. ``recycle=False`` keeps the engines whatever their
+    memory growth (:mod:`hiresmed_nb.cluster.memory`)."""
     from hiresmed_nb.cluster import ClusterSpec, run_warm
 
     spec = ClusterSpec(2)  # 2 ranks on this machine, as the cold ipyparallel path
     called = time.time()
-    results = run_warm(spec, timed_train, {"params": params})
+    results = run_warm(spec, timed_train, {"params": params}, recycle=recycle)
     return [{**result, "called": called} for result in results]
 
 
@@ -67,7 +69,8 @@ def _rss_bytes(pids: list[int]) -> list[int]:
 
 
 def memory_series(params: dict[str, Any], runs: int) -> dict[str, Any]:
-    """``runs`` consecutive runs of the same training on one warm cluster.
+    """``runs`` consecutive runs of the same training on one warm cluster, not recycled: this
+    measures what an engine keeps per run, the growth that recycling bounds in use.
 
     Returns ``engine_pids`` (rank order), ``rss_bytes`` (one list per rank: after the engines
     started, then after each run) and ``first_step_seconds`` of each run. Raises HiresmedError
@@ -82,7 +85,7 @@ def memory_series(params: dict[str, Any], runs: int) -> dict[str, Any]:
         rss = [_rss_bytes(pids)]
         first_steps = []
         for _ in range(runs):
-            results = in_fresh_results_dir(_warm_run, params)
+            results = in_fresh_results_dir(partial(_warm_run, recycle=False), params)
             _same_engines([{"pid": pid} for pid in pids], results)
             rss.append(_rss_bytes(pids))
             first_steps.append(first_step_seconds(results[0]))

@@ -39,13 +39,14 @@ def warm_cluster(spec: ClusterSpec) -> HorovodCluster:
     return _warm
 
 
-def run_warm(spec: ClusterSpec, function: Callable, *args: Any) -> list[Any]:
+def run_warm(spec: ClusterSpec, function: Callable, *args: Any, recycle: bool = True) -> list[Any]:
     """``function(*args)`` on every rank of the kernel's warm cluster for ``spec``.
 
     A run that fails or is interrupted leaves its ranks in an unknown state: the cluster is
     stopped (or, attached, let go) and the next run starts a fresh one. So does a run after
     which the engines' memory has grown too much (:mod:`.memory`) on a cluster this kernel
-    started (an attached cluster's owner decides when to replace it).
+    started (an attached cluster's owner decides when to replace it), unless ``recycle`` is
+    False (the benchmark that measures that growth).
     """
     cluster = warm_cluster(spec)
     print(f"{cluster.placement}; run {cluster.runs + 1} on these engines", flush=True)
@@ -54,7 +55,7 @@ def run_warm(spec: ClusterSpec, function: Callable, *args: Any) -> list[Any]:
     except BaseException:
         stop_warm_cluster()
         raise
-    if not spec.cluster_file:
+    if recycle and not spec.cluster_file:
         cluster.observe_memory()
         if cluster.memory.outgrown():
             print(f"{cluster.memory.describe()}: the next run starts fresh engines", flush=True)
