@@ -71,13 +71,16 @@ def test_a_notebook_runs_one_rank_on_each_of_two_hosts_given_by_hosts(
     assert list(PROFILE.glob("ipython*config.py")) == []
 
 
-def test_two_hosts_with_two_ranks_each_listen_only_on_the_cluster_address(
+def test_two_ranks_per_host_listen_only_on_the_cluster_address_and_train_to_the_same_weights(
     simulated_hosts, monkeypatch, tmp_path, skin_dir
 ):
     sim = simulated_hosts(HostSpec("hostA"), HostSpec("hostB"))
     on_path(monkeypatch, sim)
-    spec = ClusterSpec(4, hosts=tuple(parse_hosts("hostA:2,hostB:2")))
-    with HorovodCluster(spec=spec) as running:
+    params = validate(
+        {**TINY, "MODE": "distributed", "HOSTS": "hostA:2,hostB:2", "RESULTS_DIR": str(tmp_path)}
+    )
+    try:
+        running = cluster.warm_cluster(ClusterSpec.from_params(params))
         controller = [
             p
             for p in cluster.cluster_processes(running.cluster_id)
@@ -94,21 +97,16 @@ def test_two_hosts_with_two_ranks_each_listen_only_on_the_cluster_address(
         assert sim.head_address in listening
         assert listening <= {sim.head_address, "127.0.0.1"}
         placed = running.run(eval, PLACEMENT)
+        ranks = training.run(params)  # the same placement: on these engines
+        assert [r["pid"] for r in ranks] == running.engine_pids
+    finally:
+        cluster.stop_warm_cluster()
     assert placed == [
         ["hostA", "0", "0", "eth0"],
         ["hostA", "1", "0", "eth0"],
         ["hostB", "0", "1", "eth0"],
         ["hostB", "1", "1", "eth0"],
     ]
-    nothing_left(sim)
-
-
-def test_two_ranks_per_host_train_to_the_same_weights(
-    simulated_hosts, monkeypatch, tmp_path, skin_dir
-):
-    sim = simulated_hosts(HostSpec("hostA"), HostSpec("hostB"))
-    on_path(monkeypatch, sim)
-    ranks = tiny_run(tmp_path, "hostA:2,hostB:2")
     assert [(r["host"], r["local_rank"], r["local_size"]) for r in ranks] == [
         ("hostA", 0, 2),
         ("hostA", 1, 2),

@@ -41,25 +41,8 @@ def test_a_rank_killed_before_joining_is_named_and_nothing_is_left(skin_dir):
     assert cluster.cluster_processes(running.cluster_id) == []
 
 
-@pytest.mark.distributed
-def test_a_rank_killed_mid_training_stops_the_run_and_it_resumes_from_a_checkpoint(
-    tmp_path, skin_dir
-):
-    from hiresmed_nb.faults import KillRankAtEpoch
-
-    params = tiny_params(tmp_path, MODE="distributed", N_RANKS=2)
-    with pytest.raises(RankLostError) as raised:
-        with HorovodCluster(2) as running:
-            running.run(training.train, params, [KillRankAtEpoch(rank=1, epoch=1)])
-    assert raised.value.rank == 1
-    assert cluster.cluster_processes(running.cluster_id) == []
-    state = checkpoints.load_state(checkpoints.checkpoint_dir(params), params)
-    assert state is not None and 1 <= state["epoch"] <= 2
-
-    resumed = training.run(params)
-    assert resumed[0]["resumed_from_epoch"] == state["epoch"]
-    assert len(resumed[0]["history"]["loss"]) == 3
-    assert resumed[0]["weights_digest"] == resumed[1]["weights_digest"]
+# A rank lost mid-training, the run retried from its checkpoint on a restarted cluster:
+# tests/test_warm.py (the study's retry).
 
 
 @pytest.mark.distributed
@@ -127,16 +110,8 @@ def test_same_parameters_and_seed_give_the_same_serial_metrics(tmp_path, skin_di
     assert first["weights_digest"] == again["weights_digest"]
 
 
-@pytest.mark.distributed
-def test_same_parameters_and_seed_give_the_same_distributed_record(tmp_path, skin_dir):
-    runs = []
-    for name in ("a", "b"):
-        runs.append(training.run(tiny_params(tmp_path / name, MODE="distributed", N_RANKS=2)))
-        cluster.stop_warm_cluster()  # each run on a fresh cluster (test_warm: warm ones)
-    digests = {rank["weights_digest"] for ranks in runs for rank in ranks}
-    assert len(digests) == 1
-    for key in ("accuracy", "balanced_accuracy", "macro_f1", "confusion_matrix", "history"):
-        assert runs[0][0][key] == runs[1][0][key], key
+# Distributed runs with the same seed give the same record on fresh and on warm clusters:
+# tests/test_warm.py (first test).
 
 
 # Network exposure ---------------------------------------------------------------------------

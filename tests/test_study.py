@@ -21,6 +21,21 @@ ROOT = project_root()
 PARAMS = ROOT / "params"
 
 
+class NoClusters(study.StudyClusters):
+    """The runner's clusters for fake executors, which run nothing on them: none is started."""
+
+    def attach(self, params: dict) -> dict:
+        return params
+
+
+@pytest.fixture(autouse=True)
+def no_clusters_for_fake_executors(request, monkeypatch):
+    """Tests that execute no real notebook need no engines: the runner starts none for them
+    (its clusters are tested by the notebook and distributed tests, and in test_warm.py)."""
+    if not {"notebook", "distributed"} & {mark.name for mark in request.node.iter_markers()}:
+        monkeypatch.setattr(study.runner, "StudyClusters", NoClusters)
+
+
 def write_yaml(path: Path, content: dict) -> Path:
     path.write_text(yaml.safe_dump(content, sort_keys=False))
     return path

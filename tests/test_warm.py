@@ -138,6 +138,9 @@ def test_a_study_retries_a_lost_rank_on_a_restarted_cluster_and_shares_it_with_t
     )
     assert first["retry"]["first_error"].startswith("RankLostError")
     assert 1 <= first["retry"]["resumed_from_epoch"] <= 2
+    assert first["resumed_from_epoch"] == first["retry"]["resumed_from_epoch"]
+    assert len(first["history"]["loss"]) == TINY["EPOCHS"]  # resumed, not restarted or short
+    assert len({rank["weights_digest"] for rank in first["ranks"]}) == 1
     assert "retry" not in second
     # The retry's restarted cluster served the next run too: same engine processes.
     assert [r["pid"] for r in first["ranks"]] == [r["pid"] for r in second["ranks"]]
