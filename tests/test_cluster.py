@@ -328,3 +328,29 @@ def test_release_memory_drops_the_custom_gradients_a_run_registered_and_keeps_ol
     assert len(probes.custom_gradient_names() - before) == 1
     probes.release_memory(before)
     assert probes.custom_gradient_names() == before
+
+
+class RanOnceCluster:
+    """A warm cluster whose run succeeds and whose engines then cannot report their memory."""
+
+    placement, runs, stopped = "2 ranks on a stand-in", 0, False
+
+    def run(self, function, *args):
+        return ["rank 0's result", "rank 1's result"]
+
+    def observe_memory(self):
+        raise TimeoutError("engine 1 did not answer")
+
+    def stop(self):
+        self.stopped = True
+
+
+def test_a_finished_run_keeps_its_results_when_its_engines_cannot_report_memory(monkeypatch):
+    from hiresmed_nb.cluster import warm
+
+    stand_in = RanOnceCluster()
+    monkeypatch.setattr(warm, "_warm", stand_in)
+    monkeypatch.setattr(warm, "warm_cluster", lambda spec: stand_in)
+    results = warm.run_warm(cluster.ClusterSpec(2), print)
+    assert results == ["rank 0's result", "rank 1's result"]
+    assert stand_in.stopped and warm.current_warm_cluster() is None  # replaced next time

@@ -56,7 +56,12 @@ def run_warm(spec: ClusterSpec, function: Callable, *args: Any, recycle: bool = 
         stop_warm_cluster()
         raise
     if recycle and not spec.cluster_file:
-        cluster.observe_memory()
+        try:
+            cluster.observe_memory()
+        except Exception as error:  # the run is done; its engines are not fit for another
+            print(f"engines did not report their memory ({error!r}): replacing them", flush=True)
+            stop_warm_cluster()
+            return results
         if cluster.memory.outgrown():
             print(f"{cluster.memory.describe()}: the next run starts fresh engines", flush=True)
     return results

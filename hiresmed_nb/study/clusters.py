@@ -51,7 +51,10 @@ class StudyClusters:
             return params
         cluster = self._running.get(spec)
         if cluster is not None and spec in self._handed_out and cluster.usable():
-            cluster.observe_memory()  # after its runs so far; the first reading is the baseline
+            try:
+                cluster.observe_memory()  # after its runs so far; the first reading is the baseline
+            except Exception:  # an engine that cannot answer cannot run either: replace them
+                cluster.broken = True
             if cluster.memory.outgrown():
                 print(f"{cluster.placement}: {cluster.memory.describe()}, replaced", flush=True)
         if cluster is None or not cluster.usable():
