@@ -354,3 +354,10 @@ def test_a_finished_run_keeps_its_results_when_its_engines_cannot_report_memory(
     results = warm.run_warm(cluster.ClusterSpec(2), print)
     assert results == ["rank 0's result", "rank 1's result"]
     assert stand_in.stopped and warm.current_warm_cluster() is None  # replaced next time
+
+
+def test_a_stopped_rendezvous_server_no_longer_listens():
+    server, port = cluster.start_rendezvous("127.0.0.1")
+    cluster.stop_rendezvous(server)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()

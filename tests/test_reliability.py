@@ -136,7 +136,7 @@ def test_the_run_listens_on_loopback_only_and_connection_files_are_private():
         try:
             during_run = listening_addresses({os.getpid()})
         finally:
-            server.stop()
+            cluster.stop_rendezvous(server)
         connection_files = list((running.profile_dir / "security").glob(f"*{running.cluster_id}*"))
         modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in connection_files}
     assert controller_and_kernel, "expected the controller to listen"

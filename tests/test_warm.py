@@ -62,7 +62,7 @@ def test_a_second_run_reuses_the_warm_engines_and_gives_the_record_of_a_fresh_cl
     baseline = list(warm.memory.baseline)  # every engine's RSS, read after the first run
     assert len(baseline) == 2 and min(baseline) > 100 * memory.MB  # engines hold TensorFlow
     second = training.run(tiny_params(tmp_path / "second"))  # same placement: warm engines
-    assert warm.memory.baseline == baseline and warm.usable()
+    assert warm.memory.baseline == baseline  # the second reading did not move it
     # Engines grown past the memory bound are replaced before the next run: with a bound below
     # any growth, the reading after the second run retires them.
     monkeypatch.setattr(memory, "RECYCLE_GROWTH_BYTES", -(10**12))

@@ -22,6 +22,7 @@ from hiresmed_nb.cluster.horovod_cluster import (
     ClusterSpec,
     HorovodCluster,
     start_rendezvous,
+    stop_rendezvous,
 )
 from hiresmed_nb.cluster.hosts import HostSlots, parse_hosts, total_slots
 from hiresmed_nb.cluster.processes import cluster_processes, reap_orphans, reap_processes
@@ -59,6 +60,7 @@ __all__ = [
     "reap_processes",
     "run_warm",
     "start_rendezvous",
+    "stop_rendezvous",
     "stop_warm_cluster",
     "threads_per_rank",
     "total_slots",

@@ -101,6 +101,13 @@ def start_rendezvous(addr: str) -> tuple[Any, int]:
     return server, server._httpd.server_address[1]
 
 
+def stop_rendezvous(server: Any) -> None:
+    """Stop a server from :func:`start_rendezvous` and close its socket (Horovod's ``stop``
+    leaves it listening until the object is garbage-collected)."""
+    server.stop()
+    server._httpd.server_close()
+
+
 def _plan(slots: list[RankSlot]) -> list[Any]:
     from horovod.runner.common.util.hosts import SlotInfo
 
@@ -295,7 +302,7 @@ class HorovodCluster:
             self.runs += 1
             return [future.get() for future in futures]
         finally:
-            server.stop()
+            stop_rendezvous(server)
 
     def _environment(self, index: int, port: int) -> dict[str, str]:
         return horovod_environment(
