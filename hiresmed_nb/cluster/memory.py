@@ -34,7 +34,7 @@ class EngineMemory:
     def observe(self, rss: list[int]) -> int:
         """Record the engines' RSS after a run (the first call sets the baseline); returns the
         largest engine's growth over its baseline in bytes."""
-        if self.baseline is None or len(self.baseline) != len(rss):
+        if self.baseline is None:
             self.baseline = list(rss)
         self.growth = max(now - first for now, first in zip(rss, self.baseline, strict=True))
         return self.growth
