@@ -151,7 +151,7 @@ def _cluster(args: argparse.Namespace) -> int:
         print(started.placement, file=sys.stderr)
         print(started.cluster_file)
         return 0
-    print(f"stopped {command.stop(args.cluster_file)}", file=sys.stderr)
+    print(command.stop(args.cluster_file), file=sys.stderr)
     return 0
 
 

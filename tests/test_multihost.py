@@ -169,8 +169,16 @@ def test_a_notebook_attaches_to_a_cluster_started_beforehand_and_leaves_it_runni
                 "ipyparallel.engine" in cmd for cmd in sim.leftover_processes(alias).values()
             )
         assert json.loads(open(cluster_file).read())["cluster"]["cluster_id"]
-    finally:
-        subprocess.run([*command, "stop", cluster_file], check=True, timeout=300)
+    finally:  # under `timeout`, whose command line names the cluster file too
+        stopped = subprocess.run(
+            ["timeout", "240", *command, "stop", cluster_file],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert stopped.returncode == 0, stopped.stderr
+    for alias in sim.aliases:  # it says what it stopped on each host
+        assert f"{alias}: " in stopped.stderr
     nothing_left(sim)
 
 

@@ -2,8 +2,11 @@
 
 import json
 import os
+import signal
 import stat
 import string
+import subprocess
+import sys
 
 import numpy as np
 import psutil
@@ -276,18 +279,20 @@ import sys
 from hiresmed_nb.cluster import HorovodCluster
 cluster = HorovodCluster(2)
 cluster.start()
-print(cluster.cluster_id, flush=True)
+print(cluster.cluster_id, cluster.cluster_file, flush=True)
 sys.stdin.read()  # hold the cluster until this process is killed
 """
 
 
-def kill_a_kernel_holding_a_cluster(undertaker_too: bool = False) -> str:
-    """Start a cluster in a child process, SIGKILL the child (no clean-up runs), return the id.
+def kill_a_kernel_holding_a_cluster(
+    undertaker_too: bool = False,
+) -> tuple[str, list[subprocess.Popen]]:
+    """Start a cluster in a child process, SIGKILL the child (no clean-up runs); return the id
+    and two bystanders that name the cluster without being its own (``tail -f`` of its cluster
+    file and of an engine's log), which the caller must end.
 
     ``undertaker_too``: first SIGKILL the undertaker that would stop the cluster."""
-    import signal
-    import subprocess
-    import sys
+    from test_stop import engine_log, tail_bystanders
 
     kernel = subprocess.Popen(
         [sys.executable, "-c", ORPHANING_KERNEL],
@@ -295,29 +300,47 @@ def kill_a_kernel_holding_a_cluster(undertaker_too: bool = False) -> str:
         stdout=subprocess.PIPE,
         text=True,
     )
-    orphan_id = kernel.stdout.readline().strip()
+    orphan_id, cluster_file = kernel.stdout.readline().split()
     assert cluster.cluster_processes(orphan_id), "the cluster should be running"
+    bystanders = tail_bystanders(cluster_file, engine_log(orphan_id))
     if undertaker_too:
         for process in cluster.cluster_processes(orphan_id):
-            if "undertaker" in " ".join(process.cmdline()):
+            if cluster.describe_process(process).startswith("undertaker"):
                 process.send_signal(signal.SIGKILL)  # a zombie of the kernel from here on
     kernel.kill()  # like papermill, a kernel restart or the OOM killer: no clean-up runs
     kernel.wait()
-    return orphan_id
+    return orphan_id, bystanders
+
+
+def end_bystanders(bystanders: list[subprocess.Popen]) -> list[bool]:
+    """Whether each bystander was still running; ends them."""
+    running = [process.poll() is None for process in bystanders]
+    for process in bystanders:
+        process.kill()
+        process.wait()
+    return running
 
 
 @pytest.mark.distributed
-def test_a_killed_kernels_cluster_is_stopped_by_its_undertaker():
-    orphan_id = kill_a_kernel_holding_a_cluster()
-    left = [p for p in cluster.cluster_processes(orphan_id) if "undertaker" not in p.cmdline()]
-    _, still_running = psutil.wait_procs(left, timeout=60)
-    assert still_running == []
+def test_a_killed_kernels_cluster_is_stopped_by_its_undertaker_which_spares_bystanders():
+    orphan_id, bystanders = kill_a_kernel_holding_a_cluster()
+    try:
+        _, still_running = psutil.wait_procs(cluster.cluster_processes(orphan_id), timeout=60)
+    finally:
+        bystanders_running = end_bystanders(bystanders)
+    assert still_running == []  # the undertaker too, once it has stopped the cluster
+    assert all(bystanders_running)
 
 
 @pytest.mark.distributed
 def test_a_killed_kernels_cluster_is_reaped_by_the_next_one_if_its_undertaker_died_too():
-    orphan_id = kill_a_kernel_holding_a_cluster(undertaker_too=True)
-    assert cluster.cluster_processes(orphan_id), "without its undertaker the cluster lingers"
-    with HorovodCluster(2) as running:
-        assert running.run(eval, "1 + 1") == [2, 2]
-    assert cluster.cluster_processes(orphan_id) == []
+    orphan_id, bystanders = kill_a_kernel_holding_a_cluster(undertaker_too=True)
+    try:
+        assert cluster.cluster_processes(orphan_id), "without its undertaker the cluster lingers"
+        with HorovodCluster(2) as running:
+            assert running.run(eval, "1 + 1") == [2, 2]
+        left = cluster.cluster_processes(orphan_id)
+    finally:
+        bystanders_running = end_bystanders(bystanders)
+    assert left == []
+    assert all(bystanders_running)

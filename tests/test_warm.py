@@ -11,6 +11,7 @@ import pytest
 
 from hiresmed_nb import cluster, study, training
 from hiresmed_nb.cluster import ClusterSpec, RankFailedError, command, memory
+from hiresmed_nb.cluster.processes import OWNER_VARIABLE
 from hiresmed_nb.params import validate
 
 pytestmark = pytest.mark.distributed
@@ -35,11 +36,11 @@ def pids(ranks: list[dict]) -> list[int]:
 
 
 def processes_of_clusters_owned_by(pid: int) -> list[psutil.Process]:
-    prefix = f"hiresmed-{pid}-"
+    prefix = f"{pid}@"
     found = []
     for process in psutil.process_iter():
         try:
-            if process.environ().get("IPP_CLUSTER_ID", "").startswith(prefix):
+            if process.environ().get(OWNER_VARIABLE, "").startswith(prefix):
                 found.append(process)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue

@@ -12,7 +12,8 @@ One module per concern:
 - :mod:`.ranks`: Horovod rank numbers, host identities and ``HOROVOD_*`` variables.
 - :mod:`.preflight`: checks before ``hvd.init()`` that fail with one named error.
 - :mod:`.probes`: what runs on the engines (closures do not pickle).
-- :mod:`.processes`: finding and reaping a cluster's processes, also after a killed kernel.
+- :mod:`.processes`: a cluster's processes, by the marker only they carry; reaping them, also
+  after a killed kernel.
 - :mod:`.errors`: RankFailedError and RankLostError.
 """
 
@@ -25,7 +26,12 @@ from hiresmed_nb.cluster.horovod_cluster import (
     stop_rendezvous,
 )
 from hiresmed_nb.cluster.hosts import HostSlots, parse_hosts, total_slots
-from hiresmed_nb.cluster.processes import cluster_processes, reap_orphans, reap_processes
+from hiresmed_nb.cluster.processes import (
+    cluster_processes,
+    describe_process,
+    reap_orphans,
+    reap_processes,
+)
 from hiresmed_nb.cluster.ranks import (
     EngineFacts,
     RankSlot,
@@ -53,6 +59,7 @@ __all__ = [
     "assign_ranks",
     "cluster_processes",
     "current_warm_cluster",
+    "describe_process",
     "horovod_environment",
     "host_identities",
     "parse_hosts",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from hiresmed_nb.cluster.engines import stop_cluster_file
 from hiresmed_nb.cluster.horovod_cluster import ClusterSpec, HorovodCluster
 from hiresmed_nb.cluster.hosts import parse_hosts, total_slots
+from hiresmed_nb.cluster.processes import cluster_processes, describe_process, summarize
 from hiresmed_nb.params import HiresmedError
 
 
@@ -39,5 +40,15 @@ def start_detached(
 
 
 def stop(cluster_file: str) -> str:
-    """Stop the cluster of ``cluster_file`` on every host; returns its id."""
-    return stop_cluster_file(cluster_file)
+    """Stop the cluster of ``cluster_file`` on every host; returns what was stopped, for the
+    console. Only the cluster's own processes are signalled, never the caller or its parents
+    (a ``timeout``, ``srun`` or shell that names the file)."""
+    cluster_id, stopped = stop_cluster_file(cluster_file)
+    left = cluster_processes(cluster_id)
+    if left:
+        raise HiresmedError(
+            f"cluster {cluster_id} is still running here after its stop: "
+            + summarize([describe_process(process) for process in left])
+        )
+    lines = "\n".join(f"  {line}" for line in stopped)
+    return f"stopped cluster {cluster_id}:\n{lines}"

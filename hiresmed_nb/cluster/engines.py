@@ -3,7 +3,8 @@ from a running cluster's file (``IPP_CLUSTER_FILE``).
 
 A started cluster is owned: stopping it stops the controller and the engines on every host,
 the ssh sessions that watch them, and removes their files. An attached cluster is not: leaving
-it stops nothing.
+it stops nothing. Every process started for a cluster carries its marker variables
+(:mod:`.processes`), on every host, so stopping it ends those processes and no others.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ from typing import Any
 
 from hiresmed_nb.cluster import launchers, probes
 from hiresmed_nb.cluster.hosts import SSH_OPTIONS, HostSlots
-from hiresmed_nb.cluster.processes import process_alive, reap_processes
+from hiresmed_nb.cluster.processes import (
+    cluster_processes,
+    describe_process,
+    marker_environment,
+    process_alive,
+    reap_processes,
+    summarize,
+)
 from hiresmed_nb.cluster.ranks import EngineFacts
 from hiresmed_nb.params import HiresmedError, resolve_path
 
@@ -59,6 +67,7 @@ class EngineLaunch:
     ssh_args: tuple[str, ...] = ()
     output_file: str = ""  # on this machine, or on ``location``
     remote_folder: str = ""  # the engine's folder on ``location`` (ssh engines)
+    remote_python: str = ""  # the interpreter on ``location`` (ssh engines)
 
 
 def engine_launches(cluster_state: dict[str, Any]) -> list[EngineLaunch]:
@@ -76,6 +85,7 @@ def engine_launches(cluster_state: dict[str, Any]) -> list[EngineLaunch]:
                     ssh_args=tuple(state.get("ssh_args", ())),
                     output_file=state.get("remote_output_file") or state.get("output_file", ""),
                     remote_folder=state.get("remote_profile_dir", "") if host else "",
+                    remote_python=state.get("remote_python", "") if host else "",
                 )
             )
     return found
@@ -212,27 +222,50 @@ def _host_key(launch: EngineLaunch) -> EngineLaunch:
     return EngineLaunch("", -1, launch.location, launch.ssh_args)
 
 
-def stop_cluster(cluster: Any, cluster_id: str, profile_dir: Path) -> None:
-    """Stop an ipyparallel cluster everywhere and leave nothing of it: processes on this machine,
-    engines and their folders on ssh hosts, engine logs, connection and cluster files."""
+def stop_cluster(cluster: Any, cluster_id: str, profile_dir: Path) -> list[str]:
+    """Stop an ipyparallel cluster everywhere and leave nothing of it: its processes on this
+    machine and on ssh hosts (found by their marker, never by name), the engines' folders on
+    those hosts, engine logs, connection and cluster files. Returns what it stopped, a line per
+    host ('this host: controller (pid 12), engine (pids 13, 14)')."""
     launches = engine_launches(cluster.to_dict())
+    here = [describe_process(process) for process in cluster_processes(cluster_id)]
+    stopped: dict[str, list[str]] = {}
     try:
         cluster.stop_cluster_sync()
     except Exception:  # a half-started cluster: what is left is reaped below
         pass
     finally:
-        folders = {
-            _host_key(launch): launch.remote_folder
-            for launch in launches
-            if launch.location and Path(launch.remote_folder).name.startswith("hiresmed-")
-        }
-        for host, folder in folders.items():  # only the folders this project made
-            with contextlib.suppress(subprocess.SubprocessError, OSError):
-                _ssh(host, "rm", "-rf", folder)
-        reap_processes(cluster_id)
+        for launch in launches:  # engines on ssh hosts, which ipyparallel stopped by pid
+            if launch.location:
+                stopped.setdefault(launch.location, []).append(f"engine {launch.pid}")
+        remote_hosts = {_host_key(launch): launch for launch in launches if launch.location}
+        for host, launch in remote_hosts.items():
+            stopped[host.location].extend(_stop_on_host(launch, cluster_id))
+        here.extend(reap_processes(cluster_id))
+        stopped = {"this host": list(dict.fromkeys(here)), **stopped}
         for folder in ("log", "security"):
             for leftover in (profile_dir / folder).glob(f"*{cluster_id}*"):
                 leftover.unlink(missing_ok=True)
+    return [
+        f"{host}: {summarize(ended) or 'nothing was running'}" for host, ended in stopped.items()
+    ]
+
+
+def _stop_on_host(launch: EngineLaunch, cluster_id: str) -> list[str]:
+    """End what is left of ``cluster_id`` on an ssh host (its engines' nannies, say) and remove
+    the engines' folder there if the project made it. Returns what was ended there; an
+    unreachable host or a host without this package ends nothing."""
+    ended: list[str] = []
+    with contextlib.suppress(subprocess.SubprocessError, OSError):
+        if launch.remote_python:
+            reaped = _ssh(
+                launch, launch.remote_python, "-m", __package__ + ".processes", cluster_id
+            )
+            if reaped.returncode == 0:
+                ended = reaped.stdout.split("\n")
+        if Path(launch.remote_folder).name.startswith("hiresmed-"):  # only folders we made
+            _ssh(launch, "rm", "-rf", launch.remote_folder)
+    return [line for line in ended if line.strip()]
 
 
 def _make_profile_private(profile_dir: Path, cluster_id: str) -> None:
@@ -252,19 +285,23 @@ def start_engines(
     launcher: str = "local",
     hosts: list[HostSlots] | None = None,
     remote_python: str = "",
-    detached: bool = False,
+    owner: str = "",
 ) -> Engines:
     """Start a controller listening on ``controller_address`` only, and ``n_engines`` engines:
     locally, over ssh on ``hosts``, or with ipyparallel's ``launcher`` (mpi, slurm).
 
-    ``detached``: the cluster outlives this process (``cluster start``). On failure the engines'
-    last output is in the :class:`HiresmedError`; the caller stops what was started.
+    ``owner``: the identity of the process the cluster must not outlive (see
+    :mod:`.processes`); '' for a cluster that outlives this process (``cluster start``). On
+    failure the engines' last output is in the :class:`HiresmedError`; the caller stops what was
+    started.
     """
     import ipyparallel as ipp
     from traitlets.config import Config
 
     profile_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     config = Config()
+    # Every launcher (controller, engines, here or over ssh) marks what it starts.
+    config.BaseLauncher.environment = marker_environment(cluster_id, owner)
     if hosts:
         engine_class = launchers.SSH
         settings = config.SSHEngineSetLauncher
@@ -285,7 +322,7 @@ def start_engines(
         cluster_id=cluster_id,
         controller_ip=controller_address,
         controller_location=controller_address,
-        shutdown_atexit=not detached,
+        shutdown_atexit=bool(owner),
         log_level=40,
         config=config,
     )
@@ -365,8 +402,9 @@ def attach_engines(cluster_file: str, n_engines: int) -> Engines:
     return Engines(client, engine_ids, None, False, cluster_id, profile_dir, launches)
 
 
-def stop_cluster_file(cluster_file: str) -> str:
-    """Stop the cluster of ``cluster_file`` everywhere (``cluster stop``); returns its id."""
+def stop_cluster_file(cluster_file: str) -> tuple[str, list[str]]:
+    """Stop the cluster of ``cluster_file`` everywhere (``cluster stop``); returns its id and
+    what was stopped (see :func:`stop_cluster`)."""
     import json
 
     import ipyparallel as ipp
@@ -380,6 +418,6 @@ def stop_cluster_file(cluster_file: str) -> str:
     # imports dotted paths only.
     engines["class"] = str(engines.get("class", "")).replace(":", ".")
     cluster = ipp.Cluster.from_dict(state, cluster_file=str(path), log_level=40)
-    stop_cluster(cluster, cluster.cluster_id, Path(cluster.profile_dir))
+    stopped = stop_cluster(cluster, cluster.cluster_id, Path(cluster.profile_dir))
     path.unlink(missing_ok=True)
-    return cluster.cluster_id
+    return cluster.cluster_id, stopped

@@ -34,6 +34,7 @@ from hiresmed_nb.cluster.memory import EngineMemory, resident_bytes
 from hiresmed_nb.cluster.processes import (
     detached_cluster_id,
     owned_cluster_id,
+    process_identity,
     reap_orphans,
 )
 from hiresmed_nb.cluster.ranks import (
@@ -204,13 +205,15 @@ class HorovodCluster:
                 launcher=spec.launcher,
                 hosts=list(spec.hosts),
                 remote_python=spec.remote_python or sys.executable,
-                detached=self.detached,
+                owner="" if self.detached else process_identity(),
             )
             self.rendezvous_addr = controller
             if not self.detached:
                 # A warm cluster may idle between runs: it must not outlive this kernel, also
                 # when the kernel is killed before it can stop it.
-                self._undertaker = start_undertaker(os.getpid(), self.cluster_file)
+                self._undertaker = start_undertaker(
+                    process_identity(), self.cluster_id, self.cluster_file
+                )
         self._place_ranks()
 
     def _controller_address(self) -> str:

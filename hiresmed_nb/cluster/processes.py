@@ -1,13 +1,28 @@
-"""Finding and reaping a cluster's processes on this machine, also after a kernel was killed."""
+"""Finding and ending a cluster's processes on this host: only the processes the project started.
+
+Every process the project starts for a cluster (its controller, its engines and what they start,
+such as their nannies, and the undertaker) carries ``HIRESMED_CLUSTER_ID`` in its environment;
+those of a cluster owned by a kernel also carry ``HIRESMED_CLUSTER_OWNER``, the owner's pid and
+start time. A cluster's processes are the processes of this user whose environment
+(``/proc/PID/environ``) holds its id. Command lines are never matched: a ``tail -f`` of the
+cluster's log, or the shell that runs ``cluster stop FILE``, mentions the id but is not ours.
+The calling process and its ancestors are never signalled.
+
+``python -m hiresmed_nb.cluster.processes CLUSTER_ID`` ends a cluster's processes on the host it
+runs on (``cluster stop`` runs it over ssh on every host of the cluster) and prints what it ended.
+"""
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 CLUSTER_PREFIX = "hiresmed-"
+CLUSTER_ID_VARIABLE = "HIRESMED_CLUSTER_ID"
+OWNER_VARIABLE = "HIRESMED_CLUSTER_OWNER"
 STOP_GRACE_SECONDS = 10
 
 
@@ -21,9 +36,30 @@ def process_alive(pid: int) -> bool:
         return False
 
 
+def process_identity(pid: int | None = None) -> str:
+    """``PID@START`` of ``pid`` (default: this process): a reused pid has another start time."""
+    import psutil
+
+    process = psutil.Process(pid)
+    return f"{process.pid}@{process.create_time():.3f}"
+
+
+def identity_alive(identity: str) -> bool:
+    """Whether the process of a :func:`process_identity` still runs (not a zombie, not a new
+    process that reuses its pid)."""
+    import psutil
+
+    pid, _, started = identity.partition("@")
+    try:
+        process = psutil.Process(int(pid))
+        same = f"{process.create_time():.3f}" == started
+        return same and process.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, ValueError):
+        return False
+
+
 def owned_cluster_id(owner_pid: int, token: str) -> str:
-    """A cluster id that names its owner's pid, so a later cluster can reap it if the owner
-    (a kernel, a study runner) is killed."""
+    """A cluster id that names its owner's pid (its files are removed once the owner is gone)."""
     return f"{CLUSTER_PREFIX}{owner_pid}-{token}"
 
 
@@ -33,32 +69,96 @@ def detached_cluster_id(token: str) -> str:
     return f"{CLUSTER_PREFIX}detached-{token}"
 
 
-def cluster_processes(cluster_id: str) -> list[Any]:
-    """Processes of this user started for ``cluster_id`` (engines, controller, nannies)."""
+def marker_environment(cluster_id: str, owner: str = "") -> dict[str, str]:
+    """The variables that mark a process as started for ``cluster_id`` (``owner``: the
+    :func:`process_identity` of the process that owns the cluster; '' when detached)."""
+    marker = {CLUSTER_ID_VARIABLE: cluster_id}
+    if owner:
+        marker[OWNER_VARIABLE] = owner
+    return marker
+
+
+def _spared_pids() -> set[int]:
+    """This process and its ancestors: never signalled, whatever they carry."""
     import psutil
 
+    me = psutil.Process()
+    return {me.pid, *(parent.pid for parent in me.parents())}
+
+
+def _marked_processes() -> list[tuple[Any, dict[str, str]]]:
+    """(process, environment) of this user's processes that carry a cluster marker, but this
+    process and its ancestors."""
+    import psutil
+
+    spared = _spared_pids()
     found = []
-    for process in psutil.process_iter(["pid", "cmdline"]):
+    for process in psutil.process_iter(["uids"]):
         try:
-            if process.pid == os.getpid():
+            if process.pid in spared or process.info["uids"].real != os.getuid():
                 continue
-            if cluster_id in " ".join(process.info["cmdline"] or []) or (
-                process.environ().get("IPP_CLUSTER_ID") == cluster_id
-            ):
-                found.append(process)
+            environment = process.environ()
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
+        if CLUSTER_ID_VARIABLE in environment:
+            found.append((process, environment))
     return found
 
 
-def reap_processes(cluster_id: str, grace_seconds: float = STOP_GRACE_SECONDS) -> None:
-    """Terminate, then kill, what is left of ``cluster_id`` on this host, and wait for it."""
+def cluster_processes(cluster_id: str) -> list[Any]:
+    """The processes of ``cluster_id`` on this host (engines, controller, nannies, undertaker)."""
+    return [
+        process
+        for process, environment in _marked_processes()
+        if environment[CLUSTER_ID_VARIABLE] == cluster_id
+    ]
+
+
+def process_role(process: Any) -> str:
+    """What a cluster process is ('controller', 'engine', 'nanny', 'undertaker' or 'child'),
+    for messages only."""
+    import psutil
+
+    try:
+        words = " ".join(process.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        words = ""
+    roles = {  # the first that the command line names
+        "ipyparallel.engine.nanny": "nanny",
+        "ipyparallel.engine": "engine",
+        "ipyparallel.controller": "controller",
+        "cluster.undertaker": "undertaker",
+    }
+    return next((name for key, name in roles.items() if key in words), "child")
+
+
+def describe_process(process: Any) -> str:
+    """'engine 123': a cluster process's role and pid."""
+    return f"{process_role(process)} {process.pid}"
+
+
+def summarize(described: list[str]) -> str:
+    """'controller (pids 1, 2), engine (pids 3, 4)' from :func:`describe_process` lines."""
+    pids: dict[str, list[str]] = {}
+    for line in dict.fromkeys(described):
+        role, _, pid = line.rpartition(" ")
+        pids.setdefault(role, []).append(pid)
+    return ", ".join(
+        f"{role} (pid{'s' if len(found) > 1 else ''} {', '.join(found)})"
+        for role, found in pids.items()
+    )
+
+
+def reap_processes(cluster_id: str, grace_seconds: float = STOP_GRACE_SECONDS) -> list[str]:
+    """Terminate, then kill, what is left of ``cluster_id`` on this host, and wait for it.
+    Returns what was ended (see :func:`describe_process`)."""
     import psutil
 
     leftovers = cluster_processes(cluster_id)
+    ended = [describe_process(process) for process in leftovers]
     for process in leftovers:
         try:
-            process.terminate()
+            process.terminate()  # psutil checks the start time: a reused pid is not signalled
         except psutil.NoSuchProcess:
             pass
     _, alive = psutil.wait_procs(leftovers, timeout=grace_seconds)
@@ -68,28 +168,22 @@ def reap_processes(cluster_id: str, grace_seconds: float = STOP_GRACE_SECONDS) -
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=grace_seconds)
+    return ended
 
 
 def reap_orphans(profile_dir: Path | None = None) -> list[str]:
     """Stop clusters left behind by a kernel that was killed (papermill, OOM, kill -9).
 
-    A cluster's id carries its owner's pid; any local engine or controller whose owner is gone is
-    reaped, and (given ``profile_dir``) the logs and connection files of such clusters are
+    A process of an owned cluster carries its owner's identity; the clusters whose owner is gone
+    are reaped, and (given ``profile_dir``) the logs and connection files of such clusters are
     removed. Detached clusters (``cluster start``) have no owner and are left alone. Returns the
     ids reaped.
     """
-    import psutil
-
-    orphaned = set()
-    for process in psutil.process_iter(["pid"]):
-        try:
-            cluster_id = process.environ().get("IPP_CLUSTER_ID", "")
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-        owner = cluster_id.removeprefix(CLUSTER_PREFIX).split("-")[0]
-        if cluster_id.startswith(CLUSTER_PREFIX) and owner.isdigit():
-            if not process_alive(int(owner)):
-                orphaned.add(cluster_id)
+    orphaned = {
+        environment[CLUSTER_ID_VARIABLE]
+        for _, environment in _marked_processes()
+        if environment.get(OWNER_VARIABLE) and not identity_alive(environment[OWNER_VARIABLE])
+    }
     for cluster_id in sorted(orphaned):
         reap_processes(cluster_id)
     if profile_dir is not None:
@@ -105,3 +199,8 @@ def _remove_orphaned_files(profile_dir: Path) -> None:
             found = owned.search(path.name)
             if found and not process_alive(int(found.group(1))):
                 path.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    for line in reap_processes(sys.argv[1]):
+        print(line)

@@ -1,14 +1,17 @@
 """Stop a cluster whose owner died without stopping it.
 
-``python -m hiresmed_nb.cluster.undertaker OWNER_PID CLUSTER_FILE`` runs beside every cluster a
-kernel starts, in its own session (so a kill of the kernel's process group spares it). While the
-cluster file exists it watches the owner; when the owner is gone (killed, out of memory, a kernel
-restart that did not wait) it stops the cluster on every host, as ``cluster stop`` would, and
-exits. When the cluster is stopped normally its file disappears and the undertaker exits too.
+``python -m hiresmed_nb.cluster.undertaker OWNER CLUSTER_FILE`` runs beside every cluster a
+kernel starts, in its own session (so a kill of the kernel's process group spares it) and with
+the cluster's marker variables (so stopping the cluster ends it too). ``OWNER`` is the kernel's
+pid and start time (:func:`~hiresmed_nb.cluster.processes.process_identity`). While the cluster
+file exists it watches the owner; when the owner is gone (killed, out of memory, a kernel restart
+that did not wait) it stops the cluster on every host, as ``cluster stop`` would, and exits. When
+the cluster is stopped normally its file disappears and the undertaker exits too.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,26 +19,30 @@ from pathlib import Path
 POLL_SECONDS = 1.0
 
 
-def start_undertaker(owner_pid: int, cluster_file: str) -> subprocess.Popen:
-    """Start the undertaker for ``cluster_file`` (in a new session, output discarded)."""
+def start_undertaker(owner: str, cluster_id: str, cluster_file: str) -> subprocess.Popen:
+    """Start the undertaker of ``cluster_file`` for ``owner`` (in a new session, output
+    discarded, marked as one of ``cluster_id``'s processes)."""
+    from hiresmed_nb.cluster.processes import marker_environment
+
     return subprocess.Popen(
-        [sys.executable, "-m", __name__, str(owner_pid), cluster_file],
+        [sys.executable, "-m", __name__, owner, cluster_file],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, **marker_environment(cluster_id, owner)},
         start_new_session=True,
     )
 
 
-def watch(owner_pid: int, cluster_file: Path) -> bool:
+def watch(owner: str, cluster_file: Path) -> bool:
     """Wait until the cluster file is gone (returns False) or the owner is (stops the cluster,
-    returns True). A zombie owner counts as gone."""
+    returns True). A zombie owner, or another process under the owner's pid, counts as gone."""
     import time
 
-    from hiresmed_nb.cluster.processes import process_alive
+    from hiresmed_nb.cluster.processes import identity_alive
 
     while cluster_file.exists():
-        if not process_alive(owner_pid):
+        if not identity_alive(owner):
             from hiresmed_nb.cluster.engines import stop_cluster_file
 
             stop_cluster_file(str(cluster_file))
@@ -45,4 +52,4 @@ def watch(owner_pid: int, cluster_file: Path) -> bool:
 
 
 if __name__ == "__main__":
-    watch(int(sys.argv[1]), Path(sys.argv[2]))
+    watch(sys.argv[1], Path(sys.argv[2]))

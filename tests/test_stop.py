@@ -1,0 +1,113 @@
+"""Stopping a cluster ends the processes the project started for it, and no others: not the
+caller of ``cluster stop`` (under ``timeout`` or a shell), not a bystander that merely names the
+cluster (a ``tail -f`` of its file or of an engine's log)."""
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hiresmed_nb.cluster import processes
+from hiresmed_nb.cluster.horovod_cluster import IPP_PROFILE_DIR
+from hiresmed_nb.params import resolve_path
+
+CLUSTER_ID = "hiresmed-detached-0badc0de"
+
+
+def marked(cluster_id: str = CLUSTER_ID) -> dict[str, str]:
+    return {"PATH": "/usr/bin:/bin", **processes.marker_environment(cluster_id)}
+
+
+def test_only_marked_processes_belong_to_a_cluster_never_the_caller_or_its_parents(tmp_path):
+    named = tmp_path / f"{CLUSTER_ID}.log"
+    named.write_text("")
+    bystander = subprocess.Popen(["tail", "-f", str(named)])  # names the id, is not marked
+    ours = subprocess.Popen(["tail", "-f", "/dev/null"], env=marked())
+    other_cluster = subprocess.Popen(["tail", "-f", "/dev/null"], env=marked(CLUSTER_ID + "1"))
+    # A marked shell runs a marked Python that looks for the cluster: neither may find itself.
+    lookup = (
+        "from hiresmed_nb.cluster.processes import cluster_processes; "
+        f"print(sorted(p.pid for p in cluster_processes({CLUSTER_ID!r})))"
+    )
+    shell = f"{shlex.quote(sys.executable)} -c {shlex.quote(lookup)}; true"
+    try:
+        found = [p.pid for p in processes.cluster_processes(CLUSTER_ID)]
+        inside = subprocess.run(
+            ["bash", "-c", shell],
+            env={**marked(), "PYTHONPATH": str(Path(__file__).parents[1])},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split("\n")
+    finally:
+        for process in (bystander, ours, other_cluster):
+            process.kill()
+            process.wait()
+    assert found == [ours.pid]
+    assert json.loads(inside[0]) == [ours.pid]  # not the marked shell (its parent), not itself
+
+
+def test_a_process_identity_tells_a_reused_pid_from_the_owner():
+    me = processes.process_identity()
+    assert processes.identity_alive(me)
+    pid, started = me.split("@")
+    assert not processes.identity_alive(f"{pid}@{float(started) - 1:.3f}")
+    assert not processes.identity_alive("not-an-identity")
+
+
+def start_cluster_from_the_command_line() -> tuple[str, str]:
+    """``cluster start -n 2`` as a user types it; returns (cluster file, cluster id)."""
+    started = subprocess.run(
+        [sys.executable, "-m", "hiresmed_nb", "cluster", "start", "-n", "2"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    cluster_file = started.stdout.strip().splitlines()[-1]
+    return cluster_file, json.loads(Path(cluster_file).read_text())["cluster"]["cluster_id"]
+
+
+def engine_log(cluster_id: str) -> Path:
+    logs = sorted((resolve_path(IPP_PROFILE_DIR) / "log").glob(f"ipengine-{cluster_id}-*"))
+    assert logs, f"no engine log of {cluster_id}"
+    return logs[0]
+
+
+def tail_bystanders(*paths: Path | str) -> list[subprocess.Popen]:
+    """``tail -f`` of each path: processes that name the cluster but are not ours."""
+    return [
+        subprocess.Popen(["tail", "-f", str(path)], stdout=subprocess.DEVNULL) for path in paths
+    ]
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("wrapper", ["timeout", "bash -c"])
+def test_cluster_stop_under_a_wrapper_exits_0_and_ends_only_the_cluster(wrapper):
+    cluster_file, cluster_id = start_cluster_from_the_command_line()
+    running = processes.cluster_processes(cluster_id)
+    bystanders = tail_bystanders(cluster_file, engine_log(cluster_id))
+    stop = [sys.executable, "-m", "hiresmed_nb", "cluster", "stop", cluster_file]
+    if wrapper == "timeout":
+        argv = ["timeout", "120", *stop]
+    else:  # a command after it keeps the shell alive as the stopper's parent
+        argv = ["bash", "-c", f"{shlex.join(stop)}; echo shell survived"]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=180)
+        still_running = [process.poll() is None for process in bystanders]
+    finally:
+        for process in bystanders:
+            process.kill()
+            process.wait()
+    assert done.returncode == 0, done.stderr
+    assert wrapper == "timeout" or "shell survived" in done.stdout
+    assert f"stopped cluster {cluster_id}" in done.stderr
+    assert "controller (pid" in done.stderr and "engine (pids " in done.stderr
+    assert all(still_running), "a bystander naming the cluster was ended"
+    assert len(running) >= 3  # a controller and two engines (and their nannies)
+    assert processes.cluster_processes(cluster_id) == []
+    assert not any(process.is_running() for process in running)
+    assert not Path(cluster_file).exists()
