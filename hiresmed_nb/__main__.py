@@ -19,7 +19,8 @@ import os
 import sys
 from pathlib import Path
 
-from hiresmed_nb.params import HiresmedError, project_root, resolve_path
+from hiresmed_nb.errors import HiresmedError
+from hiresmed_nb.params import project_root, resolve_path
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -148,7 +149,7 @@ def _cluster(args: argparse.Namespace) -> int:
         started = command.start_detached(
             args.n, args.hosts, args.remote_python, args.rendezvous_addr
         )
-        print(started.placement, file=sys.stderr)
+        print(started.description, file=sys.stderr)
         print(started.cluster_file)
         return 0
     print(command.stop(args.cluster_file), file=sys.stderr)

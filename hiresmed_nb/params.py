@@ -11,6 +11,8 @@ import difflib
 from pathlib import Path
 from typing import Any
 
+from hiresmed_nb.errors import HiresmedError
+
 DATASETS = ("synthetic-skin", "synthetic-xray", "sd198", "nih")
 SYNTHETIC_DATASETS = ("synthetic-skin", "synthetic-xray")
 ARCHS = ("compact", "VGG16", "ResNet50", "DenseNet169")
@@ -67,10 +69,6 @@ PARAMETERS: dict[str, tuple[Any, tuple[type, ...], str]] = {
     "NETWORK_INTERFACE": ("auto", (str,), "interface Gloo uses; auto: each rank's own route"),
     "OVERWRITE": (False, (bool,), "redo a run whose record already exists"),
 }
-
-
-class HiresmedError(ValueError):
-    """The project's own error: one clear sentence naming the parameter or file at fault."""
 
 
 def defaults() -> dict[str, Any]:
@@ -176,7 +174,7 @@ def _distributed_ranks(checked: dict[str, Any]) -> int:
 
     Also checks that HOSTS, IPP_CLUSTER_FILE and IPP_LAUNCHER do not contradict each other.
     """
-    from hiresmed_nb.cluster.hosts import parse_hosts, total_slots
+    from hiresmed_nb.placement import parse_hosts, total_slots
 
     hosts = parse_hosts(checked["HOSTS"])
     cluster_file = checked["IPP_CLUSTER_FILE"]

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from hiresmed_nb.params import HiresmedError
+from hiresmed_nb.errors import HiresmedError
 
 PREFIX = "hmt"
 SSHD = "/usr/sbin/sshd"

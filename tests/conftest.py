@@ -7,7 +7,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from hiresmed_nb import synthetic  # noqa: E402
+from hiresmed_nb.science import synthetic  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,8 @@ import pytest
 from hiresmed_nb import bench, simhosts
 from hiresmed_nb.bench import launchers, timed, two_hosts, warm
 from hiresmed_nb.bench.timing import median_ratios, step_intervals, time_calls
-from hiresmed_nb.params import HiresmedError, project_root
+from hiresmed_nb.errors import HiresmedError
+from hiresmed_nb.params import project_root
 
 GiB = bench.GiB
 MiB = 2**20

@@ -8,9 +8,10 @@ import subprocess
 import numpy as np
 import pytest
 
-from hiresmed_nb import cluster, training
+from hiresmed_nb import cluster
 from hiresmed_nb.cluster import HorovodCluster, RankFailedError, assign_ranks, memory, probes
-from hiresmed_nb.params import HiresmedError
+from hiresmed_nb.errors import HiresmedError
+from hiresmed_nb.science import training
 
 
 def test_ranks_on_two_hosts_get_horovods_local_and_cross_numbers():
@@ -333,7 +334,7 @@ def test_release_memory_drops_the_custom_gradients_a_run_registered_and_keeps_ol
 class RanOnceCluster:
     """A warm cluster whose run succeeds and whose engines then cannot report their memory."""
 
-    placement, runs, stopped = "2 ranks on a stand-in", 0, False
+    description, runs, stopped = "2 ranks on a stand-in", 0, False
 
     def run(self, function, *args):
         return ["rank 0's result", "rank 1's result"]
@@ -350,8 +351,8 @@ def test_a_finished_run_keeps_its_results_when_its_engines_cannot_report_memory(
 
     stand_in = RanOnceCluster()
     monkeypatch.setattr(warm, "_warm", stand_in)
-    monkeypatch.setattr(warm, "warm_cluster", lambda spec: stand_in)
-    results = warm.run_warm(cluster.ClusterSpec(2), print)
+    monkeypatch.setattr(warm, "warm_cluster", lambda placement: stand_in)
+    results = warm.run_warm(cluster.Placement(2), print)
     assert results == ["rank 0's result", "rank 1's result"]
     assert stand_in.stopped and warm.current_warm_cluster() is None  # replaced next time
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from hiresmed_nb import data, models
-from hiresmed_nb.params import HiresmedError
+from hiresmed_nb.errors import HiresmedError
+from hiresmed_nb.science import data, models
 
 
 def test_split_is_deterministic_and_test_set_independent_of_seed(skin_dir):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from hiresmed_nb import models
-from hiresmed_nb.params import HiresmedError
+from hiresmed_nb.errors import HiresmedError
+from hiresmed_nb.science import models
 
 
 @pytest.mark.parametrize("arch", ["compact", "VGG16", "ResNet50", "DenseNet169"])
@@ -55,7 +55,7 @@ def test_weights_path_is_loaded(tmp_path):
 def test_batch_norm_is_recalibrated_to_the_average_of_batch_statistics():
     import tensorflow as tf
 
-    from hiresmed_nb.training import recalibrate_batch_norm
+    from hiresmed_nb.science.training import recalibrate_batch_norm
 
     inputs = tf.keras.Input((3,))
     layer = tf.keras.layers.BatchNormalization(momentum=0.99)

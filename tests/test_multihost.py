@@ -15,9 +15,11 @@ import psutil
 import pytest
 from test_train_notebook import execute
 
-from hiresmed_nb import cluster, training
-from hiresmed_nb.cluster import ClusterSpec, HorovodCluster, RankLostError, parse_hosts
-from hiresmed_nb.params import HiresmedError, resolve_path, validate
+from hiresmed_nb import cluster
+from hiresmed_nb.cluster import HorovodCluster, Placement, RankLostError, parse_hosts
+from hiresmed_nb.errors import HiresmedError
+from hiresmed_nb.params import resolve_path, validate
+from hiresmed_nb.science import training
 from hiresmed_nb.simhosts import HostSpec
 
 pytestmark = pytest.mark.multihost
@@ -80,7 +82,7 @@ def test_two_ranks_per_host_listen_only_on_the_cluster_address_and_train_to_the_
         {**TINY, "MODE": "distributed", "HOSTS": "hostA:2,hostB:2", "RESULTS_DIR": str(tmp_path)}
     )
     try:
-        running = cluster.warm_cluster(ClusterSpec.from_params(params))
+        running = cluster.warm_cluster(Placement.from_params(params))
         controller = [
             p
             for p in cluster.cluster_processes(running.cluster_id)
@@ -193,9 +195,9 @@ def test_an_engine_killed_on_another_host_is_named_with_its_last_output(
         "if __import__('os').environ['HOROVOD_RANK'] == '1' else "
         "__import__('horovod.tensorflow', fromlist=['init']).init()"
     )
-    spec = ClusterSpec(2, hosts=tuple(parse_hosts("hostA:1,hostB:1")))
+    placement = Placement(2, hosts=tuple(parse_hosts("hostA:1,hostB:1")))
     with pytest.raises(RankLostError) as raised:
-        with HorovodCluster(spec=spec) as running:
+        with HorovodCluster(placement=placement) as running:
             running.run(eval, last_words)
     assert raised.value.rank == 1 and raised.value.host == "hostB"
     assert "rank 1 on hostB says goodbye" in raised.value.output_tail

@@ -2,7 +2,8 @@
 
 import pytest
 
-from hiresmed_nb.params import PARAMETERS, HiresmedError, run_id, validate
+from hiresmed_nb.errors import HiresmedError
+from hiresmed_nb.params import PARAMETERS, run_id, validate
 
 
 def test_defaults_validate_and_serial_runs_use_one_rank():

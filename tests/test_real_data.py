@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from hiresmed_nb import data, training
-from hiresmed_nb.params import HiresmedError
+from hiresmed_nb.errors import HiresmedError
+from hiresmed_nb.science import data, training
 
 FIXTURES = Path(__file__).parent / "fixtures" / "nih"
 SAMPLES = {

@@ -1,6 +1,6 @@
 """Record helpers: the data-locality verdict, versions, the glued record."""
 
-from hiresmed_nb import records
+from hiresmed_nb.science import records
 
 
 def rank(number, shard, opened):

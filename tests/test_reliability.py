@@ -15,9 +15,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hiresmed_nb import checkpoints, cluster, data, records, study, training
+from hiresmed_nb import cluster, study
 from hiresmed_nb.cluster import HorovodCluster, RankLostError
-from hiresmed_nb.params import PARAMETERS, HiresmedError, validate
+from hiresmed_nb.errors import HiresmedError
+from hiresmed_nb.params import PARAMETERS, validate
+from hiresmed_nb.science import checkpoints, data, records, training
 
 TINY = {"IMAGE_SIZE": 32, "IMAGES_PER_CLASS": 4, "BATCH_SIZE": 4, "EPOCHS": 3}
 JOIN_HOROVOD = "__import__('horovod.tensorflow', fromlist=['init']).init()"

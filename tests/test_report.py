@@ -14,8 +14,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from hiresmed_nb import report, study
-from hiresmed_nb.params import HiresmedError, project_root
+from hiresmed_nb import study
+from hiresmed_nb.errors import HiresmedError
+from hiresmed_nb.params import project_root
+from hiresmed_nb.science import report
 
 FIXTURES = Path(__file__).parent / "fixtures" / "records"
 ARTIFACTS = project_root() / "outputs" / "test-artifacts"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hiresmed_nb import simhosts
-from hiresmed_nb.params import HiresmedError
+from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.simhosts import HostSpec, SimHosts
 
 PYTHON = sys.executable  # the project's .venv python; the root filesystem is shared with hosts

@@ -14,8 +14,9 @@ from papermill.exceptions import PapermillExecutionError
 from hiresmed_nb import params as P
 from hiresmed_nb import study
 from hiresmed_nb.__main__ import main
-from hiresmed_nb.params import HiresmedError, project_root
-from hiresmed_nb.report import load_paper_table
+from hiresmed_nb.errors import HiresmedError
+from hiresmed_nb.params import project_root
+from hiresmed_nb.science.report import load_paper_table
 
 ROOT = project_root()
 PARAMS = ROOT / "params"

@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from hiresmed_nb import synthetic
-from hiresmed_nb.data import load_image
-from hiresmed_nb.params import HiresmedError
+from hiresmed_nb.errors import HiresmedError
+from hiresmed_nb.science import synthetic
+from hiresmed_nb.science.data import load_image
 
 
 def render(label: int, index: int, texture_scale: float = 1.0) -> np.ndarray:

@@ -8,8 +8,8 @@ import psutil
 import pytest
 from papermill.exceptions import PapermillExecutionError
 
-from hiresmed_nb import records
 from hiresmed_nb.params import PARAMETERS, project_root
+from hiresmed_nb.science import records
 
 NOTEBOOK = project_root() / "notebooks" / "01_train.ipynb"
 TINY = {"IMAGE_SIZE": 32, "IMAGES_PER_CLASS": 4, "EPOCHS": 1, "BATCH_SIZE": 4}

@@ -2,7 +2,7 @@
 
 import socket
 
-from hiresmed_nb import training
+from hiresmed_nb.science import training
 
 
 def test_the_host_identity_is_horovods_hostname_else_the_machines(monkeypatch):

@@ -9,10 +9,11 @@ import sys
 import psutil
 import pytest
 
-from hiresmed_nb import cluster, study, training
-from hiresmed_nb.cluster import ClusterSpec, RankFailedError, command, memory
+from hiresmed_nb import cluster, study
+from hiresmed_nb.cluster import Placement, RankFailedError, command, memory
 from hiresmed_nb.cluster.processes import OWNER_VARIABLE
 from hiresmed_nb.params import validate
+from hiresmed_nb.science import training
 
 pytestmark = pytest.mark.distributed
 
@@ -85,12 +86,15 @@ def test_a_changed_placement_replaces_the_warm_cluster(tmp_path, skin_dir):
 
 
 def test_a_failed_run_stops_the_warm_cluster_and_the_next_run_starts_a_new_one():
-    spec = ClusterSpec(2)
+    placement = Placement(2)
     failing = "1 // (1 - int(__import__('os').environ['HOROVOD_RANK']))"
     with pytest.raises(RankFailedError):
-        cluster.run_warm(spec, eval, failing)
+        cluster.run_warm(placement, eval, failing)
     assert cluster.current_warm_cluster() is None
-    assert cluster.run_warm(spec, eval, "__import__('os').environ['HOROVOD_SIZE']") == ["2", "2"]
+    assert cluster.run_warm(placement, eval, "__import__('os').environ['HOROVOD_SIZE']") == [
+        "2",
+        "2",
+    ]
 
 
 def test_attaching_leaves_a_cluster_it_did_not_start_running(tmp_path, skin_dir):

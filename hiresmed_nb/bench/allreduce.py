@@ -34,7 +34,7 @@ def allreduce_share(config: dict[str, Any]) -> dict[str, Any]:
     import horovod.tensorflow.keras as hvd
 
     hvd.init()  # Horovod: join the ranks started by horovodrun.
-    from hiresmed_nb import models, training
+    from hiresmed_nb.science import models, training
 
     training.configure_threads(max(1, (os.cpu_count() or 1) // hvd.local_size()))
     import horovod.tensorflow as hvd_tf

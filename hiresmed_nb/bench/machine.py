@@ -41,7 +41,7 @@ def machine_info() -> dict[str, Any]:
 
 def versions() -> dict[str, Any]:
     """Python, TensorFlow, Horovod, ipyparallel, papermill, this package; and the git commit."""
-    from hiresmed_nb import records
+    from hiresmed_nb.science import records
 
     found: dict[str, Any] = dict(records.versions())
     found["git_commit"], found["git_dirty"] = records.git_state()

@@ -37,8 +37,8 @@ def time_variants(config: dict[str, Any]) -> dict[str, Any]:
     ``repeats``, ``decode_repeats``, ``threads``, ``cache_dir`` (a scratch folder).
     Per repeat, the three variants run in a rotating order, each with a fresh model.
     """
-    from hiresmed_nb import data, models, training
     from hiresmed_nb.params import validate
+    from hiresmed_nb.science import data, models, training
 
     training.configure_threads(config["threads"])
     import tensorflow as tf

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hiresmed_nb.params import HiresmedError, project_root
+from hiresmed_nb.errors import HiresmedError
+from hiresmed_nb.params import project_root
 
 WORKER_MODULE = "hiresmed_nb.bench.worker"
 

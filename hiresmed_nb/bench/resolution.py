@@ -19,7 +19,7 @@ import numpy as np
 from hiresmed_nb.bench.process import run_worker
 from hiresmed_nb.bench.table import goal
 from hiresmed_nb.bench.timing import GiB, peak_rss_bytes, summarize, time_calls
-from hiresmed_nb.params import HiresmedError
+from hiresmed_nb.errors import HiresmedError
 
 BUDGETS_GIB = (2, 4, 8, 16)
 
@@ -72,7 +72,7 @@ def random_batch(arch: str, size: int, batch: int, seed: int) -> tuple[Any, Any]
     """
     import tensorflow as tf
 
-    from hiresmed_nb import models
+    from hiresmed_nb.science import models
 
     rng = np.random.default_rng(seed)
     images = tf.constant(rng.uniform(0, 255, (batch, size, size, 3)), tf.float32)
@@ -87,7 +87,7 @@ def probe(config: dict[str, Any]) -> dict[str, Any]:
     ``arch``, ``size``, ``batch``, ``precision``, ``warmup`` and ``steps`` (train steps timed
     after ``warmup`` untimed ones), ``threads``.
     """
-    from hiresmed_nb import models, training
+    from hiresmed_nb.science import models, training
 
     training.configure_threads(config["threads"])
     import tensorflow as tf

@@ -16,7 +16,8 @@ from typing import Any
 from hiresmed_nb.bench import allreduce, launchers, pipeline, resolution, threads
 from hiresmed_nb.bench.machine import contention, machine_info, versions
 from hiresmed_nb.bench.table import render_markdown
-from hiresmed_nb.params import HiresmedError, resolve_path
+from hiresmed_nb.errors import HiresmedError
+from hiresmed_nb.params import resolve_path
 
 BENCHMARKS = ("launchers", "pipeline", "resolution", "threads", "allreduce")
 DEFAULT_DIR = "outputs/bench"
@@ -75,7 +76,7 @@ def write_result(payload: dict[str, Any], out_dir: str | Path) -> Path:
 
     ``payload`` must name its ``benchmark`` and hold ``figures`` (name -> ``summarize``).
     """
-    from hiresmed_nb.records import now_iso, write_json_atomic
+    from hiresmed_nb.science.records import now_iso, write_json_atomic
 
     for key in ("benchmark", "figures"):
         if key not in payload:
@@ -120,7 +121,7 @@ def run_suite(
     command: str = "",
 ) -> list[Path]:
     """Run the chosen benchmarks in order, writing each JSON as soon as it is done."""
-    from hiresmed_nb.synthetic import ensure_dataset
+    from hiresmed_nb.science.synthetic import ensure_dataset
 
     unknown = [name for name in only if name not in BENCHMARKS]
     if unknown:

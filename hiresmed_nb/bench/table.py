@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hiresmed_nb.bench.timing import GiB
-from hiresmed_nb.params import HiresmedError
+from hiresmed_nb.errors import HiresmedError
 
 MARKDOWN_BEGIN = "<!-- bench:begin (written by `python -m hiresmed_nb bench`) -->"
 MARKDOWN_END = "<!-- bench:end -->"

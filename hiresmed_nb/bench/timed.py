@@ -30,7 +30,7 @@ def timed_train(config: dict[str, Any]) -> dict[str, Any]:
     ``images_per_second`` as :func:`training.train` reports it.
     """
     entered = time.time()
-    from hiresmed_nb import training
+    from hiresmed_nb.science import training
 
     if config.get("threads"):
         import tensorflow as tf

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from hiresmed_nb.params import HiresmedError
+from hiresmed_nb.errors import HiresmedError
 
 GiB = 1024**3
 

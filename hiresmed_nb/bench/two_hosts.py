@@ -67,14 +67,14 @@ def via_two_hosts(params: dict[str, Any]) -> dict[str, Any]:
     Needs ssh to reach hostA and hostB (:func:`simulated_pair`). Returns rank 0's result plus
     ``called``, the ranks' ``hostnames`` and the cluster's ``placement``.
     """
-    from hiresmed_nb.cluster import ClusterSpec, HorovodCluster, parse_hosts
+    from hiresmed_nb.cluster import HorovodCluster, Placement, parse_hosts
 
-    spec = ClusterSpec(2, hosts=tuple(parse_hosts(HOSTS)))
+    placement = Placement(2, hosts=tuple(parse_hosts(HOSTS)))
     config = {"params": params, "threads": rank_threads()}
     started = time.time()
-    with HorovodCluster(spec=spec) as cluster:
+    with HorovodCluster(placement=placement) as cluster:
         results = cluster.run(timed_train, config)
-        placement = cluster.placement
+        placement = cluster.description
     return {
         **results[0],
         "called": started,

@@ -18,7 +18,7 @@ import numpy as np
 from hiresmed_nb.bench.table import goal
 from hiresmed_nb.bench.timed import first_step_seconds, in_fresh_results_dir, timed_train
 from hiresmed_nb.bench.timing import summarize
-from hiresmed_nb.params import HiresmedError
+from hiresmed_nb.errors import HiresmedError
 
 MB = 10**6
 RSS_GROWTH_TARGET_MB = 100.0
@@ -28,11 +28,11 @@ def _warm_run(params: dict[str, Any], recycle: bool = True) -> list[dict[str, An
     """One run on the warm cluster; every rank's result carries ``called``, the ``time.time()``
     just before ``run_warm`` was called. ``recycle=False`` keeps the engines whatever their
     memory growth (:mod:`hiresmed_nb.cluster.memory`)."""
-    from hiresmed_nb.cluster import ClusterSpec, run_warm
+    from hiresmed_nb.cluster import Placement, run_warm
 
-    spec = ClusterSpec(2)  # 2 ranks on this machine, as the cold ipyparallel path
+    placement = Placement(2)  # 2 ranks on this machine, as the cold ipyparallel path
     called = time.time()
-    results = run_warm(spec, timed_train, {"params": params}, recycle=recycle)
+    results = run_warm(placement, timed_train, {"params": params}, recycle=recycle)
     return [{**result, "called": called} for result in results]
 
 
@@ -76,12 +76,12 @@ def memory_series(params: dict[str, Any], runs: int) -> dict[str, Any]:
     started, then after each run) and ``first_step_seconds`` of each run. Raises HiresmedError
     for fewer than 2 runs or when a run did not reuse the engines.
     """
-    from hiresmed_nb.cluster import ClusterSpec, stop_warm_cluster, warm_cluster
+    from hiresmed_nb.cluster import Placement, stop_warm_cluster, warm_cluster
 
     if runs < 2:
         raise HiresmedError(f"warm_memory_runs: at least 2 runs to measure growth, got {runs}")
     try:
-        pids = list(warm_cluster(ClusterSpec(2)).engine_pids)
+        pids = list(warm_cluster(Placement(2)).engine_pids)
         rss = [_rss_bytes(pids)]
         first_steps = []
         for _ in range(runs):

@@ -3,8 +3,8 @@
 One module per concern:
 
 - :mod:`.horovod_cluster`: :class:`HorovodCluster` (start or attach engines, place ranks, run a
-  function on every rank with a fresh rendezvous) and :class:`ClusterSpec` (where ranks run).
-- :mod:`.warm`: the kernel's warm cluster, reused by the next run with the same spec.
+  function on every rank with a fresh rendezvous) and :class:`Placement` (where ranks run).
+- :mod:`.warm`: the kernel's warm cluster, reused by the next run with the same placement.
 - :mod:`.hosts`: ``HOSTS`` (``horovodrun -H`` syntax) and the ssh check of every host.
 - :mod:`.engines`: starting engines (local, ssh, mpi, slurm), attaching to a cluster file,
   liveness, engine output, stopping everywhere.
@@ -20,12 +20,10 @@ One module per concern:
 from hiresmed_nb.cluster.errors import RankFailedError, RankLostError
 from hiresmed_nb.cluster.horovod_cluster import (
     IPP_PROFILE_DIR,
-    ClusterSpec,
     HorovodCluster,
     start_rendezvous,
     stop_rendezvous,
 )
-from hiresmed_nb.cluster.hosts import HostSlots, parse_hosts, total_slots
 from hiresmed_nb.cluster.processes import (
     cluster_processes,
     describe_process,
@@ -46,10 +44,11 @@ from hiresmed_nb.cluster.warm import (
     stop_warm_cluster,
     warm_cluster,
 )
+from hiresmed_nb.placement import HostSlots, Placement, parse_hosts, total_slots
 
 __all__ = [
     "IPP_PROFILE_DIR",
-    "ClusterSpec",
+    "Placement",
     "EngineFacts",
     "HorovodCluster",
     "HostSlots",

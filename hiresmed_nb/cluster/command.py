@@ -8,10 +8,10 @@ it running. ``stop FILE`` stops it on every host.
 from __future__ import annotations
 
 from hiresmed_nb.cluster.engines import stop_cluster_file
-from hiresmed_nb.cluster.horovod_cluster import ClusterSpec, HorovodCluster
-from hiresmed_nb.cluster.hosts import parse_hosts, total_slots
+from hiresmed_nb.cluster.horovod_cluster import HorovodCluster
 from hiresmed_nb.cluster.processes import cluster_processes, describe_process, summarize
-from hiresmed_nb.params import HiresmedError
+from hiresmed_nb.errors import HiresmedError
+from hiresmed_nb.placement import Placement, parse_hosts, total_slots
 
 
 def start_detached(
@@ -24,13 +24,13 @@ def start_detached(
     if n_engines < 0:
         raise HiresmedError(f"-n {n_engines}: give a positive number of engines")
     n_engines = n_engines or (total_slots(parsed) if parsed else 2)
-    spec = ClusterSpec(
+    placement = Placement(
         n_engines,
         hosts=tuple(parsed),
         remote_python=remote_python,
         rendezvous_addr=rendezvous_addr,
     )
-    cluster = HorovodCluster(spec=spec, detached=True)
+    cluster = HorovodCluster(placement=placement, detached=True)
     try:
         cluster.start()
     except BaseException:

@@ -29,7 +29,8 @@ from hiresmed_nb.cluster.processes import (
     summarize,
 )
 from hiresmed_nb.cluster.ranks import EngineFacts
-from hiresmed_nb.params import HiresmedError, resolve_path
+from hiresmed_nb.errors import HiresmedError
+from hiresmed_nb.params import resolve_path
 
 REGISTRATION_SECONDS = 120
 PROBE_SECONDS = 30

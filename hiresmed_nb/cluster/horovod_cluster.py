@@ -16,7 +16,6 @@ import secrets
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from hiresmed_nb.cluster.engines import (
     start_engines,
 )
 from hiresmed_nb.cluster.errors import RankLostError, as_rank_failure
-from hiresmed_nb.cluster.hosts import HostSlots, head_address, parse_hosts, probe_hosts
+from hiresmed_nb.cluster.hosts import head_address, probe_hosts
 from hiresmed_nb.cluster.memory import EngineMemory, resident_bytes
 from hiresmed_nb.cluster.processes import (
     detached_cluster_id,
@@ -45,42 +44,13 @@ from hiresmed_nb.cluster.ranks import (
     threads_per_rank,
 )
 from hiresmed_nb.cluster.undertaker import start_undertaker
-from hiresmed_nb.params import HiresmedError, resolve_path
+from hiresmed_nb.errors import HiresmedError
+from hiresmed_nb.params import resolve_path
+from hiresmed_nb.placement import Placement
 
 IPP_PROFILE_DIR = ".ipyparallel/profile_hiresmed"
 LIVENESS_POLL_SECONDS = 1.0
 REMOTE_LIVENESS_EVERY = 5  # polls between ssh liveness checks of engines on other hosts
-
-
-@dataclass(frozen=True)
-class ClusterSpec:
-    """Where the ranks run. Two runs with equal specs can share one warm cluster.
-
-    ``hosts``: ``HOSTS`` entries (empty: this machine); ``cluster_file``: attach to that running
-    cluster instead of starting one; ``remote_python``: the interpreter on the hosts (default
-    this one's path); ``rendezvous_addr`` and ``network_interface``: 'auto' or explicit.
-    """
-
-    n_ranks: int
-    hosts: tuple[HostSlots, ...] = ()
-    launcher: str = "local"
-    cluster_file: str = ""
-    remote_python: str = ""
-    rendezvous_addr: str = "auto"
-    network_interface: str = "auto"
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> ClusterSpec:
-        """The spec of a validated run's parameters."""
-        return cls(
-            n_ranks=params["N_RANKS"],
-            hosts=tuple(parse_hosts(params["HOSTS"])),
-            launcher=params["IPP_LAUNCHER"],
-            cluster_file=params["IPP_CLUSTER_FILE"],
-            remote_python=params["REMOTE_PYTHON"],
-            rendezvous_addr=params["RENDEZVOUS_ADDR"],
-            network_interface=params["NETWORK_INTERFACE"],
-        )
 
 
 def start_rendezvous(addr: str) -> tuple[Any, int]:
@@ -133,21 +103,21 @@ class HorovodCluster:
         rendezvous_addr: str = "auto",
         network_interface: str = "auto",
         *,
-        spec: ClusterSpec | None = None,
+        placement: Placement | None = None,
         profile_dir: str | Path = IPP_PROFILE_DIR,
         detached: bool = False,
     ):
-        if spec is None:
+        if placement is None:
             if n_ranks is None:
-                raise TypeError("give n_ranks or spec")
-            spec = ClusterSpec(
+                raise TypeError("give n_ranks or placement")
+            placement = Placement(
                 n_ranks,
                 launcher=launcher,
                 rendezvous_addr=rendezvous_addr,
                 network_interface=network_interface,
             )
-        self.spec = spec
-        self.n_ranks = spec.n_ranks
+        self.placement = placement
+        self.n_ranks = placement.n_ranks
         self.profile_dir = resolve_path(profile_dir)
         self.detached = detached
         token = secrets.token_hex(4)
@@ -160,7 +130,7 @@ class HorovodCluster:
         self.interfaces: list[str] = []
         self.threads: list[int] = []
         self.engine_pids: list[int] = []
-        self.placement = ""
+        self.description = ""
         self.runs = 0
         self.broken = False
         self.memory = EngineMemory()
@@ -182,29 +152,29 @@ class HorovodCluster:
     @property
     def cluster_file(self) -> str:
         """The ipyparallel cluster file (attach to it with ``IPP_CLUSTER_FILE``)."""
-        if self.spec.cluster_file:
-            return str(resolve_path(self.spec.cluster_file))
+        if self.placement.cluster_file:
+            return str(resolve_path(self.placement.cluster_file))
         return str(getattr(self.engines and self.engines.cluster, "cluster_file", ""))
 
     # Starting -------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Start (or attach) the engines, then place the ranks; see the module docstring."""
-        spec = self.spec
+        placement = self.placement
         reap_orphans(self.profile_dir)
-        if spec.cluster_file:
-            self.engines = attach_engines(spec.cluster_file, spec.n_ranks)
+        if placement.cluster_file:
+            self.engines = attach_engines(placement.cluster_file, placement.n_ranks)
             self.rendezvous_addr = self._attached_rendezvous_addr()
         else:
             controller = self._controller_address()
             self.engines = start_engines(
-                spec.n_ranks,
+                placement.n_ranks,
                 cluster_id=self.cluster_id,
                 profile_dir=self.profile_dir,
                 controller_address=controller,
-                launcher=spec.launcher,
-                hosts=list(spec.hosts),
-                remote_python=spec.remote_python or sys.executable,
+                launcher=placement.launcher,
+                hosts=list(placement.hosts),
+                remote_python=placement.remote_python or sys.executable,
                 owner="" if self.detached else process_identity(),
             )
             self.rendezvous_addr = controller
@@ -218,35 +188,36 @@ class HorovodCluster:
 
     def _controller_address(self) -> str:
         """Where the controller (and the rendezvous server) listen: one address, never all."""
-        spec = self.spec
-        if spec.hosts:
-            if sum(entry.slots for entry in spec.hosts) != spec.n_ranks:
+        placement = self.placement
+        if placement.hosts:
+            slots = sum(entry.slots for entry in placement.hosts)
+            if slots != placement.n_ranks:
                 raise HiresmedError(
-                    f"N_RANKS={spec.n_ranks} does not match the {sum(h.slots for h in spec.hosts)}"
-                    " slots of HOSTS: give N_RANKS equal to the total, or 0 for that total"
+                    f"N_RANKS={placement.n_ranks} does not match the {slots} slots of HOSTS: "
+                    "give N_RANKS equal to the total, or 0 for that total"
                 )
             probes_ = probe_hosts(
-                list(spec.hosts),
-                spec.remote_python or sys.executable,
+                list(placement.hosts),
+                placement.remote_python or sys.executable,
                 remote_profile_dir(self.cluster_id),
             )
             found = head_address(probes_)
-            return found if spec.rendezvous_addr == "auto" else spec.rendezvous_addr
-        if spec.launcher == "local":
-            return "127.0.0.1" if spec.rendezvous_addr == "auto" else spec.rendezvous_addr
-        if spec.rendezvous_addr == "auto":
+            return found if placement.rendezvous_addr == "auto" else placement.rendezvous_addr
+        if placement.launcher == "local":
+            return "127.0.0.1" if placement.rendezvous_addr == "auto" else placement.rendezvous_addr
+        if placement.rendezvous_addr == "auto":
             raise HiresmedError(
-                f"IPP_LAUNCHER={spec.launcher!r} starts engines this machine cannot ask for its "
-                "address: set RENDEZVOUS_ADDR to this machine's address that the engines reach "
+                f"IPP_LAUNCHER={placement.launcher!r} starts engines this machine cannot ask for "
+                "its address: set RENDEZVOUS_ADDR to this machine's address that the engines reach "
                 "(or use HOSTS, or attach to a running cluster with IPP_CLUSTER_FILE)"
             )
-        return spec.rendezvous_addr
+        return placement.rendezvous_addr
 
     def _attached_rendezvous_addr(self) -> str:
         """'auto' for an attached cluster: loopback when its engines are on this machine, else
         this machine's address on the route to the engines."""
-        if self.spec.rendezvous_addr != "auto":
-            return self.spec.rendezvous_addr
+        if self.placement.rendezvous_addr != "auto":
+            return self.placement.rendezvous_addr
         mine = set(probes.own_addresses())
         facts = self.engines.describe("127.0.0.1")
         remote = [f for f in facts if f.addresses and not mine.intersection(f.addresses)]
@@ -261,14 +232,14 @@ class HorovodCluster:
         preflight.check_host_names(facts)
         identities, how = host_identities(facts)
         self.slots = assign_ranks(identities)
-        self.interfaces = preflight.check_interface(facts, self.spec.network_interface)
+        self.interfaces = preflight.check_interface(facts, self.placement.network_interface)
         self.threads = [
             threads_per_rank(f.cpu_count, slot.local_size)
             for f, slot in zip(facts, self.slots, strict=True)
         ]
         self.engine_pids = [f.pid for f in facts]
         hosts = ", ".join(dict.fromkeys(self.engines.host_of(i) for i in range(len(facts))))
-        self.placement = f"{self.n_ranks} ranks on {hosts} ({how})"
+        self.description = f"{self.n_ranks} ranks on {hosts} ({how})"
 
     # Running --------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The ``HOSTS`` parameter: host lists in ``horovodrun -H`` syntax and what ssh says of them.
+"""What ssh says of the hosts of ``HOSTS`` (parsed by :mod:`hiresmed_nb.placement`).
 
 Before any engine starts, every host is asked once over ssh (in parallel) whether the remote
 interpreter can import what an engine needs, and at which address it sees this machine: that
@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import re
 import shlex
 import subprocess
 from dataclasses import dataclass
 
-from hiresmed_nb.params import HiresmedError
+from hiresmed_nb.errors import HiresmedError
+from hiresmed_nb.placement import HostSlots
 
 SSH_TIMEOUT_SECONDS = 20
 ENGINE_MODULES = ("ipyparallel", "horovod", "tensorflow", "hiresmed_nb")
-_HOST_NAME = re.compile(r"^[A-Za-z0-9_.@\[\]:-]+$")
 # Runs on each host: reports what an engine needs, and prepares the cluster's own folder there
 # (owner-only; empty IPython configs, so ipyparallel's `ipython profile create` has nothing to
 # generate or print).
@@ -37,40 +36,6 @@ print(json.dumps({
 """.strip()
     % (ENGINE_MODULES,)
 )
-
-
-@dataclass(frozen=True)
-class HostSlots:
-    """One entry of ``HOSTS``: an ssh destination and how many ranks it runs."""
-
-    host: str
-    slots: int
-
-
-def parse_hosts(text: str) -> list[HostSlots]:
-    """Parse ``"hostA:2,hostB:2"`` (``horovodrun -H`` syntax; a bare name means 1 slot).
-
-    Raises :class:`HiresmedError` naming ``HOSTS`` for an empty name, a slot count that is not a
-    positive integer, or a host listed twice. An empty string means this machine: [].
-    """
-    entries = [entry.strip() for entry in text.split(",")] if text.strip() else []
-    parsed: list[HostSlots] = []
-    for entry in entries:
-        host, _, slots = entry.rpartition(":") if ":" in entry else (entry, "", "1")
-        if not host or not _HOST_NAME.match(host):
-            raise HiresmedError(f"HOSTS={text!r}: {entry!r} is not 'host' or 'host:slots'")
-        if not slots.isdigit() or int(slots) < 1:
-            raise HiresmedError(
-                f"HOSTS={text!r}: {entry!r} must give a positive number of slots, e.g. {host}:2"
-            )
-        if host in (other.host for other in parsed):
-            raise HiresmedError(f"HOSTS={text!r} lists {host} twice: give it once with its slots")
-        parsed.append(HostSlots(host, int(slots)))
-    return parsed
-
-
-def total_slots(hosts: list[HostSlots]) -> int:
-    return sum(entry.slots for entry in hosts)
 
 
 SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=10")  # never prompt; dead host: 10 s

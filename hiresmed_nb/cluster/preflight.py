@@ -13,7 +13,7 @@ from typing import Any
 
 from hiresmed_nb.cluster import probes
 from hiresmed_nb.cluster.ranks import EngineFacts
-from hiresmed_nb.params import HiresmedError
+from hiresmed_nb.errors import HiresmedError
 
 CONNECT_SECONDS = 5.0
 ANSWER_SECONDS = 30

@@ -12,17 +12,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from hiresmed_nb.cluster import ClusterSpec, HorovodCluster
+from hiresmed_nb.cluster import HorovodCluster, Placement
 
 RANK_FAILURES = ("RankFailedError", "RankLostError")
 
 
-def layout_of(params: dict[str, Any]) -> ClusterSpec | None:
+def layout_of(params: dict[str, Any]) -> Placement | None:
     """The warm cluster a run needs: None for serial runs and for runs that name their own
     cluster (``IPP_CLUSTER_FILE``)."""
     if params["MODE"] != "distributed" or params["IPP_CLUSTER_FILE"]:
         return None
-    return ClusterSpec.from_params(params)
+    return Placement.from_params(params)
 
 
 def is_rank_failure(error: BaseException) -> bool:
@@ -35,8 +35,8 @@ class StudyClusters:
     """``with StudyClusters() as clusters: params = clusters.attach(params)``."""
 
     def __init__(self) -> None:
-        self._running: dict[ClusterSpec, HorovodCluster] = {}
-        self._handed_out: set[ClusterSpec] = set()  # clusters that ran at least one notebook
+        self._running: dict[Placement, HorovodCluster] = {}
+        self._handed_out: set[Placement] = set()  # clusters that ran at least one notebook
 
     def __enter__(self) -> StudyClusters:
         return self
@@ -46,41 +46,43 @@ class StudyClusters:
 
     def attach(self, params: dict[str, Any]) -> dict[str, Any]:
         """``params`` set to run on the warm cluster of their layout (started if needed)."""
-        spec = layout_of(params)
-        if spec is None:
+        placement = layout_of(params)
+        if placement is None:
             return params
-        cluster = self._running.get(spec)
-        if cluster is not None and spec in self._handed_out and cluster.usable():
+        cluster = self._running.get(placement)
+        if cluster is not None and placement in self._handed_out and cluster.usable():
             try:
                 cluster.observe_memory()  # after its runs so far; the first reading is the baseline
             except Exception:  # an engine that cannot answer cannot run either: replace them
                 cluster.broken = True
             if cluster.memory.outgrown():
-                print(f"{cluster.placement}: {cluster.memory.describe()}, replaced", flush=True)
+                print(f"{cluster.description}: {cluster.memory.describe()}, replaced", flush=True)
         if cluster is None or not cluster.usable():
             self.restart(params)
-            cluster = HorovodCluster(spec=spec)
-            self._running[spec] = cluster
+            cluster = HorovodCluster(placement=placement)
+            self._running[placement] = cluster
             try:
                 cluster.start()
             except BaseException:
                 self.restart(params)
                 raise
-        self._handed_out.add(spec)
+        self._handed_out.add(placement)
         # The notebook attaches: the hosts are the cluster's, its file says where they are.
         return {**params, "IPP_CLUSTER_FILE": cluster.cluster_file, "HOSTS": ""}
 
     def restart(self, params: dict[str, Any]) -> None:
         """Stop the cluster of ``params``' layout; the next run of that layout starts a new one."""
-        spec = layout_of(params)
-        cluster = self._running.pop(spec, None) if spec is not None else None
-        self._handed_out.discard(spec)
+        placement = layout_of(params)
+        cluster = self._running.pop(placement, None) if placement is not None else None
+        self._handed_out.discard(placement)
         if cluster is not None:
             cluster.stop()
 
-    def engine_pids(self) -> dict[ClusterSpec, list[int]]:
+    def engine_pids(self) -> dict[Placement, list[int]]:
         """Each running cluster's engine pids (for checks and tests)."""
-        return {spec: list(cluster.engine_pids) for spec, cluster in self._running.items()}
+        return {
+            placement: list(cluster.engine_pids) for placement, cluster in self._running.items()
+        }
 
     def close(self) -> None:
         """Stop every cluster."""

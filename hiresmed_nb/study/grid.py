@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from hiresmed_nb import params as P
-from hiresmed_nb.params import HiresmedError
+from hiresmed_nb.errors import HiresmedError
 
 RUNNER_KEYS = ("STUDY", "SEEDS", "CELLS")
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from hiresmed_nb import params as P
-from hiresmed_nb.executor import papermill_executor
-from hiresmed_nb.params import HiresmedError
-from hiresmed_nb.records import write_json_atomic
+from hiresmed_nb.errors import HiresmedError
+from hiresmed_nb.science.records import write_json_atomic
 from hiresmed_nb.study.clusters import StudyClusters, is_rank_failure
+from hiresmed_nb.study.executor import papermill_executor
 from hiresmed_nb.study.grid import Run
 
 TRAIN_NOTEBOOK = "notebooks/01_train.ipynb"
@@ -89,7 +89,7 @@ def run_study(
     Records land in ``study_dir/runs/<run_id>.json`` (written by the notebook), executed notebooks
     beside them, failures in ``<run_id>.failed.json``. Returns a :class:`StudyResult`; it never
     raises for a failing run (``KeyboardInterrupt`` still stops it, after stopping the study's
-    clusters). ``executor`` defaults to :func:`hiresmed_nb.executor.papermill_executor`
+    clusters). ``executor`` defaults to :func:`hiresmed_nb.study.executor.papermill_executor`
     (``verbose`` as given); tests pass a fake one.
 
     Distributed runs share one warm cluster per rank layout (:class:`StudyClusters`). A run whose

@@ -9,8 +9,8 @@
 - Q3 :func:`q3_best_resolution`: the best resolution per architecture, arm and data size.
 
 Every comparison pairs seeds (same seed: same split and initialisation) and gives the mean
-difference with its 95% t-interval (:class:`~hiresmed_nb.report.stats.Difference`). The same
-functions answer from the paper's Table 2 through :func:`~hiresmed_nb.report.load.paper_records`
+difference with its 95% t-interval (:class:`.stats.Difference`). The same
+functions answer from the paper's Table 2 through :func:`.load.paper_records`
 (one run per cell, so no interval). Lever variants (``+bfloat16``, ``+fp16-allreduce``) are left
 out here; the findings compare them with their plain arm.
 """
@@ -21,15 +21,15 @@ import itertools
 
 import pandas as pd
 
-from hiresmed_nb.report.load import MODES, base_rates, check_metric, has_lr_axis
-from hiresmed_nb.report.stats import (
+from hiresmed_nb.science.report.load import MODES, base_rates, check_metric, has_lr_axis
+from hiresmed_nb.science.report.stats import (
     HIGHER,
     LOWER,
     Difference,
     mean_ci,
     paired_difference,
 )
-from hiresmed_nb.report.tables import format_lr
+from hiresmed_nb.science.report.tables import format_lr
 
 Q1_COLUMNS = ["dataset", "arch", "arm", "lr", "fewer", "more", "diff", "verdict"]
 Q2_COLUMNS = [

@@ -15,7 +15,7 @@ from typing import Any
 import tensorflow as tf
 
 from hiresmed_nb.params import PLACEMENT_PARAMETERS, resolve_path, run_id
-from hiresmed_nb.records import write_json_atomic
+from hiresmed_nb.science.records import write_json_atomic
 
 STATE_FILE = "state.json"
 

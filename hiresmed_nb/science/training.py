@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from hiresmed_nb import data, models
-from hiresmed_nb.params import SYNTHETIC_DATASETS, HiresmedError, resolve_path, validate
+from hiresmed_nb.errors import HiresmedError
+from hiresmed_nb.params import SYNTHETIC_DATASETS, resolve_path, validate
+from hiresmed_nb.science import data, models
 
 
 def data_dir_for(params: dict[str, Any]) -> Path:
@@ -29,7 +30,7 @@ def data_dir_for(params: dict[str, Any]) -> Path:
     if params["DATA_DIR"]:
         return resolve_path(params["DATA_DIR"])
     if params["DATASET"] in SYNTHETIC_DATASETS:
-        from hiresmed_nb.synthetic import default_data_dir
+        from hiresmed_nb.science.synthetic import default_data_dir
 
         return default_data_dir(params["DATASET"])
     raise HiresmedError(f"DATA_DIR must name the {params['DATASET']} folder as downloaded")
@@ -320,7 +321,7 @@ def build_and_compile(params: dict[str, Any], ranks: RankInfo, n_classes: int) -
         params["ARCH"], params["IMAGE_SIZE"], n_classes, params["WEIGHTS"], params["SEED"]
     )
     if params["ACCUMULATION_STEPS"] > 1:
-        from hiresmed_nb.accumulation import AccumulatingModel
+        from hiresmed_nb.science.accumulation import AccumulatingModel
 
         model = AccumulatingModel.wrap(model, params["ACCUMULATION_STEPS"])
     optimizer = tf.keras.optimizers.Adam(scaled_learning_rate(params, ranks.size))
@@ -344,7 +345,7 @@ def resume(
     Returns the epoch to start at (0 when nothing is resumed) and, on rank 0, the callback that
     checkpoints every epoch and keeps the learning curves (None on the other ranks).
     """
-    from hiresmed_nb import checkpoints
+    from hiresmed_nb.science import checkpoints
 
     checkpoint_dir = checkpoints.checkpoint_dir(params)
     state = checkpoints.load_state(checkpoint_dir, params) if ranks.rank == 0 else None
@@ -543,9 +544,9 @@ def run(params: dict[str, Any], split: data.Split | None = None) -> list[dict[st
 
     # Horovod: the ranks live in ipyparallel engines, kept warm for the next run that places
     # its ranks the same way (same N_RANKS, HOSTS, cluster file); see hiresmed_nb.cluster.warm.
-    spec = cluster.ClusterSpec.from_params(params)
-    cluster.warm_cluster(spec).check_results_dir(resolve_path(params["RESULTS_DIR"]))
-    return cluster.run_warm(spec, train, params, (), split)
+    placement = cluster.Placement.from_params(params)
+    cluster.warm_cluster(placement).check_results_dir(resolve_path(params["RESULTS_DIR"]))
+    return cluster.run_warm(placement, train, params, (), split)
 
 
 def one_sgd_step(
@@ -585,7 +586,7 @@ def one_sgd_step(
     if distributed:
         optimizer = hvd.DistributedOptimizer(optimizer)  # Horovod: average gradients.
     if accumulation_steps > 1:
-        from hiresmed_nb.accumulation import AccumulatingModel
+        from hiresmed_nb.science.accumulation import AccumulatingModel
 
         model = AccumulatingModel.wrap(model, accumulation_steps)
     model.compile(optimizer, tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))

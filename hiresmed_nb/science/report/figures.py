@@ -6,15 +6,15 @@ import warnings
 
 import pandas as pd
 
-from hiresmed_nb.params import HiresmedError
-from hiresmed_nb.report.load import (
+from hiresmed_nb.errors import HiresmedError
+from hiresmed_nb.science.report.load import (
     base_rates,
     check_metric,
     has_lr_axis,
     is_synthetic,
     ordered_modes,
 )
-from hiresmed_nb.report.tables import format_lr
+from hiresmed_nb.science.report.tables import format_lr
 
 
 def _title(text: str, records: pd.DataFrame) -> str:

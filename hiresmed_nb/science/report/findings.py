@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from hiresmed_nb.report.load import SETTING, ordered_modes, retried_runs
-from hiresmed_nb.report.stats import summarise
+from hiresmed_nb.science.report.load import SETTING, ordered_modes, retried_runs
+from hiresmed_nb.science.report.stats import summarise
 
 
 def best_resolution(records: pd.DataFrame, metric: str = "accuracy") -> list[str]:

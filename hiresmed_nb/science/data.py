@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from hiresmed_nb.params import HiresmedError
+from hiresmed_nb.errors import HiresmedError
 
 if TYPE_CHECKING:
     import tensorflow as tf

@@ -1,5 +1,5 @@
 """The verdicts of the Answers section: one short answer per question of the paper from the
-evidence frames of :mod:`~hiresmed_nb.report.answers`, and the evidence as display tables."""
+evidence frames of :mod:`.answers`, and the evidence as display tables."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 import pandas as pd
 
-from hiresmed_nb.report.stats import (
+from hiresmed_nb.science.report.stats import (
     HIGHER,
     LOWER,
     NO_INTERVAL,
@@ -17,7 +17,7 @@ from hiresmed_nb.report.stats import (
     Difference,
     format_points,
 )
-from hiresmed_nb.report.tables import format_lr
+from hiresmed_nb.science.report.tables import format_lr
 
 QUESTIONS = {
     "Q1": (

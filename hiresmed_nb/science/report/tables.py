@@ -11,7 +11,7 @@ import math
 
 import pandas as pd
 
-from hiresmed_nb.report.load import (
+from hiresmed_nb.science.report.load import (
     base_rates,
     has_lr_axis,
     is_synthetic,
@@ -19,7 +19,7 @@ from hiresmed_nb.report.load import (
     ordered_modes,
     paper_accuracy,
 )
-from hiresmed_nb.report.stats import format_value, summarise
+from hiresmed_nb.science.report.stats import format_value, summarise
 
 # Captions above their table, left-aligned; row labels on one line.
 TABLE_STYLES = [

@@ -14,7 +14,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from hiresmed_nb.params import SYNTHETIC_DATASETS, HiresmedError, project_root, run_id
+from hiresmed_nb.errors import HiresmedError
+from hiresmed_nb.params import SYNTHETIC_DATASETS, project_root, run_id
 
 GLUE_MIMETYPE = "application/vnd.hiresmed.record+json"
 MIN_FREE_BYTES = 100_000_000

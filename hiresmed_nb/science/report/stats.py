@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from hiresmed_nb.params import HiresmedError
-from hiresmed_nb.report.load import CELL, check_metric
+from hiresmed_nb.errors import HiresmedError
+from hiresmed_nb.science.report.load import CELL, check_metric
 
 HIGHER, LOWER, NOISE, ONE_SEED, NO_SPREAD = (
     "higher",

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from hiresmed_nb.params import HiresmedError
+from hiresmed_nb.errors import HiresmedError
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auroc")
 # Serial runs with gradient accumulation form their own arm: one device, the effective batch of

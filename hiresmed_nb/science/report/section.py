@@ -7,20 +7,20 @@ import html
 
 import pandas as pd
 
-from hiresmed_nb.report.answers import (
+from hiresmed_nb.science.report.answers import (
     best_learning_rates,
     q1_pairs,
     q2_comparisons,
     q3_best_resolution,
 )
-from hiresmed_nb.report.load import (
+from hiresmed_nb.science.report.load import (
     is_synthetic,
     load_paper_table,
     paper_cells_covered,
     paper_records,
 )
-from hiresmed_nb.report.tables import frame_html
-from hiresmed_nb.report.verdicts import (
+from hiresmed_nb.science.report.tables import frame_html
+from hiresmed_nb.science.report.verdicts import (
     QUESTIONS,
     capitalised,
     lr_sentences,

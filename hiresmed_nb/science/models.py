@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hiresmed_nb.params import HiresmedError
+from hiresmed_nb.errors import HiresmedError
 
 if TYPE_CHECKING:
     import tensorflow as tf

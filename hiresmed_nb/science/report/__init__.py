@@ -3,27 +3,27 @@
 Pure functions over the JSON records ``notebooks/01_train.ipynb`` writes; records hold
 fractions, everything shown is in percent. One module per concern:
 
-- :mod:`~hiresmed_nb.report.load`: records, failures, retried runs, the paper's Table 2
-- :mod:`~hiresmed_nb.report.stats`: seed means, t-intervals, paired differences
-- :mod:`~hiresmed_nb.report.answers`: the evidence for the paper's three questions
-- :mod:`~hiresmed_nb.report.verdicts`: one verdict per question, evidence as display tables
-- :mod:`~hiresmed_nb.report.section`: the Answers section, with the paper's own answers
-- :mod:`~hiresmed_nb.report.tables`: the Table 2 replica, tables whose numbers never wrap
-- :mod:`~hiresmed_nb.report.figures`: the Figure 2 replica and the heat maps
-- :mod:`~hiresmed_nb.report.findings`: plain sentences, data locality, cost, retries
+- :mod:`~hiresmed_nb.science.report.load`: records, failures, retried runs, the paper's Table 2
+- :mod:`~hiresmed_nb.science.report.stats`: seed means, t-intervals, paired differences
+- :mod:`~hiresmed_nb.science.report.answers`: the evidence for the paper's three questions
+- :mod:`~hiresmed_nb.science.report.verdicts`: one verdict per question, evidence as display tables
+- :mod:`~hiresmed_nb.science.report.section`: the Answers section, with the paper's own answers
+- :mod:`~hiresmed_nb.science.report.tables`: the Table 2 replica, tables whose numbers never wrap
+- :mod:`~hiresmed_nb.science.report.figures`: the Figure 2 replica and the heat maps
+- :mod:`~hiresmed_nb.science.report.findings`: plain sentences, data locality, cost, retries
 
 Everything is re-exported here: ``from hiresmed_nb import report; report.load_records(...)``.
 """
 
-from hiresmed_nb.report.answers import (
+from hiresmed_nb.science.report.answers import (
     best_learning_rates,
     prepare,
     q1_pairs,
     q2_comparisons,
     q3_best_resolution,
 )
-from hiresmed_nb.report.figures import heatmap_tables, plot_figure2, plot_heatmaps
-from hiresmed_nb.report.findings import (
+from hiresmed_nb.science.report.figures import heatmap_tables, plot_figure2, plot_heatmaps
+from hiresmed_nb.science.report.findings import (
     best_resolution,
     data_locality,
     distributed_vs_serial,
@@ -31,7 +31,7 @@ from hiresmed_nb.report.findings import (
     retries,
     usage,
 )
-from hiresmed_nb.report.load import (
+from hiresmed_nb.science.report.load import (
     CELL,
     METRICS,
     MODES,
@@ -54,8 +54,8 @@ from hiresmed_nb.report.load import (
     paper_records,
     retried_runs,
 )
-from hiresmed_nb.report.section import answers_html, paper_answers
-from hiresmed_nb.report.stats import (
+from hiresmed_nb.science.report.section import answers_html, paper_answers
+from hiresmed_nb.science.report.stats import (
     HIGHER,
     LOWER,
     NO_INTERVAL,
@@ -69,7 +69,7 @@ from hiresmed_nb.report.stats import (
     paired_difference,
     summarise,
 )
-from hiresmed_nb.report.tables import (
+from hiresmed_nb.science.report.tables import (
     banner_html,
     format_lr,
     frame_html,
@@ -77,7 +77,7 @@ from hiresmed_nb.report.tables import (
     table2_caption,
     table2_html,
 )
-from hiresmed_nb.report.verdicts import (
+from hiresmed_nb.science.report.verdicts import (
     QUESTIONS,
     lr_sentences,
     overall,
