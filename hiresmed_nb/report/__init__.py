@@ -7,7 +7,14 @@ fractions, everything shown is in percent. One module per concern:
 - :mod:`~hiresmed_nb.report.stats`: seed means, t-intervals, paired differences
 - :mod:`~hiresmed_nb.report.answers`: the evidence for the paper's three questions
 - :mod:`~hiresmed_nb.report.verdicts`: one verdict per question, evidence as display tables
+- :mod:`~hiresmed_nb.report.decomposition`: Q2's batch part against distribution part
+- :mod:`~hiresmed_nb.report.optimum`: the best resolution (Q3) and learning rate, by intervals
+- :mod:`~hiresmed_nb.report.paper`: the paper's text and its whole Table 2 read by the same rules
 - :mod:`~hiresmed_nb.report.section`: the Answers section, with the paper's own answers
+
+Every comparative word (higher, beats, best, larger) comes from a paired 95% interval that
+excludes zero; without intervals (one seed, the paper's one run per cell) directions are counted
+and said to be directions only.
 - :mod:`~hiresmed_nb.report.tables`: the Table 2 replica, tables whose numbers never wrap
 - :mod:`~hiresmed_nb.report.figures`: the Figure 2 replica and the heat maps
 - :mod:`~hiresmed_nb.report.findings`: plain sentences, data locality, cost, retries
@@ -21,6 +28,12 @@ from hiresmed_nb.report.answers import (
     q1_pairs,
     q2_comparisons,
     q3_best_resolution,
+)
+from hiresmed_nb.report.decomposition import (
+    decompose,
+    decomposition_sentence,
+    decomposition_table,
+    larger_part,
 )
 from hiresmed_nb.report.figures import heatmap_tables, plot_figure2, plot_heatmaps
 from hiresmed_nb.report.findings import (
@@ -54,7 +67,14 @@ from hiresmed_nb.report.load import (
     paper_records,
     retried_runs,
 )
-from hiresmed_nb.report.section import answers_html, paper_answers
+from hiresmed_nb.report.optimum import (
+    lr_sentences,
+    q3_headline,
+    q3_sentence,
+    resolution_sentences,
+)
+from hiresmed_nb.report.paper import PAPER_TEXT, paper_answers
+from hiresmed_nb.report.section import answers_html
 from hiresmed_nb.report.stats import (
     HIGHER,
     LOWER,
@@ -79,11 +99,11 @@ from hiresmed_nb.report.tables import (
 )
 from hiresmed_nb.report.verdicts import (
     QUESTIONS,
-    lr_sentences,
     overall,
+    q1_headline,
     q1_sentence,
+    q2_headline,
     q2_sentences,
-    q3_sentence,
 )
 
 __all__ = [
@@ -98,6 +118,7 @@ __all__ = [
     "ONE_SEED",
     "OPTIONAL_COLUMNS",
     "PAPER_TABLE",
+    "PAPER_TEXT",
     "QUESTIONS",
     "RECORD_COLUMNS",
     "SETTING",
@@ -111,6 +132,9 @@ __all__ = [
     "best_resolution",
     "check_metric",
     "data_locality",
+    "decompose",
+    "decomposition_sentence",
+    "decomposition_table",
     "distributed_vs_serial",
     "format_lr",
     "format_points",
@@ -119,6 +143,7 @@ __all__ = [
     "has_lr_axis",
     "heatmap_tables",
     "is_synthetic",
+    "larger_part",
     "lever_comparisons",
     "load_failures",
     "lr_sentences",
@@ -136,11 +161,15 @@ __all__ = [
     "plot_heatmaps",
     "prepare",
     "q1_pairs",
+    "q1_headline",
     "q1_sentence",
     "q2_comparisons",
+    "q2_headline",
     "q2_sentences",
     "q3_best_resolution",
+    "q3_headline",
     "q3_sentence",
+    "resolution_sentences",
     "retried_runs",
     "retries",
     "summarise",
