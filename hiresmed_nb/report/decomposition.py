@@ -149,7 +149,9 @@ def decomposition_sentence(parts: pd.DataFrame) -> str | None:
 
 
 def decomposition_table(parts: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
-    """The decomposition's evidence: one row per cell and distributed arm."""
+    """The decomposition's evidence: one row per cell and distributed arm; the parts' means, and
+    the two 97.5% intervals behind the verdict (the parts' own intervals are in :func:`q2_table`
+    of :mod:`~hiresmed_nb.report.verdicts`, which keeps this table narrow)."""
     if parts.empty:
         return pd.DataFrame()
     return pd.DataFrame(
@@ -160,13 +162,18 @@ def decomposition_table(parts: pd.DataFrame, metric: str = "accuracy") -> pd.Dat
             "images/class": parts["images_per_class"],
             "LEARNING_RATE": parts["lr"],
             "arm": parts["arm"],
-            f"batch part, {metric} (points)": parts["batch"].map(format_points),
-            "distribution part": parts["distribution"].map(format_points),
-            "batch − distribution": parts["batch_minus"].map(format_points),
+            f"batch part, {metric} (mean, points)": parts["batch"].map(_mean_points_of),
+            "distribution part (mean)": parts["distribution"].map(_mean_points_of),
+            "batch − distribution part": parts["batch_minus"].map(format_points),
             "distributed − serial": parts["total"].map(format_points),
             "larger in magnitude": parts["larger"].map(_larger_text),
         }
     )
+
+
+def _mean_points_of(diff: Difference) -> str:
+    """The mean alone: the parts' own 95% intervals are in the Q2 evidence table."""
+    return f"{100 * diff.mean:+.1f}"
 
 
 def _larger_text(larger: str) -> str:

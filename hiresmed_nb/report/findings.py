@@ -29,10 +29,10 @@ from hiresmed_nb.report.tables import format_lr
 
 
 def best_resolution(records: pd.DataFrame, metric: str = "accuracy") -> list[str]:
-    """One sentence per setting (dataset, arch, images per class, arm, swept learning rate): the
-    size with the highest mean, whether it is interior (bracketed beyond seed noise or only by
-    the means) or at an edge of the grid, and whether it beats the next highest size beyond seed
-    noise or the two are not separated."""
+    """One sentence per setting (dataset, arch, images per class, main arm, swept learning
+    rate): the size with the highest mean, whether it is interior (bracketed beyond seed noise or
+    only by the means) or at an edge of the grid, and whether it beats the next highest size
+    beyond seed noise or the two are not separated."""
     return resolution_sentences(q3_best_resolution(records, metric))
 
 

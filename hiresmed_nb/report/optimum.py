@@ -22,8 +22,8 @@ BRACKETED, INTERIOR, INTERIOR_NO_INTERVAL = (
     "interior, no interval",
 )
 WHERE = {
-    BRACKETED: "interior, bracketed: beats the smallest and largest tried beyond seed noise",
-    INTERIOR: "interior by the means; not beyond seed noise against both edges",
+    BRACKETED: "interior, bracketed beyond seed noise",
+    INTERIOR: "interior by the means only",
     INTERIOR_NO_INTERVAL: "interior by the means (no interval)",
     "largest": "largest tried: not bracketed",
     "smallest": "smallest tried: not bracketed",

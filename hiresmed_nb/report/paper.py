@@ -27,23 +27,31 @@ from hiresmed_nb.report.verdicts import (
     q2_sentences,
 )
 
-# What the paper's text answers, in its own words (section and quotation).
+# What the paper's text answers, in its own words: where, and the quotations.
 PAPER_TEXT = {
     "Q1": (
         "abstract",
-        "we demonstrate that training can be made more data-efficient by using a distributed "
-        "training setup with high-resolution images and larger effective batch sizes",
+        (
+            "we demonstrate that training can be made more data-efficient by using a distributed "
+            "training setup with high-resolution images and larger effective batch sizes",
+        ),
     ),
     "Q2": (
         "section 4",
-        "distributing tasks across multiple GPUs enables a larger effective batch size which "
-        "boosts the accuracy, as is evident in Table 2",
+        (
+            "distributing tasks across multiple GPUs enables a larger effective batch size which "
+            "boosts the accuracy, as is evident in Table 2",
+            "distributed training usually attains a higher accuracy as compared to serial "
+            "training, with a few exceptions",
+        ),
     ),
     "Q3": (
         "section 4",
-        "there is an optimal resolution at which the model will deliver the best performance on "
-        "the current task. Any resolution that is higher or lower, will affect performance "
-        "adversely",
+        (
+            "there is an optimal resolution at which the model will deliver the best performance "
+            "on the current task. Any resolution that is higher or lower, will affect performance "
+            "adversely",
+        ),
     ),
 }
 ONE_RUN = "one run per cell, so no intervals: direction counts only, no significance"
@@ -160,9 +168,10 @@ def paper_answers(
     ours = study_headlines(records, metric) if ours is None else ours
     shared = _shared_cells(records, paper)
     answers = {}
-    for key, (where, quote) in PAPER_TEXT.items():
+    for key, (where, quotes) in PAPER_TEXT.items():
+        quoted = " and “".join(f"{quote}”" for quote in quotes)
         answers[key] = [
-            f"Its text ({where}): “{quote}”.",
+            f"Its text ({where}): “{quoted}.",
             f"Its Table 2 read by the same rules {cells}{whole[key]}",
             *([shared[key]] if shared else []),
             f"{against[key]} {study}: {ours[key]}.",

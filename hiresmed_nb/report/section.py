@@ -96,7 +96,11 @@ def answers_html(
             "three arms (97.5% intervals for the two tests behind 'larger in magnitude')",
         )
         + _evidence(lr_table(rates, metric), "Q2: highest-mean LEARNING_RATE per size and arm"),
-        "Q3": _evidence(q3_table(best, metric), "Q3 evidence: best resolution per setting"),
+        "Q3": _evidence(
+            q3_table(best, metric),
+            "Q3 evidence: the size with the highest mean per setting; bracketed: it beats both "
+            "the smallest and the largest size tried beyond seed noise",
+        ),
     }
     synthetic = ", synthetic data" if is_synthetic(records) else ""
     parts = []
