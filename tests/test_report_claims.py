@@ -126,6 +126,8 @@ def test_one_seed_decides_nothing():
     rows = three_arms([0.5], [0.7], [0.71])
     [part] = parts_of(*rows).itertuples()
     assert part.larger == report.ONE_SEED
+    [part] = parts_of(*three_arms([0.5], [0.6], [0.7])).itertuples()
+    assert part.larger == report.ONE_SEED  # equal parts in one seed: no interval, not a tie
     text = decomposition_text(*rows)
     assert headline(text) == "not decidable: no interval can be computed (one seed per cell)"
 

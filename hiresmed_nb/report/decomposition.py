@@ -54,11 +54,13 @@ def larger_part(batch_minus: Difference, total: Difference) -> str:
     """Which part is larger in magnitude, from ``b − d`` and ``b + d`` (see the module's rule):
     :data:`BATCH`, :data:`DISTRIBUTION`, :data:`NOT_DISTINGUISHABLE`, :data:`TIE`, or the stats
     verdict saying why there is no interval."""
-    if abs(batch_minus.mean) < 1e-12:
+    if ONE_SEED in (batch_minus.verdict, total.verdict):
+        return ONE_SEED
+    if abs(batch_minus.mean) < 1e-12:  # equal parts on average, up to float rounding
         return TIE
     for diff in (batch_minus, total):
-        if diff.verdict in NO_INTERVAL:
-            return diff.verdict
+        if diff.verdict == NO_SPREAD:
+            return NO_SPREAD
     if batch_minus.verdict in SURE and total.verdict in SURE:
         return BATCH if batch_minus.verdict == total.verdict else DISTRIBUTION
     return NOT_DISTINGUISHABLE
