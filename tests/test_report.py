@@ -877,4 +877,4 @@ def test_answers_of_a_learning_rate_sweep_give_the_best_rate_per_size():
     assert "Highest-mean learning rate, serial, compact, 10/class: 96 px: 3e-3, 128 px: 1e-3." in (
         text
     )
-    assert "Q2: highest-mean LEARNING_RATE per size and arm" in text
+    assert "Q2 (synthetic data): highest-mean LEARNING_RATE per size and arm" in text

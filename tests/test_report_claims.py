@@ -155,10 +155,11 @@ def test_cells_that_disagree_are_mixed_and_cells_without_a_verdict_are_said():
 def test_the_answers_section_shows_the_decomposition_evidence_and_names_no_winner_in_noise():
     rows = three_arms(SERIAL, [0.55, 0.51, 0.57, 0.53], [0.52, 0.57, 0.50, 0.55])
     text = report.answers_html(records(*rows))
-    assert "Q2 evidence: batch part against distribution part" in text
     assert "not distinguishable from each other" in text
     assert not any(name in text for name in NAMED)
     assert "Our answer</b> (accuracy, synthetic data)" in text
+    assert "Q2 evidence (synthetic data): batch part against distribution part" in text
+    assert "Q1 evidence (synthetic data)" not in text  # no Q1 pair in this study
 
 
 # --- Q3 and the findings: no best without an interval ------------------------------------------

@@ -49,11 +49,14 @@ def _compact(table: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     return table.drop(columns=empty + constant), f" All rows: {note}." if note else ""
 
 
-def _evidence(table: pd.DataFrame, title: str) -> str:
-    """The evidence table under its caption; longer than :data:`OPEN_ROWS` rows, folded into a
-    closed ``<details>`` so that the verdicts stay together."""
+def _evidence(table: pd.DataFrame, title: str, synthetic: bool = False) -> str:
+    """The evidence table under its caption (labelled synthetic data when it is); longer than
+    :data:`OPEN_ROWS` rows, folded into a closed ``<details>`` so that the verdicts stay
+    together."""
     if table.empty:
         return ""
+    if synthetic:
+        title = title.replace(":", " (synthetic data):", 1)
     table, note = _compact(table.reset_index(drop=True))
     body = frame_html(table, f"{title}.{note}")
     if len(table) <= OPEN_ROWS:
@@ -85,24 +88,33 @@ def answers_html(
         "Q2": q2_sentences(comparisons) + lr_sentences(rates),
         "Q3": [q3_sentence(best)],
     }
+    label = is_synthetic(records)
     evidence = {
-        "Q1": _evidence(q1_table(pairs, metric), "Q1 evidence: fewer − more, paired over seeds"),
+        "Q1": _evidence(
+            q1_table(pairs, metric), "Q1 evidence: fewer − more, paired over seeds", label
+        ),
         "Q2": _evidence(
-            q2_table(comparisons, metric), "Q2 evidence: first − second arm, paired over seeds"
+            q2_table(comparisons, metric),
+            "Q2 evidence: first − second arm, paired over seeds",
+            label,
         )
         + _evidence(
             decomposition_table(decompose(comparisons), metric),
             "Q2 evidence: batch part against distribution part, paired over the seeds of all "
             "three arms (97.5% intervals for the two tests behind 'larger in magnitude')",
+            label,
         )
-        + _evidence(lr_table(rates, metric), "Q2: highest-mean LEARNING_RATE per size and arm"),
+        + _evidence(
+            lr_table(rates, metric), "Q2: highest-mean LEARNING_RATE per size and arm", label
+        ),
         "Q3": _evidence(
             q3_table(best, metric),
             "Q3 evidence: the size with the highest mean per setting; bracketed: it beats both "
             "the smallest and the largest size tried beyond seed noise",
+            label,
         ),
     }
-    synthetic = ", synthetic data" if is_synthetic(records) else ""
+    synthetic = ", synthetic data" if label else ""
     parts = []
     for key, (short, question) in QUESTIONS.items():
         items = "".join(f"<li>{html.escape(s)}</li>" for s in ours[key])
