@@ -181,7 +181,7 @@ def test_q3_says_a_next_highest_within_the_interval_is_not_separated():
         "(compact, serial, 10/class)." in sentence
     )
     table = report.answers_html(frame)
-    assert "not separated (seed noise)" in table and "interior by the means" in table
+    assert ">no: seed noise<" in table and "interior by the means" in table
 
 
 def test_q3_with_one_run_per_cell_counts_directions_only():

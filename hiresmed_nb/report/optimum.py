@@ -47,14 +47,15 @@ def where(row) -> str:
 
 
 def separation(diff) -> str:
-    """Whether the highest mean is separated from the next highest, in words."""
+    """Whether the highest mean is separated from the next highest (beyond seed noise), in a
+    word or two for a table column."""
     if diff is None:
         return "—"
     if diff.verdict == HIGHER:
-        return "yes, beyond seed noise"
+        return "yes"
     if diff.verdict in NO_INTERVAL:
         return "no interval"
-    return "not separated (seed noise)"
+    return "no: seed noise"
 
 
 # --- the learning rate -----------------------------------------------------------------------

@@ -105,12 +105,16 @@ def answers_html(
             label,
         )
         + _evidence(
-            lr_table(rates, metric), "Q2: highest-mean LEARNING_RATE per size and arm", label
+            lr_table(rates, metric),
+            "Q2: highest-mean LEARNING_RATE per size and arm; separated: it beats the runner-up "
+            "beyond seed noise",
+            label,
         ),
         "Q3": _evidence(
             q3_table(best, metric),
-            "Q3 evidence: the size with the highest mean per setting; bracketed: it beats both "
-            "the smallest and the largest size tried beyond seed noise",
+            "Q3 evidence: the size with the highest mean per setting; separated: it beats the "
+            "next highest beyond seed noise; bracketed: it beats both the smallest and the "
+            "largest size tried beyond seed noise",
             label,
         ),
     }
