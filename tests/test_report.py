@@ -200,57 +200,58 @@ def test_figure_has_one_panel_per_arch_and_data_size():
 # --- findings ----------------------------------------------------------------------------------
 
 
-def test_best_resolution_names_an_interior_optimum():
+def test_best_resolution_names_an_interior_optimum_bracketed_by_intervals():
     frame = records(
-        *seeds([0.50, 0.52], image_size=32),
-        *seeds([0.70, 0.72], image_size=64),
-        *seeds([0.60, 0.62], image_size=128),
+        *seeds([0.50, 0.55, 0.52], image_size=32),
+        *seeds([0.70, 0.74, 0.71], image_size=64),
+        *seeds([0.60, 0.62, 0.63], image_size=128),
     )
     (sentence,) = report.best_resolution(frame)
-    assert "best at 64 px (71.0%)" in sentence
-    assert "interior optimum" in sentence
-    assert "10.0 points above the next best, 128 px" in sentence
+    assert "highest mean at 64 px (71.7 ± 5.2 (n=3)), interior, bracketed" in sentence
+    assert "beats the next highest, 128 px, by +10.0 (95% CI +5.0 to +15.0, n=3)" in sentence
 
 
-def test_best_resolution_at_the_edge_says_so():
+def test_best_resolution_at_the_edge_with_one_seed_says_so_and_names_no_winner():
     frame = records(*seeds([0.5], image_size=32), *seeds([0.8], image_size=128))
     (sentence,) = report.best_resolution(frame)
-    assert "best at 128 px (80.0%), the largest size tried" in sentence
+    assert "highest mean at 128 px (80.0 (n=1)), largest tried: not bracketed" in sentence
+    assert "not separated from the next highest, 32 px" in sentence
+    assert "beats" not in sentence
 
 
 def test_tied_resolutions_have_no_single_best():
     frame = records(*seeds([0.25], image_size=32), *seeds([0.25], image_size=48))
     (sentence,) = report.best_resolution(frame)
-    assert "no single best resolution; 32 px, 48 px tie at 25.0%" in sentence
+    assert "32 px and 48 px tie at 25.0%; no single size has the highest mean" in sentence
 
 
-def test_distributed_beating_serial_beyond_the_seed_spread():
+def test_distributed_beating_serial_beyond_seed_noise():
     frame = records(
         *seeds([0.50, 0.52, 0.54]),
-        *seeds([0.60, 0.62, 0.64], mode="distributed"),
+        *seeds([0.60, 0.63, 0.64], mode="distributed"),
     )
     (sentence,) = report.distributed_vs_serial(frame)
-    assert "distributed beats serial by 10.0 points, more than the seed spread (2.0 points)" in (
-        sentence
-    )
+    assert "distributed (2 ranks) 62.3% vs serial 52.0%" in sentence
+    assert "distributed beats serial by +10.3 points (95% CI +8.9 to +11.8, n=3)" in sentence
 
 
-def test_a_difference_within_the_seed_spread_is_no_win():
+def test_a_difference_within_seed_noise_is_no_win():
     frame = records(*seeds([0.50, 0.60, 0.70]), *seeds([0.58, 0.62, 0.66], mode="distributed"))
     (sentence,) = report.distributed_vs_serial(frame)
-    assert "within the seed spread" in sentence and "beats serial by" not in sentence
+    assert "is within seed noise, so neither beats the other" in sentence
+    assert "beats serial by" not in sentence and "beats distributed" not in sentence
 
 
 def test_serial_beating_distributed_is_reported():
-    frame = records(*seeds([0.80, 0.81]), *seeds([0.60, 0.61], mode="distributed"))
+    frame = records(*seeds([0.80, 0.81, 0.83]), *seeds([0.60, 0.61, 0.62], mode="distributed"))
     (sentence,) = report.distributed_vs_serial(frame)
-    assert "serial beats distributed by 20.0 points" in sentence
+    assert "serial beats distributed by +20.3 points (95% CI +18.9 to +21.8, n=3)" in sentence
 
 
 def test_one_seed_gives_no_verdict():
     frame = records(*seeds([0.5]), *seeds([0.9, 0.91], mode="distributed"))
     (sentence,) = report.distributed_vs_serial(frame)
-    assert "no verdict" in sentence
+    assert "(one seed: no interval), so no verdict is given" in sentence
 
 
 def test_usage_sums_images_and_time():
@@ -406,7 +407,7 @@ def test_findings_compare_distributed_with_the_accumulated_arm():
         *seeds([0.80, 0.81, 0.79], mode="distributed"),
     )
     [sentence] = report.distributed_vs_serial(frame, baseline="serial-accumulated")
-    assert "distributed beats serial-accumulated by 19.0 points" in sentence
+    assert "distributed beats serial-accumulated by +19.0 points (95% CI" in sentence
     assert report.distributed_vs_serial(frame) == []  # no plain serial cell to compare
 
 
@@ -433,7 +434,7 @@ def test_lever_variants_are_their_own_arms_and_compared_with_the_plain_arm():
         *seeds([0.50, 0.52, 0.51], mode="distributed+fp16-allreduce"),
     )
     [sentence] = report.lever_comparisons(frame)
-    assert "distributed beats distributed+fp16-allreduce by 20.0 points" in sentence
+    assert "distributed beats distributed+fp16-allreduce by +20.0 points (95% CI" in sentence
     assert report.ordered_modes(frame["mode"]) == ["distributed", "distributed+fp16-allreduce"]
 
 
@@ -566,8 +567,13 @@ def test_q2_separates_the_batch_from_the_distribution_in_accuracy_and_time():
     assert sentences[1].startswith(
         "Distributed − serial-accumulated, 1 cell: not distinguishable from seed noise;"
     )
-    assert sentences[2].startswith("Larger effect on the metric: the effective batch.")
-    assert "accumulation takes ×2.00 the serial time and distribution ×1.50" in sentences[2]
+    assert sentences[2].startswith(
+        "Which part of distributed − serial is larger in magnitude: the batch part. "
+    )
+    assert sentences[3] == (
+        "In wall time, accumulation takes ×2.00 the serial time and distribution ×1.50 the "
+        "accumulated time."
+    )
 
 
 def test_q2_leaves_resumed_runs_out_of_the_wall_time():
@@ -606,16 +612,17 @@ def test_q3_optimum_at_the_edge_of_the_grid_is_not_bracketed():
     assert best.mean == pytest.approx(0.81) and best.half > 0
     assert best.diff.verdict == report.HIGHER
     sentence = report.q3_sentence(report.q3_best_resolution(frame))
-    assert sentence.startswith("Not within this grid. ")
-    assert "interior, bracketed by the grid, in 0; the largest size tried in 1" in sentence
-    assert "beyond seed noise in 1 of 1" in sentence
+    assert sentence.startswith("No optimum is bracketed within this grid. ")
+    assert "It is at an interior size in 0 (bracketed, beating both" in sentence
+    assert "the largest size tried in 1" in sentence
+    assert "the highest beats the next highest size beyond seed noise in 1 of 1." in sentence
 
 
-def test_q3_interior_optimum_is_a_yes():
+def test_q3_interior_optimum_bracketed_by_intervals_is_a_yes():
     frame = records(
-        *seeds([0.40, 0.41], image_size=32),
-        *seeds([0.80, 0.81], image_size=64),
-        *seeds([0.60, 0.61], image_size=128),
+        *seeds([0.40, 0.41, 0.43], image_size=32),
+        *seeds([0.80, 0.81, 0.84], image_size=64),
+        *seeds([0.60, 0.61, 0.62], image_size=128),
     )
     best = report.q3_best_resolution(frame)
     assert list(best["position"]) == ["interior"]
@@ -628,7 +635,9 @@ def test_q3_two_sizes_cannot_bracket_and_one_seed_has_no_interval():
     assert best.iloc[0]["half"] is None and best.iloc[0]["diff"].verdict == report.ONE_SEED
     sentence = report.q3_sentence(best)
     assert sentence.startswith("Not answerable from two resolutions per setting")
-    assert sentence.endswith("no interval can be computed (one seed per cell).")
+    assert sentence.endswith(
+        "one seed per cell: directions only, no size is separated from another."
+    )
 
 
 # --- the learning-rate axis --------------------------------------------------------------------
@@ -638,10 +647,10 @@ def lr_frame() -> pd.DataFrame:
     rows = []
     for size, best in ((96, 3e-3), (128, 1e-3)):
         for rate in (3e-4, 1e-3, 3e-3):
-            level = 0.8 if rate == best else 0.6
+            level, spread = (0.8, 0.02) if rate == best else (0.6, 0.03)
             for mode in ("serial", "distributed"):
                 rows += seeds(
-                    [level, level + 0.02],
+                    [level, level + spread],
                     image_size=size,
                     mode=mode,
                     learning_rate=rate,
@@ -667,8 +676,9 @@ def test_a_swept_learning_rate_gets_its_best_rate_per_size_and_arm():
     }
     [distributed, serial] = report.lr_sentences(rates)
     assert distributed.startswith(
-        "Best learning rate, distributed, compact, 10/class: 96 px: 3e-3, 128 px: 1e-3; "
-        "it differs between sizes."
+        "Highest-mean learning rate, distributed, compact, 10/class: 96 px: 3e-3, 128 px: 1e-3. "
+        "It differs between sizes beyond seed noise. It beats the runner-up beyond seed noise at "
+        "2 of 2 sizes"
     )
     # Q2 compares the arms at the same rate, never across rates
     comparisons = report.q2_comparisons(frame)
@@ -729,9 +739,10 @@ def test_paper_distributed_is_higher_in_30_of_its_32_cells(paper):
         ("ResNet50", 1024, 10),
     }
     [sentence, no_accumulation] = report.q2_sentences(comparisons, single="one run")
-    assert "no interval can be computed (one run per cell); higher in 30 of 32, lower in 2" in (
-        sentence
-    )
+    assert (
+        "no interval can be computed (one run per cell); by direction only, no significance: "
+        "higher in 30 of 32, lower in 2; mean +2.3 points"
+    ) in sentence
     assert no_accumulation.startswith("No serial-accumulated arm")
 
 
@@ -746,7 +757,7 @@ def test_paper_sd198_never_has_fewer_high_resolution_images_beat_more_low_resolu
     # on NIH it sometimes does: 200 images per class at 512 px beat 400 at 224 px
     sentence = report.q1_sentence(pairs, single="one run")
     assert (
-        "Largest difference: +2.7 points (one run: no interval), 200/class at 512 px against "
+        "Highest mean difference: +2.7 points (one run: no interval), 200/class at 512 px against "
         in (sentence)
     )
 
@@ -779,13 +790,12 @@ def test_paper_answers_cover_only_the_cells_the_study_ran():
     ours = records(*[row for c in cells for row in seeds([0.5], dataset="sd198", **c)])
     ours["synthetic"] = False
     answers = report.paper_answers(ours)
-    assert answers["Q2"].startswith("from the 8 cells of its Table 2 this study also ran")
-    assert "higher in 4 of 4" in answers["Q2"]
-    assert "higher in 0 of 2, lower in 2" in answers["Q1"]  # 224 px x 10 vs 112 px x 30, 2 arms
+    [shared] = [s for s in answers["Q2"] if s.startswith("On the 8 cells of its Table 2")]
+    assert "higher in 4 of 4" in shared
+    [shared] = [s for s in answers["Q1"] if s.startswith("On the 8 cells of its Table 2")]
+    assert "higher in 0 of 2, lower in 2" in shared  # 224 px x 10 vs 112 px x 30, 2 arms
     synthetic = report.paper_answers(records(*seeds([0.5])))
-    assert set(synthetic.values()) == {
-        "no paper value: this study runs on synthetic data, which the paper never used."
-    }
+    assert not any(s.startswith("On the") for s in synthetic["Q1"])  # the paper never ran it
 
 
 # --- heat maps and retried runs ----------------------------------------------------------------
@@ -858,11 +868,15 @@ def test_answers_of_a_one_arm_study_say_what_cannot_be_answered():
     assert "Not answerable: no arm was run at two data sizes" in text
     assert "Not answerable: no cell was run both distributed and serially." in text
     assert "Not answerable from two resolutions per setting" in text
-    assert text.count("No paper value: this study runs on synthetic data") == 3
+    # the paper's whole Table 2 is read for every question, even beside synthetic data
+    assert text.count("Its Table 2 read by the same rules (all 64 cells, one run per cell") == 3
+    assert text.count("This study (synthetic data): not answerable") == 3
     assert report.answers_html(records().iloc[:0]) == "<p>No records yet: nothing to answer.</p>"
 
 
 def test_answers_of_a_learning_rate_sweep_give_the_best_rate_per_size():
     text = report.answers_html(lr_frame())
-    assert "Best learning rate, serial, compact, 10/class: 96 px: 3e-3, 128 px: 1e-3;" in text
-    assert "Q2: best LEARNING_RATE per size and arm" in text
+    assert "Highest-mean learning rate, serial, compact, 10/class: 96 px: 3e-3, 128 px: 1e-3." in (
+        text
+    )
+    assert "Q2 (synthetic data): highest-mean LEARNING_RATE per size and arm" in text

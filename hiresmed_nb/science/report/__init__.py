@@ -3,16 +3,24 @@
 Pure functions over the JSON records ``notebooks/01_train.ipynb`` writes; records hold
 fractions, everything shown is in percent. One module per concern:
 
-- :mod:`~hiresmed_nb.science.report.load`: records, failures, retried runs, the paper's Table 2
-- :mod:`~hiresmed_nb.science.report.stats`: seed means, t-intervals, paired differences
-- :mod:`~hiresmed_nb.science.report.answers`: the evidence for the paper's three questions
-- :mod:`~hiresmed_nb.science.report.verdicts`: one verdict per question, evidence as display tables
-- :mod:`~hiresmed_nb.science.report.section`: the Answers section, with the paper's own answers
-- :mod:`~hiresmed_nb.science.report.tables`: the Table 2 replica, tables whose numbers never wrap
-- :mod:`~hiresmed_nb.science.report.figures`: the Figure 2 replica and the heat maps
-- :mod:`~hiresmed_nb.science.report.findings`: plain sentences, data locality, cost, retries
+- :mod:`.load`: records, failures, retried runs, the paper's Table 2
+- :mod:`.stats`: seed means, t-intervals, paired differences
+- :mod:`.answers`: the evidence for the paper's three questions
+- :mod:`.verdicts`: one verdict per question, evidence as display tables
+- :mod:`.decomposition`: Q2's batch part against distribution part
+- :mod:`.optimum`: the best resolution (Q3) and learning rate, by intervals
+- :mod:`.paper`: the paper's text and its whole Table 2 read by the same rules
+- :mod:`.section`: the Answers section, with the paper's own answers
 
-Everything is re-exported here: ``from hiresmed_nb import report; report.load_records(...)``.
+Every comparative word (higher, beats, best, larger) comes from a paired 95% interval that
+excludes zero; without intervals (one seed, the paper's one run per cell) directions are counted
+and said to be directions only.
+- :mod:`.tables`: the Table 2 replica, tables whose numbers never wrap
+- :mod:`.figures`: the Figure 2 replica and the heat maps
+- :mod:`.findings`: plain sentences, data locality, cost, retries
+
+Everything is re-exported here:
+``from hiresmed_nb.science import report; report.load_records(...)``.
 """
 
 from hiresmed_nb.science.report.answers import (
@@ -21,6 +29,12 @@ from hiresmed_nb.science.report.answers import (
     q1_pairs,
     q2_comparisons,
     q3_best_resolution,
+)
+from hiresmed_nb.science.report.decomposition import (
+    decompose,
+    decomposition_sentence,
+    decomposition_table,
+    larger_part,
 )
 from hiresmed_nb.science.report.figures import heatmap_tables, plot_figure2, plot_heatmaps
 from hiresmed_nb.science.report.findings import (
@@ -54,7 +68,14 @@ from hiresmed_nb.science.report.load import (
     paper_records,
     retried_runs,
 )
-from hiresmed_nb.science.report.section import answers_html, paper_answers
+from hiresmed_nb.science.report.optimum import (
+    lr_sentences,
+    q3_headline,
+    q3_sentence,
+    resolution_sentences,
+)
+from hiresmed_nb.science.report.paper import PAPER_TEXT, paper_answers
+from hiresmed_nb.science.report.section import answers_html
 from hiresmed_nb.science.report.stats import (
     HIGHER,
     LOWER,
@@ -79,11 +100,11 @@ from hiresmed_nb.science.report.tables import (
 )
 from hiresmed_nb.science.report.verdicts import (
     QUESTIONS,
-    lr_sentences,
     overall,
+    q1_headline,
     q1_sentence,
+    q2_headline,
     q2_sentences,
-    q3_sentence,
 )
 
 __all__ = [
@@ -98,6 +119,7 @@ __all__ = [
     "ONE_SEED",
     "OPTIONAL_COLUMNS",
     "PAPER_TABLE",
+    "PAPER_TEXT",
     "QUESTIONS",
     "RECORD_COLUMNS",
     "SETTING",
@@ -111,6 +133,9 @@ __all__ = [
     "best_resolution",
     "check_metric",
     "data_locality",
+    "decompose",
+    "decomposition_sentence",
+    "decomposition_table",
     "distributed_vs_serial",
     "format_lr",
     "format_points",
@@ -119,6 +144,7 @@ __all__ = [
     "has_lr_axis",
     "heatmap_tables",
     "is_synthetic",
+    "larger_part",
     "lever_comparisons",
     "load_failures",
     "lr_sentences",
@@ -136,11 +162,15 @@ __all__ = [
     "plot_heatmaps",
     "prepare",
     "q1_pairs",
+    "q1_headline",
     "q1_sentence",
     "q2_comparisons",
+    "q2_headline",
     "q2_sentences",
     "q3_best_resolution",
+    "q3_headline",
     "q3_sentence",
+    "resolution_sentences",
     "retried_runs",
     "retries",
     "summarise",

@@ -25,7 +25,6 @@ from hiresmed_nb.science.report.load import MODES, base_rates, check_metric, has
 from hiresmed_nb.science.report.stats import (
     HIGHER,
     LOWER,
-    Difference,
     mean_ci,
     paired_difference,
 )
@@ -44,6 +43,7 @@ Q2_COLUMNS = [
     "first_seconds",
     "second_seconds",
     "time_diff",
+    "per_seed",
 ]
 Q3_COLUMNS = [
     "dataset",
@@ -59,6 +59,8 @@ Q3_COLUMNS = [
     "diff",
     "position",
     "tried",
+    "vs_smallest",
+    "vs_largest",
 ]
 LR_COLUMNS = [
     "dataset",
@@ -74,6 +76,8 @@ LR_COLUMNS = [
     "diff",
     "position",
     "tried",
+    "vs_smallest",
+    "vs_largest",
 ]
 Q1_WORDS = {HIGHER: "yes", LOWER: "no"}
 
@@ -97,6 +101,15 @@ def prepare(records: pd.DataFrame) -> pd.DataFrame:
 
 def _per_seed(group: pd.DataFrame, column: str) -> pd.Series:
     return group.set_index("seed")[column]
+
+
+def seed_differences(a: pd.Series, b: pd.Series) -> pd.Series:
+    """``a - b`` per seed over the seeds both series hold (several values per seed averaged
+    first, NaNs dropped): the values whose mean :func:`paired_difference` puts an interval on."""
+    a = a.dropna().groupby(level=0).mean()
+    b = b.dropna().groupby(level=0).mean()
+    common = a.index.intersection(b.index)
+    return a[common] - b[common]
 
 
 def _wall_seconds(data: pd.DataFrame) -> pd.Series:
@@ -139,7 +152,9 @@ def q2_comparisons(records: pd.DataFrame, metric: str = "accuracy") -> pd.DataFr
 
     ``diff`` is the paired :class:`Difference` in the metric, ``time_diff`` in training seconds
     per run (None when no seed has whole-run times on both sides); ``*_seconds`` are the mean
-    training seconds per run of each side (NaN when unknown).
+    training seconds per run of each side (NaN when unknown); ``per_seed`` holds the metric's
+    ``first - second`` per seed (index: seed), from which the batch and distribution parts are
+    compared seed by seed.
     """
     check_metric(metric)
     data = prepare(records)
@@ -162,25 +177,24 @@ def q2_comparisons(records: pd.DataFrame, metric: str = "accuracy") -> pd.DataFr
             if diff is None:
                 continue
             time_diff = paired_difference(_per_seed(a, "seconds"), _per_seed(b, "seconds"))
-            rows.append(
-                [*cell, first, second, diff, a["seconds"].mean(), b["seconds"].mean(), time_diff]
-            )
+            per_seed = seed_differences(_per_seed(a, metric), _per_seed(b, metric))
+            seconds = [a["seconds"].mean(), b["seconds"].mean()]
+            rows.append([*cell, first, second, diff, *seconds, time_diff, per_seed])
     return pd.DataFrame(rows, columns=Q2_COLUMNS)
 
 
-def _best_of(
-    by_value: dict, values: list
-) -> tuple[object, float, float | None, int, object, Difference | None, str, int]:
+def _best_of(by_value: dict, values: list) -> tuple:
     """The value with the highest seed mean among ``values`` (keys of ``by_value``: per-seed
     series), its mean, half-width and seeds, the runner-up, best - runner-up, where the best
-    lies ('interior', 'largest', 'smallest', 'only one' or 'tie') and how many values were
-    tried."""
+    lies by the means ('interior', 'largest', 'smallest', 'only one' or 'tie'), how many values
+    were tried, and best - smallest and best - largest value (None where the best is that value):
+    an interior best is bracketed only when both of these are above zero beyond seed noise."""
     means = {v: float(by_value[v].mean()) for v in values}
     best = max(values, key=lambda v: means[v])
     mean, half = mean_ci(by_value[best])
     n = len(by_value[best])
     if len(values) == 1:
-        return best, mean, half, n, None, None, "only one", 1
+        return best, mean, half, n, None, None, "only one", 1, None, None
     runner_up = max((v for v in values if v != best), key=lambda v: means[v])
     diff = paired_difference(by_value[best], by_value[runner_up])
     if means[runner_up] >= means[best] - 1e-12:
@@ -191,15 +205,20 @@ def _best_of(
         position = "smallest"
     else:
         position = "interior"
-    return best, mean, half, n, runner_up, diff, position, len(values)
+    edges = [
+        None if edge == best else paired_difference(by_value[best], by_value[edge])
+        for edge in (min(values), max(values))
+    ]
+    return best, mean, half, n, runner_up, diff, position, len(values), *edges
 
 
 def q3_best_resolution(records: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
     """Q3: per dataset, arch, arm, images per class (and swept lr), the resolution with the
     highest mean metric over seeds; its mean, 95% half-width (None for one seed) and seeds; the
     next best size and the paired :class:`Difference` best - next; ``position`` says whether the
-    best is interior (bracketed by the grid), the largest or smallest size tried, the only size,
-    or tied; ``tried`` counts the sizes."""
+    highest mean is at an interior size, the largest or smallest size tried, the only size, or
+    tied; ``tried`` counts the sizes; ``vs_smallest``/``vs_largest`` are best - smallest and
+    best - largest size (None where the best is that size)."""
     check_metric(metric)
     data = prepare(records)
     rows = []

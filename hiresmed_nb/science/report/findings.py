@@ -1,54 +1,39 @@
-"""Findings in plain sentences: per-setting best resolution, arm against arm beyond the seed
-spread, lever variants, the data-locality check, the cost of the study and retried runs."""
+"""Findings in plain sentences: per-setting best resolution, arm against arm beyond seed noise
+(paired 95% intervals), lever variants, the data-locality check, the cost of the study and
+retried runs."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 
-from hiresmed_nb.science.report.load import SETTING, ordered_modes, retried_runs
-from hiresmed_nb.science.report.stats import summarise
+from hiresmed_nb.science.report.answers import q3_best_resolution
+from hiresmed_nb.science.report.load import (
+    base_rates,
+    check_metric,
+    has_lr_axis,
+    ordered_modes,
+    retried_runs,
+)
+from hiresmed_nb.science.report.optimum import resolution_sentences
+from hiresmed_nb.science.report.stats import (
+    HIGHER,
+    LOWER,
+    NOISE,
+    Difference,
+    format_points,
+    paired_difference,
+)
+from hiresmed_nb.science.report.tables import format_lr
 
 
 def best_resolution(records: pd.DataFrame, metric: str = "accuracy") -> list[str]:
-    """One sentence per setting (dataset, arch, images per class, mode): its best resolution.
-
-    Says whether the best is the smallest, the largest, or an interior size (accuracy rising, then
-    falling, as the paper reports), and by how much it beats the next best size.
-    """
-    summary = summarise(records, metric)
-    sentences = []
-    for setting, group in summary.groupby(SETTING, sort=True):
-        dataset, arch, ipc, mode = setting
-        by_size = group.groupby("image_size")["mean"].max().sort_index()
-        best = int(by_size.idxmax())
-        where = f"{arch} on {dataset}, {ipc} images per class, {mode}"
-        if len(by_size) == 1:
-            sentences.append(
-                f"{where}: only {best} px was run ({100 * by_size[best]:.1f}%), so there is "
-                "no best resolution to pick."
-            )
-            continue
-        tied = [int(size) for size, value in by_size.items() if value >= by_size[best] - 1e-12]
-        if len(tied) > 1:
-            sizes = ", ".join(f"{size} px" for size in tied)
-            sentences.append(
-                f"{where}: no single best resolution; {sizes} tie at {100 * by_size[best]:.1f}%."
-            )
-            continue
-        runner_up = by_size.drop(best)
-        second = int(runner_up.idxmax())
-        margin = 100 * (by_size[best] - runner_up.max())
-        if best == by_size.index.min():
-            shape = "the smallest size tried"
-        elif best == by_size.index.max():
-            shape = "the largest size tried"
-        else:
-            shape = "an interior optimum: accuracy is lower at both smaller and larger sizes"
-        sentences.append(
-            f"{where}: best at {best} px ({100 * by_size[best]:.1f}%), {shape}; "
-            f"{margin:.1f} points above the next best, {second} px."
-        )
-    return sentences
+    """One sentence per setting (dataset, arch, images per class, main arm, swept learning
+    rate): the size with the highest mean, whether it is interior (bracketed beyond seed noise or
+    only by the means) or at an edge of the grid, and whether it beats the next highest size
+    beyond seed noise or the two are not separated."""
+    return resolution_sentences(q3_best_resolution(records, metric))
 
 
 def distributed_vs_serial(
@@ -57,50 +42,52 @@ def distributed_vs_serial(
     baseline: str = "serial",
     contender: str = "distributed",
 ) -> list[str]:
-    """One sentence per cell run both ways: does ``contender`` beat ``baseline`` beyond the spread?
+    """One sentence per cell run both ways: does ``contender`` beat ``baseline``?
 
     ``baseline`` is e.g. ``serial`` or ``serial-accumulated`` (one device at the effective batch
-    of several ranks); ``contender`` an arm such as ``distributed`` or a lever variant. The seed
-    spread is the larger of the two cells' standard deviations over seeds; a difference of means
-    larger than it counts. With one seed on either side, no verdict is given.
+    of several ranks); ``contender`` an arm such as ``distributed`` or a lever variant. The seeds
+    are paired (same seed: same split and initialisation) and one side beats the other only when
+    the 95% t-interval of the per-seed differences excludes zero; with one seed, or the same
+    difference in every seed, no verdict is given.
     """
-    summary = summarise(records, metric)
+    check_metric(metric)
+    data = records.assign(_lr=base_rates(records).map(format_lr))
+    keys = ["dataset", "arch", "image_size", "images_per_class", "_lr"]
+    lr_axis = has_lr_axis(records)
     sentences = []
-    for cell, group in summary.groupby(["dataset", "arch", "image_size", "images_per_class"]):
-        dataset, arch, size, ipc = cell
+    for (dataset, arch, size, ipc, rate), group in data.groupby(keys):
         serial = group[group["mode"] == baseline]
         distributed = group[group["mode"] == contender]
         if serial.empty or distributed.empty:
             continue
-        s, d = serial.iloc[0], distributed.iloc[0]
-        diff = 100 * (d["mean"] - s["mean"])
-        where = f"{arch} on {dataset} at {size} px, {ipc} images per class"
-        ranks = f"{d['n_ranks']} rank" + ("s" if d["n_ranks"] != 1 else "")
-        numbers = (
-            f"{contender} ({ranks}) {100 * d['mean']:.1f}% vs {baseline} {100 * s['mean']:.1f}%"
+        diff = paired_difference(
+            distributed.set_index("seed")[metric], serial.set_index("seed")[metric]
         )
-        if s["n"] < 2 or d["n"] < 2:
-            sentences.append(
-                f"{where}: {numbers}; one seed only, so the seed spread is unknown and no "
-                "verdict is given."
-            )
-            continue
-        spread = 100 * max(s["sd"], d["sd"])
-        if diff > spread:
-            verdict = (
-                f"{contender} beats {baseline} by {diff:.1f} points, more than the seed spread"
-            )
-        elif -diff > spread:
-            verdict = (
-                f"{baseline} beats {contender} by {-diff:.1f} points, more than the seed spread"
-            )
-        else:
-            verdict = (
-                f"the difference ({diff:+.1f} points) is within the seed spread, so neither "
-                "beats the other"
-            )
-        sentences.append(f"{where}: {numbers}; {verdict} ({spread:.1f} points).")
+        where = f"{arch} on {dataset} at {size} px, {ipc} images per class"
+        where += f", LEARNING_RATE {rate}" if lr_axis else ""
+        ranks = "/".join(str(k) for k in sorted(set(distributed["n_ranks"])))
+        ranks += " rank" + ("" if ranks == "1" else "s")
+        numbers = (
+            f"{contender} ({ranks}) {100 * distributed[metric].mean():.1f}% vs {baseline} "
+            f"{100 * serial[metric].mean():.1f}%"
+        )
+        sentences.append(f"{where}: {numbers}; {_beats(diff, contender, baseline)}.")
     return sentences
+
+
+def _beats(diff: Difference | None, contender: str, baseline: str) -> str:
+    """Who beats whom, from the paired interval of contender - baseline."""
+    if diff is None:
+        return "no seed ran both, so no paired comparison"
+    points = format_points(diff, unit=" points")
+    if diff.verdict == HIGHER:
+        return f"{contender} beats {baseline} by {points}"
+    if diff.verdict == LOWER:
+        flipped = dataclasses.replace(diff, mean=-diff.mean)
+        return f"{baseline} beats {contender} by {format_points(flipped, unit=' points')}"
+    if diff.verdict == NOISE:
+        return f"the difference, {points}, is within seed noise, so neither beats the other"
+    return f"the difference is {points}, so no verdict is given"
 
 
 def lever_comparisons(records: pd.DataFrame, metric: str = "accuracy") -> list[str]:

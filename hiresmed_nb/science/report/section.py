@@ -1,5 +1,5 @@
 """The Answers section of the report: per question of the paper, its wording, our verdict, the
-paper's own answer computed by the same code from its Table 2, and the evidence table."""
+paper's own answer (its text, and its Table 2 read by the same code), and the evidence tables."""
 
 from __future__ import annotations
 
@@ -13,47 +13,28 @@ from hiresmed_nb.science.report.answers import (
     q2_comparisons,
     q3_best_resolution,
 )
-from hiresmed_nb.science.report.load import (
-    is_synthetic,
-    load_paper_table,
-    paper_cells_covered,
-    paper_records,
-)
-from hiresmed_nb.science.report.tables import frame_html
-from hiresmed_nb.science.report.verdicts import (
-    QUESTIONS,
-    capitalised,
+from hiresmed_nb.science.report.decomposition import decompose, decomposition_table
+from hiresmed_nb.science.report.load import is_synthetic
+from hiresmed_nb.science.report.optimum import (
     lr_sentences,
     lr_table,
-    q1_sentence,
-    q1_table,
-    q2_sentences,
-    q2_table,
+    q3_headline,
     q3_sentence,
     q3_table,
 )
+from hiresmed_nb.science.report.paper import paper_answers
+from hiresmed_nb.science.report.tables import frame_html
+from hiresmed_nb.science.report.verdicts import (
+    QUESTIONS,
+    q1_headline,
+    q1_sentence,
+    q1_table,
+    q2_headline,
+    q2_sentences,
+    q2_table,
+)
 
 OPEN_ROWS = 12  # evidence tables up to this many rows are shown open
-
-
-def paper_answers(records: pd.DataFrame, paper: pd.DataFrame | None = None) -> dict[str, str]:
-    """The paper's own answer to each question from its Table 2, computed by the same code on
-    the cells this study also ran; says why there is none (synthetic data, no shared cell)."""
-    if is_synthetic(records):
-        none = "no paper value: this study runs on synthetic data, which the paper never used."
-        return dict.fromkeys(QUESTIONS, none)
-    covered = paper_cells_covered(records, load_paper_table() if paper is None else paper)
-    if covered.empty:
-        none = "no paper value: the paper's Table 2 has none of this study's cells."
-        return dict.fromkeys(QUESTIONS, none)
-    theirs = paper_records(covered)
-    scope = f"from the {len(covered)} cells of its Table 2 this study also ran, one run each: "
-    q2 = q2_sentences(q2_comparisons(theirs), single="one run")
-    return {
-        "Q1": scope + q1_sentence(q1_pairs(theirs), single="one run"),
-        "Q2": scope + " ".join(q2),
-        "Q3": scope + q3_sentence(q3_best_resolution(theirs), single="one run"),
-    }
 
 
 def _compact(table: pd.DataFrame) -> tuple[pd.DataFrame, str]:
@@ -68,11 +49,14 @@ def _compact(table: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     return table.drop(columns=empty + constant), f" All rows: {note}." if note else ""
 
 
-def _evidence(table: pd.DataFrame, title: str) -> str:
-    """The evidence table under its caption; longer than :data:`OPEN_ROWS` rows, folded into a
-    closed ``<details>`` so that the verdicts stay together."""
+def _evidence(table: pd.DataFrame, title: str, synthetic: bool = False) -> str:
+    """The evidence table under its caption (labelled synthetic data when it is); longer than
+    :data:`OPEN_ROWS` rows, folded into a closed ``<details>`` so that the verdicts stay
+    together."""
     if table.empty:
         return ""
+    if synthetic:
+        title = title.replace(":", " (synthetic data):", 1)
     table, note = _compact(table.reset_index(drop=True))
     body = frame_html(table, f"{title}.{note}")
     if len(table) <= OPEN_ROWS:
@@ -84,36 +68,66 @@ def answers_html(
     records: pd.DataFrame, metric: str = "accuracy", paper: pd.DataFrame | None = None
 ) -> str:
     """The Answers section's body: per question, the paper's wording, our verdict, the paper's
-    own answer, and the evidence table (numbers on one line, constant columns folded into the
-    caption)."""
+    own answer (its text, its whole Table 2 read by the same rules, where the two disagree, and
+    ours beside them), and the evidence tables (numbers on one line, constant columns folded into
+    the caption)."""
     if records.empty:
         return "<p>No records yet: nothing to answer.</p>"
     pairs = q1_pairs(records, metric)
     comparisons = q2_comparisons(records, metric)
     rates = best_learning_rates(records, metric)
     best = q3_best_resolution(records, metric)
-    theirs = paper_answers(records, paper)
+    headlines = {
+        "Q1": q1_headline(pairs),
+        "Q2": q2_headline(comparisons),
+        "Q3": q3_headline(best),
+    }
+    theirs = paper_answers(records, paper, metric, headlines)
     ours = {
         "Q1": [q1_sentence(pairs)],
         "Q2": q2_sentences(comparisons) + lr_sentences(rates),
         "Q3": [q3_sentence(best)],
     }
+    label = is_synthetic(records)
     evidence = {
-        "Q1": _evidence(q1_table(pairs, metric), "Q1 evidence: fewer − more, paired over seeds"),
+        "Q1": _evidence(
+            q1_table(pairs, metric), "Q1 evidence: fewer − more, paired over seeds", label
+        ),
         "Q2": _evidence(
-            q2_table(comparisons, metric), "Q2 evidence: first − second arm, paired over seeds"
+            q2_table(comparisons, metric),
+            "Q2 evidence: first − second arm, paired over seeds",
+            label,
         )
-        + _evidence(lr_table(rates, metric), "Q2: best LEARNING_RATE per size and arm"),
-        "Q3": _evidence(q3_table(best, metric), "Q3 evidence: best resolution per setting"),
+        + _evidence(
+            decomposition_table(decompose(comparisons), metric),
+            "Q2 evidence: batch part against distribution part, paired over the seeds of all "
+            "three arms (97.5% intervals for the two tests behind 'larger in magnitude')",
+            label,
+        )
+        + _evidence(
+            lr_table(rates, metric),
+            "Q2: highest-mean LEARNING_RATE per size and arm; separated: it beats the runner-up "
+            "beyond seed noise",
+            label,
+        ),
+        "Q3": _evidence(
+            q3_table(best, metric),
+            "Q3 evidence: the size with the highest mean per setting; separated: it beats the "
+            "next highest beyond seed noise; bracketed: it beats both the smallest and the "
+            "largest size tried beyond seed noise",
+            label,
+        ),
     }
+    synthetic = ", synthetic data" if label else ""
     parts = []
     for key, (short, question) in QUESTIONS.items():
         items = "".join(f"<li>{html.escape(s)}</li>" for s in ours[key])
+        paper_items = "".join(f"<li>{html.escape(s)}</li>" for s in theirs[key])
         parts.append(
             f'<h3 id="answer-{key.lower()}">{key}. {html.escape(short)}</h3>'
             f"<p><i>The paper asks: “{html.escape(question)}”</i></p>"
-            f"<p><b>Our answer</b> ({metric.replace('_', ' ')}):</p><ul>{items}</ul>"
-            f"<p><b>The paper's answer:</b> {html.escape(capitalised(theirs[key]))}</p>"
+            f"<p><b>Our answer</b> ({metric.replace('_', ' ')}{synthetic}):</p><ul>{items}</ul>"
+            f"<p><b>The paper's answer</b> (accuracy):</p><ul>{paper_items}</ul>"
             f"{evidence[key]}"
         )
     return "\n".join(parts)

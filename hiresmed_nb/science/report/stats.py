@@ -82,16 +82,18 @@ def format_value(mean: float, ci: float, n: int) -> str:
 class Difference:
     """Mean of the per-seed differences ``a - b`` over the ``n`` seeds both sides ran.
 
-    ``half`` is the 95% t half-width (None for one seed). ``verdict`` is :data:`HIGHER` when the
-    whole interval is above zero, :data:`LOWER` when below, :data:`NOISE` when it holds zero;
-    :data:`ONE_SEED` (one seed) and :data:`NO_SPREAD` (every seed gave the same difference, a
-    zero-width interval) give no verdict. Units are those of the inputs.
+    ``half`` is the t half-width at ``confidence`` (95% unless told; None for one seed).
+    ``verdict`` is :data:`HIGHER` when the whole interval is above zero, :data:`LOWER` when below,
+    :data:`NOISE` when it holds zero; :data:`ONE_SEED` (one seed) and :data:`NO_SPREAD` (every
+    seed gave the same difference, a zero-width interval) give no verdict. Units are those of the
+    inputs.
     """
 
     mean: float
     half: float | None
     n: int
     verdict: str
+    confidence: float = 0.95
 
     @property
     def low(self) -> float:
@@ -102,8 +104,9 @@ class Difference:
         return math.nan if self.half is None else self.mean + self.half
 
 
-def paired_difference(a: pd.Series, b: pd.Series) -> Difference | None:
-    """The paired difference ``a - b`` of two per-seed series (index: seed; NaNs dropped).
+def paired_difference(a: pd.Series, b: pd.Series, confidence: float = 0.95) -> Difference | None:
+    """The paired difference ``a - b`` of two per-seed series (index: seed; NaNs dropped), with
+    its t-interval at ``confidence``.
 
     None when the two share no seed. Several values for one seed are averaged first.
     """
@@ -112,7 +115,7 @@ def paired_difference(a: pd.Series, b: pd.Series) -> Difference | None:
     common = a.index.intersection(b.index)
     if common.empty:
         return None
-    mean, half = mean_ci(a[common] - b[common])
+    mean, half = mean_ci(a[common] - b[common], confidence)
     if half is None:
         verdict = ONE_SEED
     elif half < 1e-9:  # zero up to float rounding of k/n_test differences
@@ -123,7 +126,7 @@ def paired_difference(a: pd.Series, b: pd.Series) -> Difference | None:
         verdict = LOWER
     else:
         verdict = NOISE
-    return Difference(mean, half, len(common), verdict)
+    return Difference(mean, half, len(common), verdict, confidence)
 
 
 def format_points(
@@ -138,4 +141,4 @@ def format_points(
     if diff.verdict == NO_SPREAD:
         return f"{text} (the same in all {diff.n} seeds: no interval)"
     low, high = scale * diff.low, scale * diff.high
-    return f"{text} (95% CI {low:+.1f} to {high:+.1f}, n={diff.n})"
+    return f"{text} ({100 * diff.confidence:g}% CI {low:+.1f} to {high:+.1f}, n={diff.n})"
