@@ -8,10 +8,15 @@ the parameter.
 from __future__ import annotations
 
 import difflib
+import json
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from hiresmed_nb.errors import HiresmedError
+from hiresmed_nb.placement import Placement, parse_hosts, total_slots
 
 DATASETS = ("synthetic-skin", "synthetic-xray", "sd198", "nih")
 SYNTHETIC_DATASETS = ("synthetic-skin", "synthetic-xray")
@@ -26,6 +31,7 @@ PLACEMENT_PARAMETERS = (
     "HOSTS",
     "REMOTE_PYTHON",
     "IPP_CLUSTER_FILE",
+    "POOL_CLUSTER_FILE",
     "IPP_LAUNCHER",
     "RENDEZVOUS_ADDR",
     "NETWORK_INTERFACE",
@@ -34,41 +40,140 @@ LOCAL_N_RANKS = 2  # distributed ranks on this machine when N_RANKS is 0
 MIN_IMAGE_SIZE = 32
 MAX_IMAGE_SIZE = 4096
 
-# name: (default, allowed types, one-line description)
+
+def _parameter(default: Any, help_text: str, *, shown: str | None = None) -> Any:
+    """A run parameter's field: its default, its one-line help (the notebook's comment) and,
+    where the notebook shows the default otherwise (``"none"`` for None), that spelling."""
+    return field(default=default, metadata={"help": help_text, "shown": shown})
+
+
+@dataclass(frozen=True)
+class RunConfig(Mapping[str, Any]):
+    """One run's parameters, checked once on the head (:func:`validate`) and then read-only.
+
+    The single source of every parameter's name, type, default and help: the parameters cell of
+    ``notebooks/01_train.ipynb`` is rendered from it (:func:`parameters_cell`, and a test
+    compares the two). Ranks receive it as it is and check nothing again. It reads like a
+    mapping (``config["IMAGE_SIZE"]``, ``dict(config)``) as well as by attribute.
+    """
+
+    DATASET: str = _parameter("synthetic-skin", "synthetic-skin, synthetic-xray, sd198 or nih")
+    DATA_DIR: str = _parameter(
+        "", "dataset folder as downloaded; empty: the embedded dataset's cache"
+    )
+    ARCH: str = _parameter("compact", "compact, VGG16, ResNet50 or DenseNet169")
+    WEIGHTS: str | None = _parameter(
+        None, '"imagenet", "none" (random initialisation) or a weights file', shown="none"
+    )
+    IMAGE_SIZE: int = _parameter(64, "square input side, pixels")
+    IMAGES_PER_CLASS: int = _parameter(20, "training images per class")
+    TEST_IMAGES_PER_CLASS: int = _parameter(
+        0, "cap on test images per class; 0: the whole test set"
+    )
+    CLASSES: tuple[str, ...] | None = _parameter(
+        None, "class names; empty: the dataset's default classes", shown="[]"
+    )
+    MODE: str = _parameter("serial", '"serial" (this kernel) or "distributed" (Horovod ranks)')
+    SITE_DIRS: tuple[str, ...] | None = _parameter(
+        None, "per-site mode: one data folder per rank, read only by that rank", shown="[]"
+    )
+    N_RANKS: int = _parameter(
+        0, "Horovod ranks; 0: the slots of HOSTS, the cluster file's engines, else 2"
+    )
+    BATCH_SIZE: int = _parameter(8, "images per step per rank")
+    LEARNING_RATE: float = _parameter(1e-3, "Adam learning rate")
+    LR_SCALING: str = _parameter("none", '"none" or "linear" (x ranks x accumulation steps)')
+    EPOCHS: int = _parameter(10, "passes over the training set")
+    ACCUMULATION_STEPS: int = _parameter(
+        1, "batches whose gradients are averaged per optimizer step"
+    )
+    PRECISION: str = _parameter("float32", "float32, mixed_float16 (GPU) or mixed_bfloat16")
+    COMPRESSION: str = _parameter("none", 'allreduce compression: "none" or "fp16"')
+    SEED: int = _parameter(0, "seed for the split, shuffling and initialisation")
+    RESULTS_DIR: str = _parameter("outputs/runs", "where the record goes; relative to the project")
+    HOSTS: str = _parameter(
+        "", 'ranks on other machines over ssh, "hostA:2,hostB:2"; empty: this one'
+    )
+    REMOTE_PYTHON: str = _parameter("", "interpreter on HOSTS; empty: this kernel's own path")
+    IPP_CLUSTER_FILE: str = _parameter(
+        "", "attach to a running cluster (its file); empty: start one"
+    )
+    POOL_CLUSTER_FILE: str = _parameter(
+        "", "set by the study runner: its warm cluster for this run; empty: none"
+    )
+    IPP_LAUNCHER: str = _parameter("local", "ipyparallel engine launcher: local, mpi, ssh or slurm")
+    RENDEZVOUS_ADDR: str = _parameter("auto", "this machine's address the ranks reach; auto: found")
+    NETWORK_INTERFACE: str = _parameter(
+        "auto", "interface Gloo uses; auto: each rank's route to here"
+    )
+    OVERWRITE: bool = _parameter(False, "redo the run even if its record exists")
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in PARAMETERS:
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(PARAMETERS)
+
+    def __len__(self) -> int:
+        return len(PARAMETERS)
+
+    @property
+    def distributed(self) -> bool:
+        return self.MODE == "distributed"
+
+    @property
+    def run_id(self) -> str:
+        return run_id(self)
+
+    @property
+    def placement(self) -> Placement:
+        """Where the ranks of a distributed run go (:mod:`hiresmed_nb.placement`)."""
+        return Placement.from_params(self)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values (lists, not tuples), as papermill and JSON records take them."""
+        return {name: list(v) if isinstance(v, tuple) else v for name, v in self.items()}
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A checked copy with ``changes`` (parameter names as keywords)."""
+        return validate({**self, **changes})
+
+
+def _accepted_types(annotation: Any) -> tuple[type, ...]:
+    """The Python types a parameter's value may have before it is normalised."""
+    accepted: list[type] = []
+    for part in typing.get_args(annotation) or (annotation,):
+        origin = typing.get_origin(part) or part
+        if origin is tuple:
+            accepted.extend((list, tuple))
+        elif origin is float:
+            accepted.extend((float, int))
+        else:
+            accepted.append(origin)
+    return tuple(dict.fromkeys(accepted))
+
+
+_HINTS = typing.get_type_hints(RunConfig)
+# name: (default, accepted types, one-line help), in the order of the notebook's parameters cell.
 PARAMETERS: dict[str, tuple[Any, tuple[type, ...], str]] = {
-    "DATASET": ("synthetic-skin", (str,), "one of " + ", ".join(DATASETS)),
-    "DATA_DIR": ("", (str,), "dataset folder as downloaded; empty: the embedded dataset's cache"),
-    "ARCH": ("compact", (str,), "one of " + ", ".join(ARCHS)),
-    "WEIGHTS": (None, (str, type(None)), "'imagenet', None or 'none' (random) or a weights file"),
-    "IMAGE_SIZE": (64, (int,), "square input side, pixels"),
-    "IMAGES_PER_CLASS": (20, (int,), "training images per class"),
-    "TEST_IMAGES_PER_CLASS": (0, (int,), "cap on test images per class; 0: the whole test set"),
-    "CLASSES": (None, (list, type(None)), "class names to use; None or []: the dataset's default"),
-    "MODE": ("serial", (str,), "'serial' (the kernel) or 'distributed' (Horovod ranks)"),
-    "SITE_DIRS": (None, (list, type(None)), "per-site mode: one data folder per rank; None or []"),
-    "N_RANKS": (
-        0,
-        (int,),
-        "Horovod ranks in distributed mode; 0: the slots of HOSTS, the engines of "
-        "IPP_CLUSTER_FILE, else 2 (serial runs use 1)",
-    ),
-    "BATCH_SIZE": (8, (int,), "images per step per rank"),
-    "LEARNING_RATE": (1e-3, (float, int), "Adam learning rate per run"),
-    "LR_SCALING": ("none", (str,), "'none' or 'linear' (x ranks x accumulation steps)"),
-    "EPOCHS": (10, (int,), "passes over the training set"),
-    "ACCUMULATION_STEPS": (1, (int,), "batches whose gradients are averaged per optimizer step"),
-    "PRECISION": ("float32", (str,), "float32, mixed_float16 (GPU) or mixed_bfloat16"),
-    "COMPRESSION": ("none", (str,), "allreduce compression: 'none' or 'fp16'"),
-    "SEED": (0, (int,), "seed for the split, the shuffling and the initialisation"),
-    "RESULTS_DIR": ("outputs/runs", (str,), "where the JSON record goes; relative to the project"),
-    "HOSTS": ("", (str,), "hosts for the ranks, 'hostA:2,hostB:2' (ssh); empty: this machine"),
-    "REMOTE_PYTHON": ("", (str,), "interpreter on HOSTS; empty: this kernel's own path"),
-    "IPP_CLUSTER_FILE": ("", (str,), "attach to this running ipyparallel cluster's file"),
-    "IPP_LAUNCHER": ("local", (str,), "ipyparallel engine launcher: " + ", ".join(LAUNCHERS)),
-    "RENDEZVOUS_ADDR": ("auto", (str,), "address of this machine the ranks reach; auto: found"),
-    "NETWORK_INTERFACE": ("auto", (str,), "interface Gloo uses; auto: each rank's own route"),
-    "OVERWRITE": (False, (bool,), "redo a run whose record already exists"),
+    item.name: (item.default, _accepted_types(_HINTS[item.name]), item.metadata["help"])
+    for item in fields(RunConfig)
 }
+
+
+def parameters_cell() -> str:
+    """The source of ``01_train``'s parameters cell, rendered from :class:`RunConfig`."""
+    lines = []
+    for item in fields(RunConfig):
+        shown = item.metadata["shown"]
+        default = shown if shown is not None else item.default
+        if isinstance(default, str) and default != "[]":
+            default = json.dumps(default)
+        kind = "list" if shown == "[]" else type(item.default if shown is None else "").__name__
+        lines.append(f"{item.name}: {kind} = {default}  # {item.metadata['help']}")
+    return "\n".join(lines)
 
 
 def defaults() -> dict[str, Any]:
@@ -106,12 +211,13 @@ def _check_at_least(params: dict[str, Any], name: str, minimum: float) -> None:
         raise HiresmedError(f"{name}={params[name]!r} must be at least {minimum}")
 
 
-def validate(params: dict[str, Any]) -> dict[str, Any]:
-    """Check run parameters and return a complete, normalised copy.
+def validate(params: Mapping[str, Any]) -> RunConfig:
+    """Check run parameters and return them complete and normalised, as a :class:`RunConfig`.
 
-    Missing names take their defaults; ``WEIGHTS`` "none"/"None" becomes None; serial runs get
-    ``N_RANKS`` 1. Raises :class:`HiresmedError` on the first unknown name, wrong type or
-    out-of-range value.
+    Missing names take their defaults; ``WEIGHTS`` "none"/"None" becomes None; empty
+    ``CLASSES`` and ``SITE_DIRS`` become None (lists become tuples); serial runs get ``N_RANKS``
+    1. Raises :class:`HiresmedError` on the first unknown name, wrong type or out-of-range
+    value. Runs on the head only (it may read ``IPP_CLUSTER_FILE``); ranks get its result.
     """
     checked = defaults()
     for name, value in params.items():
@@ -166,7 +272,10 @@ def validate(params: dict[str, Any]) -> dict[str, Any]:
             raise HiresmedError(f"SITE_DIRS={sites!r} must be a list of folder paths")
     if checked["MODE"] == "serial":
         checked["N_RANKS"] = 1
-    return checked
+    for name in ("CLASSES", "SITE_DIRS"):
+        if checked[name] is not None:
+            checked[name] = tuple(checked[name])
+    return RunConfig(**checked)
 
 
 def _distributed_ranks(checked: dict[str, Any]) -> int:
@@ -174,8 +283,6 @@ def _distributed_ranks(checked: dict[str, Any]) -> int:
 
     Also checks that HOSTS, IPP_CLUSTER_FILE and IPP_LAUNCHER do not contradict each other.
     """
-    from hiresmed_nb.placement import parse_hosts, total_slots
-
     hosts = parse_hosts(checked["HOSTS"])
     cluster_file = checked["IPP_CLUSTER_FILE"]
     if hosts and cluster_file:
@@ -230,7 +337,7 @@ def cluster_file_engines(cluster_file: str) -> int:
     return sum(len(s.get("engines", {})) or int(s.get("n", 0) or 0) for s in engine_sets)
 
 
-def run_id(params: dict[str, Any]) -> str:
+def run_id(params: Mapping[str, Any]) -> str:
     """Spell a run: dataset, arch, size, images per class, mode with ranks, seed; then
     accumulation, precision, compression and learning rate (``_lr3e-4``) when they are not the
     defaults, so a grid over any of them gives distinct ids.

@@ -8,6 +8,7 @@ runs with equal placements can share one warm cluster.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +53,7 @@ def total_slots(hosts: list[HostSlots]) -> int:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where the ranks run. Two runs with equal specs can share one warm cluster.
+    """Where the ranks run. Two runs with equal placements can share one warm cluster.
 
     ``hosts``: ``HOSTS`` entries (empty: this machine); ``cluster_file``: attach to that running
     cluster instead of starting one; ``remote_python``: the interpreter on the hosts (default
@@ -68,8 +69,10 @@ class Placement:
     network_interface: str = "auto"
 
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> Placement:
-        """The spec of a validated run's parameters."""
+    def from_params(cls, params: Mapping[str, Any]) -> Placement:
+        """The placement of a checked run's parameters."""
+        if params.get("POOL_CLUSTER_FILE"):  # a study's run: on the runner's warm cluster
+            return cls(n_ranks=params["N_RANKS"], cluster_file=params["POOL_CLUSTER_FILE"])
         return cls(
             n_ranks=params["N_RANKS"],
             hosts=tuple(parse_hosts(params["HOSTS"])),

@@ -6,6 +6,11 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Kernels and engines the tests start import the tests' own helpers (sgd_steps, faults).
+TESTS_DIR = str(Path(__file__).parent)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [TESTS_DIR, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+)
 
 from hiresmed_nb.science import synthetic  # noqa: E402
 
@@ -22,13 +27,13 @@ def xray_dir() -> Path:
 
 @pytest.fixture(autouse=True)
 def _no_warm_cluster_between_tests():
-    """training.run keeps a warm cluster in this process, as a kernel does: stop it after each
-    test so one test's engines neither serve nor burden the next."""
+    """run_training keeps warm clusters in this process's pool, as a kernel does: close it after
+    each test so one test's engines neither serve nor burden the next."""
     yield
     import sys
 
-    if "hiresmed_nb.cluster.warm" in sys.modules:
-        sys.modules["hiresmed_nb.cluster.warm"].stop_warm_cluster()
+    if "hiresmed_nb.cluster.pool" in sys.modules:
+        sys.modules["hiresmed_nb.cluster.pool"].kernel_pool().close()
 
 
 # --- Simulated hosts (network namespaces with sshd) for multi-host tests: hiresmed_nb.simhosts ---

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_warm import processes_of_clusters_owned_by
 
 from hiresmed_nb import bench, simhosts
 from hiresmed_nb.bench import launchers, timed, two_hosts, warm
@@ -207,8 +208,6 @@ def test_a_failing_two_host_run_is_recorded_not_raised(monkeypatch):
 
 @pytest.mark.distributed
 def test_warm_path_and_memory_series_at_tiny_reuse_the_engines(skin_dir):
-    from hiresmed_nb.cluster import current_warm_cluster
-
     level = {**bench.LEVELS["tiny"], "warm_memory_runs": 2}
     payload = launchers.measure(level, paths=["warm"])
     assert payload["config"]["paths"] == ["warm"] and payload["skipped"] == {}
@@ -231,7 +230,7 @@ def test_warm_path_and_memory_series_at_tiny_reuse_the_engines(skin_dir):
         "engine RSS growth, warm run 1 -> run 2 (largest rank)",
     ]
     assert any(note.startswith("Warm memory: 2 consecutive runs") for note in payload["notes"])
-    assert current_warm_cluster() is None  # stopped afterwards
+    assert processes_of_clusters_owned_by(os.getpid()) == []  # the pool closed afterwards
 
 
 @pytest.mark.multihost

@@ -7,6 +7,7 @@ import subprocess
 
 import numpy as np
 import pytest
+import sgd_steps
 
 from hiresmed_nb import cluster
 from hiresmed_nb.cluster import HorovodCluster, RankFailedError, assign_ranks, memory, probes
@@ -117,10 +118,10 @@ def assert_same_weights(got: list[np.ndarray], want: list[np.ndarray]) -> None:
 @pytest.mark.distributed
 def test_two_ranks_average_gradients_like_one_serial_step_on_both_halves():
     images, labels = tiny_batch(seed=0)
-    serial = training.one_sgd_step(images, labels, distributed=False)
+    serial = sgd_steps.one_sgd_step(images, labels, distributed=False)
     with HorovodCluster(2) as running:
-        per_rank = running.run(training.one_sgd_step, images, labels, True)
-    initial = training.one_sgd_step(images, labels, distributed=False, learning_rate=0.0)
+        per_rank = running.run(sgd_steps.one_sgd_step, images, labels, True)
+    initial = sgd_steps.one_sgd_step(images, labels, distributed=False, learning_rate=0.0)
     assert any(not np.allclose(a, b) for a, b in zip(serial, initial, strict=True))
     for rank_weights in per_rank:
         assert_same_weights(rank_weights, serial)
@@ -128,9 +129,9 @@ def test_two_ranks_average_gradients_like_one_serial_step_on_both_halves():
 
 def test_accumulated_micro_batches_give_the_weights_of_one_big_serial_step():
     images, labels = tiny_batch(seed=1)
-    serial = training.one_sgd_step(images, labels, distributed=False)
-    accumulated = training.one_sgd_step(images, labels, distributed=False, accumulation_steps=4)
-    first_quarter_only = training.one_sgd_step(images[:2], labels[:2], distributed=False)
+    serial = sgd_steps.one_sgd_step(images, labels, distributed=False)
+    accumulated = sgd_steps.one_sgd_step(images, labels, distributed=False, accumulation_steps=4)
+    first_quarter_only = sgd_steps.one_sgd_step(images[:2], labels[:2], distributed=False)
     assert any(not np.allclose(a, b) for a, b in zip(serial, first_quarter_only, strict=True))
     assert_same_weights(accumulated, serial)
 
@@ -138,10 +139,10 @@ def test_accumulated_micro_batches_give_the_weights_of_one_big_serial_step():
 @pytest.mark.distributed
 def test_two_accumulation_steps_on_one_rank_equal_one_step_on_two_ranks():
     images, labels = tiny_batch(seed=2)
-    accumulated = training.one_sgd_step(images, labels, distributed=False, accumulation_steps=2)
+    accumulated = sgd_steps.one_sgd_step(images, labels, distributed=False, accumulation_steps=2)
     with HorovodCluster(2) as running:
-        per_rank = running.run(training.one_sgd_step, images, labels, True, 0.1, 2)
-        two_ranks = running.run(training.one_sgd_step, images, labels, True)
+        per_rank = running.run(sgd_steps.one_sgd_step, images, labels, True, 0.1, 2)
+        two_ranks = running.run(sgd_steps.one_sgd_step, images, labels, True)
     assert_same_weights(two_ranks[0], accumulated)
     assert_same_weights(per_rank[1], accumulated)  # both levers at once
 
@@ -334,27 +335,41 @@ def test_release_memory_drops_the_custom_gradients_a_run_registered_and_keeps_ol
 class RanOnceCluster:
     """A warm cluster whose run succeeds and whose engines then cannot report their memory."""
 
-    description, runs, stopped = "2 ranks on a stand-in", 0, False
+    description, runs, stopped, broken = "2 ranks on a stand-in", 0, False, False
+    placement = cluster.Placement(2)
 
     def run(self, function, *args):
+        self.runs += 1
         return ["rank 0's result", "rank 1's result"]
 
     def observe_memory(self):
         raise TimeoutError("engine 1 did not answer")
+
+    def usable(self):
+        return not self.broken
+
+    def start(self):
+        pass
 
     def stop(self):
         self.stopped = True
 
 
 def test_a_finished_run_keeps_its_results_when_its_engines_cannot_report_memory(monkeypatch):
-    from hiresmed_nb.cluster import warm
+    from hiresmed_nb.cluster import pool as pool_module
 
-    stand_in = RanOnceCluster()
-    monkeypatch.setattr(warm, "_warm", stand_in)
-    monkeypatch.setattr(warm, "warm_cluster", lambda placement: stand_in)
-    results = warm.run_warm(cluster.Placement(2), print)
-    assert results == ["rank 0's result", "rank 1's result"]
-    assert stand_in.stopped and warm.current_warm_cluster() is None  # replaced next time
+    stand_ins = []
+    monkeypatch.setattr(
+        pool_module,
+        "HorovodCluster",
+        lambda placement: stand_ins.append(RanOnceCluster()) or stand_ins[-1],
+    )
+    pool = cluster.Pool()
+    assert pool.run(cluster.Placement(2), print) == ["rank 0's result", "rank 1's result"]
+    pool.cluster(cluster.Placement(2))  # its memory is read now: no answer, so it is replaced
+    assert len(stand_ins) == 2 and stand_ins[0].stopped and not stand_ins[1].stopped
+    pool.close()
+    assert stand_ins[1].stopped
 
 
 def test_a_stopped_rendezvous_server_no_longer_listens():

@@ -19,7 +19,6 @@ from hiresmed_nb import cluster
 from hiresmed_nb.cluster import HorovodCluster, Placement, RankLostError, parse_hosts
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.params import resolve_path, validate
-from hiresmed_nb.science import training
 from hiresmed_nb.simhosts import HostSpec
 
 pytestmark = pytest.mark.multihost
@@ -49,9 +48,9 @@ def tiny_run(tmp_path, hosts: str) -> list[dict]:
         {**TINY, "MODE": "distributed", "HOSTS": hosts, "RESULTS_DIR": str(tmp_path / "runs")}
     )
     try:
-        return training.run(params)
+        return cluster.run_training(params)
     finally:
-        cluster.stop_warm_cluster()
+        cluster.kernel_pool().close()
 
 
 @pytest.mark.notebook
@@ -82,7 +81,7 @@ def test_two_ranks_per_host_listen_only_on_the_cluster_address_and_train_to_the_
         {**TINY, "MODE": "distributed", "HOSTS": "hostA:2,hostB:2", "RESULTS_DIR": str(tmp_path)}
     )
     try:
-        running = cluster.warm_cluster(Placement.from_params(params))
+        running = cluster.kernel_pool().cluster(Placement.from_params(params))
         controller = [
             p
             for p in cluster.cluster_processes(running.cluster_id)
@@ -99,10 +98,10 @@ def test_two_ranks_per_host_listen_only_on_the_cluster_address_and_train_to_the_
         assert sim.head_address in listening
         assert listening <= {sim.head_address, "127.0.0.1"}
         placed = running.run(eval, PLACEMENT)
-        ranks = training.run(params)  # the same placement: on these engines
+        ranks = cluster.run_training(params)  # the same placement: on these engines
         assert [r["pid"] for r in ranks] == running.engine_pids
     finally:
-        cluster.stop_warm_cluster()
+        cluster.kernel_pool().close()
     assert placed == [
         ["hostA", "0", "0", "eth0"],
         ["hostA", "1", "0", "eth0"],

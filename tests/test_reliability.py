@@ -265,7 +265,7 @@ def test_site_dirs_need_one_folder_per_distributed_rank(tmp_path):
 def test_in_per_site_mode_each_rank_reads_only_its_own_site(tmp_path, skin_dir):
     sites = make_sites(skin_dir, tmp_path)
     params = tiny_params(tmp_path, MODE="distributed", N_RANKS=2, SITE_DIRS=sites, EPOCHS=1)
-    ranks = training.run(params)
+    ranks = cluster.run_training(params)
     head = ranks[0]
     assert head["n_train"] == 2 * 4 * 4 and head["n_test"] == 2 * 4 * 20
     assert sum(map(sum, head["confusion_matrix"])) == head["n_test"]

@@ -11,9 +11,10 @@ import pytest
 import yaml
 from papermill.exceptions import PapermillExecutionError
 
+from hiresmed_nb import cluster, study
 from hiresmed_nb import params as P
-from hiresmed_nb import study
 from hiresmed_nb.__main__ import main
+from hiresmed_nb.cluster import Pool
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.params import project_root
 from hiresmed_nb.science.report import load_paper_table
@@ -22,11 +23,11 @@ ROOT = project_root()
 PARAMS = ROOT / "params"
 
 
-class NoClusters(study.StudyClusters):
-    """The runner's clusters for fake executors, which run nothing on them: none is started."""
+class NoClusters(Pool):
+    """The runner's pool for fake executors, which run nothing on it: no cluster is started."""
 
-    def attach(self, params: dict) -> dict:
-        return params
+    def attach_parameters(self, parameters: dict) -> dict:
+        return dict(parameters)
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +35,7 @@ def no_clusters_for_fake_executors(request, monkeypatch):
     """Tests that execute no real notebook need no engines: the runner starts none for them
     (its clusters are tested by the notebook and distributed tests, and in test_warm.py)."""
     if not {"notebook", "distributed"} & {mark.name for mark in request.node.iter_markers()}:
-        monkeypatch.setattr(study.runner, "StudyClusters", NoClusters)
+        monkeypatch.setattr(study.runner, "Pool", NoClusters)
 
 
 def write_yaml(path: Path, content: dict) -> Path:
@@ -546,19 +547,48 @@ def test_quick_grid_has_serial_distributed_and_accumulated_arms_at_equal_effecti
 
 
 def test_the_runner_keeps_clusters_only_for_distributed_runs_without_their_own_cluster_file(
-    tmp_path,
+    tmp_path, monkeypatch
 ):
-    assert study.layout_of(P.validate({"MODE": "serial"})) is None
-    assert study.layout_of(P.validate({"MODE": "distributed", "N_RANKS": 3})).n_ranks == 3
+    from hiresmed_nb.cluster import pool as pool_module
+    from hiresmed_nb.cluster.memory import EngineMemory
+
+    started = []
+
+    class StandIn:
+        description, memory = "a stand-in", EngineMemory()
+
+        def __init__(self, placement):
+            self.placement, self.runs, self.cluster_file = placement, 0, f"pool-{len(started)}.json"
+            started.append(placement)
+
+        def observe_memory(self):
+            return self.memory.observe([1, 1])
+
+        def start(self):
+            pass
+
+        def usable(self):
+            return True
+
+        def stop(self):
+            pass
+
+    monkeypatch.setattr(pool_module, "HorovodCluster", StandIn)
+    pool = Pool()
+    serial = P.validate({"MODE": "serial"})
+    assert pool.attach_parameters(serial) == dict(serial)  # nothing started for a serial run
     cluster_file = tmp_path / "cluster.json"
     cluster_file.write_text(json.dumps({"engines": {"sets": {"1": {"n": 2}}}}))
     own = P.validate({"MODE": "distributed", "IPP_CLUSTER_FILE": str(cluster_file)})
-    assert own["N_RANKS"] == 2 and study.layout_of(own) is None  # attaches to its own cluster
+    assert own["N_RANKS"] == 2 and pool.attach_parameters(own) == dict(own)  # its own cluster
     with_hosts = P.validate({"MODE": "distributed", "HOSTS": "a:2,b:1"})
-    assert [(h.host, h.slots) for h in study.layout_of(with_hosts).hosts] == [("a", 2), ("b", 1)]
-    clusters = study.StudyClusters()
-    serial = P.validate({"MODE": "serial"})
-    assert clusters.attach(serial) == serial  # nothing started for a serial run
+    attached = pool.attach_parameters(with_hosts)
+    assert [(h.host, h.slots) for h in started[0].hosts] == [("a", 2), ("b", 1)]
+    # The run attaches to the pool's cluster; the placement it asked for stays for its record.
+    assert attached["POOL_CLUSTER_FILE"] == "pool-0.json" and attached["HOSTS"] == "a:2,b:1"
+    assert P.validate(attached).placement == cluster.Placement(3, cluster_file="pool-0.json")
+    assert pool.attach_parameters(with_hosts)["POOL_CLUSTER_FILE"] == "pool-0.json"  # reused
+    assert len(started) == 1
 
 
 def test_only_a_rank_failure_counts_as_one_for_the_retry():

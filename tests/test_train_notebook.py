@@ -1,5 +1,6 @@
 """01_train.ipynb through papermill: serial and 2-rank runs, bad inputs, nothing left behind."""
 
+import ast
 import json
 
 import nbformat
@@ -8,7 +9,7 @@ import psutil
 import pytest
 from papermill.exceptions import PapermillExecutionError
 
-from hiresmed_nb.params import PARAMETERS, project_root
+from hiresmed_nb.params import PARAMETERS, parameters_cell, project_root
 from hiresmed_nb.science import records
 
 NOTEBOOK = project_root() / "notebooks" / "01_train.ipynb"
@@ -44,12 +45,18 @@ def processes_of_this_projects_clusters_after(seconds: float) -> list[str]:
     return [" ".join(process.info["cmdline"]) for process in alive]
 
 
-def test_parameters_cell_is_tagged_and_names_every_parameter():
+def test_parameters_cell_is_rendered_from_the_run_configuration():
+    """Names, types, defaults and help have one source, RunConfig: the notebook's parameters
+    cell is exactly what it renders (after a change there, paste parameters_cell() here)."""
     notebook = nbformat.read(str(NOTEBOOK), as_version=4)
     tagged = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1
-    names = {line.split(":")[0] for line in tagged[0].source.splitlines() if line.strip()}
-    assert names == set(PARAMETERS)
+    assert tagged[0].source.strip() == parameters_cell()
+    inspected = pm.inspect_notebook(str(NOTEBOOK))
+    assert list(inspected) == list(PARAMETERS)
+    for name, (default, _, help_text) in PARAMETERS.items():
+        assert inspected[name]["help"] == help_text
+        assert default is None or ast.literal_eval(inspected[name]["default"]) == default
     assert notebook.metadata.kernelspec.name == "hiresmed"
     assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code")
 

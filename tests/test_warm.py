@@ -13,7 +13,6 @@ from hiresmed_nb import cluster, study
 from hiresmed_nb.cluster import Placement, RankFailedError, command, memory
 from hiresmed_nb.cluster.processes import OWNER_VARIABLE
 from hiresmed_nb.params import validate
-from hiresmed_nb.science import training
 
 pytestmark = pytest.mark.distributed
 
@@ -30,6 +29,13 @@ SAME_RESULT = (
 
 def tiny_params(results_dir, **overrides) -> dict:
     return validate({**TINY, "MODE": "distributed", "RESULTS_DIR": str(results_dir), **overrides})
+
+
+def only_cluster(pool: cluster.Pool) -> cluster.HorovodCluster | None:
+    """The pool's one cluster, or None."""
+    running = list(pool.clusters().values())
+    assert len(running) <= 1
+    return running[0] if running else None
 
 
 def pids(ranks: list[dict]) -> list[int]:
@@ -59,18 +65,18 @@ def kernel_processes() -> list[psutil.Process]:
 def test_a_second_run_reuses_the_warm_engines_and_gives_the_record_of_a_fresh_cluster(
     tmp_path, skin_dir, monkeypatch
 ):
-    first = training.run(tiny_params(tmp_path / "first"))
-    warm = cluster.current_warm_cluster()
+    first = cluster.run_training(tiny_params(tmp_path / "first"))
+    warm = only_cluster(cluster.kernel_pool())
     baseline = list(warm.memory.baseline)  # every engine's RSS, read after the first run
     assert len(baseline) == 2 and min(baseline) > 100 * memory.MB  # engines hold TensorFlow
-    second = training.run(tiny_params(tmp_path / "second"))  # same placement: warm engines
+    second = cluster.run_training(tiny_params(tmp_path / "second"))  # same placement: warm engines
     assert warm.memory.baseline == baseline  # the second reading did not move it
     # Engines grown past the memory bound are replaced before the next run: with a bound below
     # any growth, the reading after the second run retires them.
     monkeypatch.setattr(memory, "RECYCLE_GROWTH_BYTES", -(10**12))
     warm.observe_memory()
     assert not warm.usable()
-    fresh = training.run(tiny_params(tmp_path / "fresh"))
+    fresh = cluster.run_training(tiny_params(tmp_path / "fresh"))
     assert pids(second) == pids(first)
     assert not set(pids(fresh)) & set(pids(first))
     for key in SAME_RESULT:
@@ -79,8 +85,8 @@ def test_a_second_run_reuses_the_warm_engines_and_gives_the_record_of_a_fresh_cl
 
 
 def test_a_changed_placement_replaces_the_warm_cluster(tmp_path, skin_dir):
-    two = training.run(tiny_params(tmp_path / "two", EPOCHS=1))
-    one = training.run(tiny_params(tmp_path / "one", EPOCHS=1, N_RANKS=1))
+    two = cluster.run_training(tiny_params(tmp_path / "two", EPOCHS=1))
+    one = cluster.run_training(tiny_params(tmp_path / "one", EPOCHS=1, N_RANKS=1))
     assert len(one) == 1 and pids(one)[0] not in pids(two)
     assert not any(psutil.pid_exists(pid) for pid in pids(two))  # the old cluster was stopped
 
@@ -89,9 +95,11 @@ def test_a_failed_run_stops_the_warm_cluster_and_the_next_run_starts_a_new_one()
     placement = Placement(2)
     failing = "1 // (1 - int(__import__('os').environ['HOROVOD_RANK']))"
     with pytest.raises(RankFailedError):
-        cluster.run_warm(placement, eval, failing)
-    assert cluster.current_warm_cluster() is None
-    assert cluster.run_warm(placement, eval, "__import__('os').environ['HOROVOD_SIZE']") == [
+        cluster.kernel_pool().run(placement, eval, failing)
+    assert only_cluster(cluster.kernel_pool()) is None
+    assert cluster.kernel_pool().run(
+        placement, eval, "__import__('os').environ['HOROVOD_SIZE']"
+    ) == [
         "2",
         "2",
     ]
@@ -103,8 +111,8 @@ def test_attaching_leaves_a_cluster_it_did_not_start_running(tmp_path, skin_dir)
     try:
         params = tiny_params(tmp_path, EPOCHS=1, IPP_CLUSTER_FILE=cluster_file)
         assert params["N_RANKS"] == 2  # N_RANKS 0: the cluster's engines
-        first = training.run(params)
-        cluster.stop_warm_cluster()  # what a kernel's exit does
+        first = cluster.run_training(params)
+        cluster.kernel_pool().close()  # what a kernel's exit does
         assert sorted(pids(first)) == sorted(engine_pids)
         assert all(psutil.pid_exists(pid) for pid in engine_pids)
     finally:
@@ -196,10 +204,10 @@ def test_a_cluster_started_by_ipcluster_itself_can_be_attached(tmp_path, skin_di
     )
     try:
         [cluster_file] = (tmp_path / "profile" / "security").glob("cluster-*.json")
-        ranks = training.run(
+        ranks = cluster.run_training(
             tiny_params(tmp_path / "runs", EPOCHS=1, IPP_CLUSTER_FILE=str(cluster_file))
         )
-        cluster.stop_warm_cluster()
+        cluster.kernel_pool().close()
         assert len(ranks) == 2 and ranks[0]["weights_digest"] == ranks[1]["weights_digest"]
         assert all(psutil.pid_exists(pid) for pid in pids(ranks))  # not ours to stop
     finally:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hiresmed_nb.bench.timing import step_clock, step_intervals
+from hiresmed_nb.params import RunConfig, validate
 
 
 def timed_train(config: dict[str, Any]) -> dict[str, Any]:
@@ -37,9 +38,11 @@ def timed_train(config: dict[str, Any]) -> dict[str, Any]:
 
         training.configure_threads(int(config["threads"]))
         tf.config.list_logical_devices()  # initialise TensorFlow now: train() keeps these threads
-    clock = step_clock()
-    result = training.train(dict(config["params"]), callbacks=[clock])
     params = config["params"]
+    if not isinstance(params, RunConfig):  # a process of its own (horovodrun): its own head
+        params = validate(params)
+    clock = step_clock()
+    result = training.train(params, callbacks=[clock])
     ranks = result.get("n_ranks", 1) if result["rank"] == 0 else None
     return {
         "rank": result["rank"],
@@ -78,6 +81,6 @@ def train_params(level: dict[str, Any], scratch: Path, mode: str = "distributed"
 
 
 def in_fresh_results_dir(run: Callable, params: dict[str, Any]) -> Any:
-    """``run(params)`` with ``RESULTS_DIR`` set to a scratch folder removed afterwards."""
+    """``run(params)``, checked, with ``RESULTS_DIR`` set to a scratch folder removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="hiresmed-bench-run-") as scratch:
-        return run({**params, "RESULTS_DIR": scratch})
+        return run(validate({**params, "RESULTS_DIR": scratch}))

@@ -1,8 +1,8 @@
 """Warm engines: a second run's launch on engines that already trained, and their memory.
 
-Both use the kernel's warm cluster (:mod:`hiresmed_nb.cluster.warm`) as ``training.run`` does:
-2 local ranks, kept between runs of :func:`~hiresmed_nb.bench.timed.timed_train` with the
-same parameters, each run in its own ``RESULTS_DIR``; the cluster is stopped afterwards.
+Both run on a :class:`~hiresmed_nb.cluster.pool.Pool`'s warm cluster, as a notebook's kernel
+does: 2 local ranks, kept between runs of :func:`~hiresmed_nb.bench.timed.timed_train` with the
+same parameters, each run in its own ``RESULTS_DIR``; the pool is closed afterwards.
 The cluster package is imported only when a run starts (it imports ipyparallel), so
 ``horovodrun``'s ranks, which import the benchmark modules, do not pay for it.
 """
@@ -10,6 +10,7 @@ The cluster package is imported only when a run starts (it imports ipyparallel),
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -19,20 +20,17 @@ from hiresmed_nb.bench.table import goal
 from hiresmed_nb.bench.timed import first_step_seconds, in_fresh_results_dir, timed_train
 from hiresmed_nb.bench.timing import summarize
 from hiresmed_nb.errors import HiresmedError
+from hiresmed_nb.params import RunConfig
 
 MB = 10**6
 RSS_GROWTH_TARGET_MB = 100.0
 
 
-def _warm_run(params: dict[str, Any], recycle: bool = True) -> list[dict[str, Any]]:
-    """One run on the warm cluster; every rank's result carries ``called``, the ``time.time()``
-    just before ``run_warm`` was called. ``recycle=False`` keeps the engines whatever their
-    memory growth (:mod:`hiresmed_nb.cluster.memory`)."""
-    from hiresmed_nb.cluster import Placement, run_warm
-
-    placement = Placement(2)  # 2 ranks on this machine, as the cold ipyparallel path
+def _timed_run(run: Callable[..., list[Any]], params: RunConfig) -> list[dict[str, Any]]:
+    """``run(timed_train, ...)`` (a pool's or a cluster's ``run``); every rank's result carries
+    ``called``, the ``time.time()`` just before the call."""
     called = time.time()
-    results = run_warm(placement, timed_train, {"params": params}, recycle=recycle)
+    results = run(timed_train, {"params": params})
     return [{**result, "called": called} for result in results]
 
 
@@ -45,27 +43,20 @@ def _same_engines(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> 
 
 def via_warm_engines(params: dict[str, Any]) -> dict[str, Any]:
     """2 ranks on warm engines: one untimed run first (the engines import TensorFlow and
-    Horovod and train), then the clock starts just before the second run's ``run_warm`` call.
+    Horovod and train), then the clock starts just before the second run's ``pool.run`` call.
 
     Returns rank 0's result of the second run plus ``called`` and both runs' ``engine_pids``
     (rank order). Raises HiresmedError when the second run did not reuse the engines.
     """
-    from hiresmed_nb.cluster import stop_warm_cluster
+    from hiresmed_nb.cluster import Placement, Pool
 
-    try:
-        first = in_fresh_results_dir(_warm_run, params)
-        second = in_fresh_results_dir(_warm_run, params)
-    finally:
-        stop_warm_cluster()
+    with Pool() as pool:  # 2 ranks on this machine, as the cold ipyparallel path
+        run = partial(_timed_run, partial(pool.run, Placement(2)))
+        first = in_fresh_results_dir(run, params)
+        second = in_fresh_results_dir(run, params)
     _same_engines(first, second)
     pids = [[result["pid"] for result in run] for run in (first, second)]
     return {**second[0], "engine_pids": pids}
-
-
-def _rss_bytes(pids: list[int]) -> list[int]:
-    import psutil
-
-    return [int(psutil.Process(pid).memory_info().rss) for pid in pids]
 
 
 def memory_series(params: dict[str, Any], runs: int) -> dict[str, Any]:
@@ -76,21 +67,20 @@ def memory_series(params: dict[str, Any], runs: int) -> dict[str, Any]:
     started, then after each run) and ``first_step_seconds`` of each run. Raises HiresmedError
     for fewer than 2 runs or when a run did not reuse the engines.
     """
-    from hiresmed_nb.cluster import Placement, stop_warm_cluster, warm_cluster
+    from hiresmed_nb.cluster import Placement, Pool
 
     if runs < 2:
         raise HiresmedError(f"warm_memory_runs: at least 2 runs to measure growth, got {runs}")
-    try:
-        pids = list(warm_cluster(Placement(2)).engine_pids)
-        rss = [_rss_bytes(pids)]
+    with Pool() as pool:
+        cluster = pool.cluster(Placement(2))
+        pids = list(cluster.engine_pids)
+        rss = [cluster.engine_memory()]
         first_steps = []
-        for _ in range(runs):
-            results = in_fresh_results_dir(partial(_warm_run, recycle=False), params)
+        for _ in range(runs):  # straight on the cluster: the pool would replace grown engines
+            results = in_fresh_results_dir(partial(_timed_run, cluster.run), params)
             _same_engines([{"pid": pid} for pid in pids], results)
-            rss.append(_rss_bytes(pids))
+            rss.append(cluster.engine_memory())
             first_steps.append(first_step_seconds(results[0]))
-    finally:
-        stop_warm_cluster()
     return {
         "engine_pids": pids,
         "rss_bytes": [list(column) for column in zip(*rss, strict=True)],

@@ -3,9 +3,11 @@
 One module per concern:
 
 - :mod:`.horovod_cluster`: :class:`HorovodCluster` (start or attach engines, place ranks, run a
-  function on every rank with a fresh rendezvous) and :class:`Placement` (where ranks run).
-- :mod:`.warm`: the kernel's warm cluster, reused by the next run with the same placement.
-- :mod:`.hosts`: ``HOSTS`` (``horovodrun -H`` syntax) and the ssh check of every host.
+  function on every rank with a fresh rendezvous), placed as a
+  :class:`~hiresmed_nb.placement.Placement` says.
+- :mod:`.pool`: warm clusters, reused by the next run with the same placement, for the kernel
+  (:func:`.pool.kernel_pool`) and the study runner alike.
+- :mod:`.hosts`: the ssh check of every host of ``HOSTS``.
 - :mod:`.engines`: starting engines (local, ssh, mpi, slurm), attaching to a cluster file,
   liveness, engine output, stopping everywhere.
 - :mod:`.launchers`: ipyparallel launchers that keep engine output and name each engine.
@@ -24,6 +26,7 @@ from hiresmed_nb.cluster.horovod_cluster import (
     start_rendezvous,
     stop_rendezvous,
 )
+from hiresmed_nb.cluster.pool import Pool, kernel_pool, run_training
 from hiresmed_nb.cluster.processes import (
     cluster_processes,
     describe_process,
@@ -38,16 +41,14 @@ from hiresmed_nb.cluster.ranks import (
     host_identities,
     threads_per_rank,
 )
-from hiresmed_nb.cluster.warm import (
-    current_warm_cluster,
-    run_warm,
-    stop_warm_cluster,
-    warm_cluster,
-)
 from hiresmed_nb.placement import HostSlots, Placement, parse_hosts, total_slots
 
 __all__ = [
     "IPP_PROFILE_DIR",
+    "Placement",
+    "Pool",
+    "kernel_pool",
+    "run_training",
     "Placement",
     "EngineFacts",
     "HorovodCluster",
@@ -57,18 +58,14 @@ __all__ = [
     "RankSlot",
     "assign_ranks",
     "cluster_processes",
-    "current_warm_cluster",
     "describe_process",
     "horovod_environment",
     "host_identities",
     "parse_hosts",
     "reap_orphans",
     "reap_processes",
-    "run_warm",
     "start_rendezvous",
     "stop_rendezvous",
-    "stop_warm_cluster",
     "threads_per_rank",
     "total_slots",
-    "warm_cluster",
 ]

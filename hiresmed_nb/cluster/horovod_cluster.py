@@ -333,8 +333,12 @@ class HorovodCluster:
         """Read every engine's RSS after a run (the first reading is the baseline); returns the
         largest growth in bytes. Past :data:`~.memory.RECYCLE_GROWTH_BYTES` the cluster is no
         longer :meth:`usable`."""
+        return self.memory.observe(self.engine_memory())
+
+    def engine_memory(self) -> list[int]:
+        """Every engine's resident memory now, in bytes, in rank order."""
         futures = [view.apply_async(resident_bytes) for view in self.engines.views]
-        return self.memory.observe([future.get(timeout=PROBE_SECONDS) for future in futures])
+        return [future.get(timeout=PROBE_SECONDS) for future in futures]
 
     # Stopping -------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -103,15 +104,17 @@ def data_locality(ranks: list[dict[str, Any]], n_train: int) -> dict[str, Any]:
     return check
 
 
-def build_record(params: dict[str, Any], ranks: list[dict[str, Any]], started_at: str) -> dict:
-    """Assemble the run's record from validated parameters and the ranks' results."""
+def build_record(params: Mapping[str, Any], ranks: list[dict[str, Any]], started_at: str) -> dict:
+    """Assemble the run's record from checked parameters and the ranks' results. The record
+    keeps the placement the run asked for (``HOSTS``, ``IPP_CLUSTER_FILE``), not the study
+    runner's warm cluster it ran on (``POOL_CLUSTER_FILE``)."""
     head = ranks[0]
     commit, dirty = git_state()
     return {
         "run_id": run_id(params),
         "status": "ok",
         "synthetic": params["DATASET"] in SYNTHETIC_DATASETS,
-        "params": dict(params),
+        "params": {name: value for name, value in params.items() if name != "POOL_CLUSTER_FILE"},
         "dataset": params["DATASET"],
         "arch": params["ARCH"],
         "image_size": params["IMAGE_SIZE"],

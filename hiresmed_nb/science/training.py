@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from hiresmed_nb.errors import HiresmedError
-from hiresmed_nb.params import SYNTHETIC_DATASETS, resolve_path, validate
+from hiresmed_nb.params import SYNTHETIC_DATASETS, RunConfig, resolve_path
 from hiresmed_nb.science import data, models
 
 
@@ -497,10 +497,12 @@ def run_summary(
 
 
 def train(
-    params: dict[str, Any], callbacks: Sequence[Any] = (), split: data.Split | None = None
+    params: RunConfig, callbacks: Sequence[Any] = (), split: data.Split | None = None
 ) -> dict[str, Any]:
     """Train one run; in distributed mode call it on every rank at once (hvd.init() waits).
 
+    ``params``: the run's configuration, checked once on the head
+    (:func:`hiresmed_nb.params.validate`); ranks check nothing again.
     Rank 0 checkpoints every epoch; a run whose checkpoint exists (same parameters) continues
     from its last complete epoch. ``callbacks`` are extra Keras callbacks for every rank.
     ``split``: the train/test file lists made (and checked) by the caller; without it the rank
@@ -509,7 +511,6 @@ def train(
     hostname, pid, the training files it read and its final weights digest. Rank 0 adds the
     evaluation, learning curves and timings.
     """
-    params = validate(params)
     ranks = join_ranks(params["MODE"] == "distributed")
     seed_run(params)
     shard = shard_data(params, ranks, split)
@@ -525,75 +526,3 @@ def train(
             run_summary(params, ranks, shard, initial_epoch, checkpointer.history, train_seconds)
         )
     return result
-
-
-def run(params: dict[str, Any], split: data.Split | None = None) -> list[dict[str, Any]]:
-    """Train serially in this process, or on ``N_RANKS`` Horovod ranks; results in rank order.
-
-    Distributed runs use the kernel's warm cluster (started on first use, reused while the
-    ranks' placement is unchanged, stopped when the kernel exits or a run fails). The split is
-    made here once (if not given) and sent to the ranks as file lists, so no rank opens a file
-    outside its own shard of the training set (rank 0 also reads the test set).
-    """
-    params = validate(params)
-    if not params["SITE_DIRS"]:
-        split = split or make_split(params)
-    if params["MODE"] == "serial":
-        return [train(params, split=split)]
-    from hiresmed_nb import cluster
-
-    # Horovod: the ranks live in ipyparallel engines, kept warm for the next run that places
-    # its ranks the same way (same N_RANKS, HOSTS, cluster file); see hiresmed_nb.cluster.warm.
-    placement = cluster.Placement.from_params(params)
-    cluster.warm_cluster(placement).check_results_dir(resolve_path(params["RESULTS_DIR"]))
-    return cluster.run_warm(placement, train, params, (), split)
-
-
-def one_sgd_step(
-    images: np.ndarray,
-    labels: np.ndarray,
-    distributed: bool,
-    learning_rate: float = 0.1,
-    accumulation_steps: int = 1,
-) -> list[np.ndarray]:
-    """One plain-SGD step of a tiny conv net (no batch norm) on ``images``; returns the weights.
-
-    Serial: one step on the whole batch. Distributed: rank r takes the r-th equal slice, and
-    Horovod averages the gradients, which must give the serial weights (the equivalence check
-    that gradients are averaged, not summed or dropped). With ``accumulation_steps`` k, each
-    rank's slice is fed as k micro-batches whose gradients are accumulated into the one step.
-    """
-    import tensorflow as tf
-
-    rank, size = 0, 1
-    if distributed:
-        import horovod.tensorflow.keras as hvd
-
-        hvd.init()
-        rank, size = hvd.rank(), hvd.size()
-    per_rank = len(images) // size
-    mine = slice(rank * per_rank, (rank + 1) * per_rank)
-    init = tf.keras.initializers.GlorotUniform(seed=7)
-    model = tf.keras.Sequential(
-        [
-            tf.keras.Input(images.shape[1:]),
-            tf.keras.layers.Conv2D(4, 3, activation="relu", kernel_initializer=init),
-            tf.keras.layers.GlobalAveragePooling2D(),
-            tf.keras.layers.Dense(int(labels.max()) + 1, kernel_initializer=init),
-        ]
-    )
-    optimizer = tf.keras.optimizers.SGD(learning_rate)
-    if distributed:
-        optimizer = hvd.DistributedOptimizer(optimizer)  # Horovod: average gradients.
-    if accumulation_steps > 1:
-        from hiresmed_nb.science.accumulation import AccumulatingModel
-
-        model = AccumulatingModel.wrap(model, accumulation_steps)
-    model.compile(optimizer, tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    for micro_images, micro_labels in zip(
-        np.array_split(images[mine], accumulation_steps),
-        np.array_split(labels[mine], accumulation_steps),
-        strict=True,
-    ):
-        model.train_on_batch(micro_images, micro_labels)
-    return [variable.numpy() for variable in model.trainable_variables]

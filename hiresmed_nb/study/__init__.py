@@ -2,10 +2,9 @@
 
 - :mod:`.grid`: parameter files, overrides, the grid and its checks (``plan``, ``expand``).
 - :mod:`.runner`: executing the runs and the report (``run_study``).
-- :mod:`.clusters`: the warm clusters the runner keeps for distributed runs.
+- :mod:`.executor`: executing one notebook with papermill, in a kernel of its own.
 """
 
-from hiresmed_nb.study.clusters import StudyClusters, is_rank_failure, layout_of
 from hiresmed_nb.study.grid import (
     RUNNER_KEYS,
     Run,
@@ -22,6 +21,7 @@ from hiresmed_nb.study.runner import (
     Executor,
     StudyResult,
     failure_record,
+    is_rank_failure,
     mark_retry,
     render_report,
     run_study,
@@ -34,13 +34,11 @@ __all__ = [
     "TRAIN_NOTEBOOK",
     "Executor",
     "Run",
-    "StudyClusters",
     "StudyResult",
     "apply_overrides",
     "expand",
     "failure_record",
     "is_rank_failure",
-    "layout_of",
     "load_param_files",
     "mark_retry",
     "plan",

@@ -233,13 +233,13 @@ def expand(config: dict[str, Any]) -> list[Run]:
                 f"{error} (in the run with {shown})" if shown else str(error)
             ) from None
         rid = P.run_id(checked)
-        if rid in runs and runs[rid].params != checked:
+        if rid in runs and runs[rid].params != checked.as_dict():
             differ = sorted(k for k in checked if checked[k] != runs[rid].params[k])
             raise HiresmedError(
                 f"two runs share run id {rid!r} but differ in {', '.join(differ)}, which the run "
                 "id does not spell: put them in separate studies"
             )
-        runs[rid] = Run(rid, checked)
+        runs[rid] = Run(rid, checked.as_dict())
     return list(runs.values())
 
 

@@ -3,9 +3,9 @@
 The runner executes the notebook into ``outputs/<STUDY>/runs/<run_id>.ipynb``; the notebook writes
 ``<run_id>.json`` beside it. A run whose record exists is skipped (``force`` reruns it); a run that
 fails leaves ``<run_id>.failed.json`` (the error and the cell it failed in) and is retried next
-time. Distributed runs attach to a warm cluster the runner keeps per rank layout
-(:mod:`.clusters`); a run whose rank fails or is lost is retried once, from its last epoch's
-checkpoint, on a restarted cluster, and its record says so (``retry``).
+time. Distributed runs attach to a warm cluster the runner keeps per placement (its
+:class:`~hiresmed_nb.cluster.pool.Pool`); a run whose rank fails or is lost is retried once, from
+its last epoch's checkpoint, on a new cluster, and its record says so (``retry``).
 """
 
 from __future__ import annotations
@@ -21,15 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from hiresmed_nb import params as P
+from hiresmed_nb.cluster.pool import Pool
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.science.records import write_json_atomic
-from hiresmed_nb.study.clusters import StudyClusters, is_rank_failure
 from hiresmed_nb.study.executor import papermill_executor
 from hiresmed_nb.study.grid import Run
 
 TRAIN_NOTEBOOK = "notebooks/01_train.ipynb"
 REPORT_NOTEBOOK = "notebooks/02_report.ipynb"
 
+RANK_FAILURES = ("RankFailedError", "RankLostError")
 # An executor runs one notebook: (input notebook, output notebook, parameters, cwd) -> None.
 # It raises (papermill's PapermillExecutionError or anything else) when the notebook fails.
 Executor = Callable[[Path, Path, dict[str, Any], Path], None]
@@ -89,12 +90,13 @@ def run_study(
     Records land in ``study_dir/runs/<run_id>.json`` (written by the notebook), executed notebooks
     beside them, failures in ``<run_id>.failed.json``. Returns a :class:`StudyResult`; it never
     raises for a failing run (``KeyboardInterrupt`` still stops it, after stopping the study's
-    clusters). ``executor`` defaults to :func:`hiresmed_nb.study.executor.papermill_executor`
+    pool's clusters). ``executor`` defaults to :func:`hiresmed_nb.study.executor.papermill_executor`
     (``verbose`` as given); tests pass a fake one.
 
-    Distributed runs share one warm cluster per rank layout (:class:`StudyClusters`). A run whose
-    rank fails or is lost restarts that cluster and is retried once: it resumes from its last
-    complete epoch's checkpoint, and its record gets ``retry`` (the first error, the epoch).
+    Distributed runs share one warm cluster per placement (a
+    :class:`~hiresmed_nb.cluster.pool.Pool`). A run whose rank fails or is lost replaces that
+    cluster and is retried once: it resumes from its last complete epoch's checkpoint, and its
+    record gets ``retry`` (the first error, the epoch).
 
     The console shows one progress bar over the runs (the current run id, runs done and left, an
     estimate of the time left) and one line per finished or failed run; the details of a run are
@@ -129,10 +131,10 @@ def run_study(
         position=0,
         bar_format="{desc} |{bar:20}| {elapsed} elapsed, ETA {remaining}{postfix}",
     )
-    with StudyClusters() as clusters:
+    with Pool() as pool:
         for done, run in enumerate(bar):
             bar.set_postfix_str(f"now {run.run_id}")
-            _execute_run(run, runs_dir, root, executor, clusters, force, result, bar.write)
+            _execute_run(run, runs_dir, root, executor, pool, force, result, bar.write)
             bar.set_description_str(runs_done(done + 1), refresh=False)
             if done + 1 == len(pending):
                 bar.set_postfix_str("", refresh=False)  # the bar closes itself after the last run
@@ -153,7 +155,7 @@ def _execute_run(
     runs_dir: Path,
     root: Path,
     executor: Executor,
-    clusters: StudyClusters,
+    pool: Pool,
     force: bool,
     result: StudyResult,
     write: Callable[[str], None],
@@ -169,12 +171,12 @@ def _execute_run(
     first_error: BaseException | None = None
     while True:
         try:
-            executor(root / TRAIN_NOTEBOOK, output, clusters.attach(parameters), root)
+            executor(root / TRAIN_NOTEBOOK, output, pool.attach_parameters(parameters), root)
             if not record.exists():
                 raise HiresmedError(f"the notebook finished but wrote no record {record.name}")
         except Exception as error:
             if is_rank_failure(error):
-                clusters.restart(parameters)  # its engines may be stuck or gone
+                pool.retire_parameters(parameters)  # its engines may be stuck or gone
             if is_rank_failure(error) and first_error is None:
                 first_error = error
                 write(f"RETRY  {run.run_id}: {_one_line(error)}; resuming on a new cluster")
@@ -192,6 +194,12 @@ def _execute_run(
     failed_path.unlink(missing_ok=True)
     result.executed.append(run.run_id)
     write(f"done   {run.run_id} ({time.monotonic() - started:.0f} s)")
+
+
+def is_rank_failure(error: BaseException) -> bool:
+    """Whether a notebook failed because a rank raised or was lost (papermill names the
+    exception the cell raised in ``ename``)."""
+    return (getattr(error, "ename", None) or type(error).__name__) in RANK_FAILURES
 
 
 def _one_line(error: BaseException) -> str:
