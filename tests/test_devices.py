@@ -90,7 +90,8 @@ def test_slots_asks_for_the_first_gpus_and_never_shares_one():
     with pytest.raises(HiresmedError, match=r"--slots asks for 5 slots .* shows 4 GPUs"):
         devices.plan_this_machine(5, {}, FOUR_GPUS, cores=16)
     pinned = {"CUDA_VISIBLE_DEVICES": "2,3"}
-    with pytest.raises(HiresmedError, match="--slots asks for 3 slots"):
+    narrowed = r"--slots asks for 3 .*\(CUDA_VISIBLE_DEVICES='2,3' narrows them\)"
+    with pytest.raises(HiresmedError, match=narrowed):
         devices.plan_this_machine(3, pinned, FOUR_GPUS, cores=16)
     assert [s.cuda_visible_devices for s in devices.plan_this_machine(2, pinned, FOUR_GPUS)] == [
         "2",

@@ -58,10 +58,6 @@ class Slot:
         """Names the slot in records and on the console: ``host/index``."""
         return f"{self.host}/{self.index}"
 
-    def describe(self) -> str:
-        where = f"GPU {self.gpu_index}" if self.gpu_index is not None else "CPU"
-        return f"{self.key} ({where}, {self.threads} thread{'s' * (self.threads != 1)})"
-
 
 # ---------------------------------------------------------------------------------------------
 # Finding GPUs
@@ -255,7 +251,13 @@ def plan_this_machine(
     environ = os.environ if environ is None else environ
     found = installed_gpus() if installed is None else installed
     gpus = visible_gpus(found, environ)
-    return plan_slots(slots, [], {LOCAL_HOST: gpus}, {LOCAL_HOST: cores or available_cores()})
+    try:
+        return plan_slots(slots, [], {LOCAL_HOST: gpus}, {LOCAL_HOST: cores or available_cores()})
+    except HiresmedError as error:
+        if "CUDA_VISIBLE_DEVICES" not in environ:
+            raise
+        narrowed = f"CUDA_VISIBLE_DEVICES={environ['CUDA_VISIBLE_DEVICES']!r} narrows them"
+        raise HiresmedError(f"{error} ({narrowed})") from None
 
 
 def slot_environment(slot: Slot) -> dict[str, str]:
