@@ -10,6 +10,7 @@ import pytest
 
 from hiresmed_nb.cluster import devices
 from hiresmed_nb.cluster.devices import Gpu, Slot
+from hiresmed_nb.cluster.engine_slots import EngineDevices, engine_devices, slots_of_engines
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.placement import HostSlots
 
@@ -189,3 +190,60 @@ def test_the_console_line_says_when_cpu_slots_share_cores():
     assert "2 threads each" in devices.describe_slots(
         devices.plan_this_machine(2, {}, [], cores=4), {"localhost": 4}
     )
+
+
+# --- An attached cluster: one slot per engine it holds ----------------------------------------
+
+
+def engine(engine_id, gpus=(), numbers=(), visible="", cpus=(0, 1)):
+    return EngineDevices(engine_id, tuple(gpus), tuple(numbers), visible, frozenset(cpus))
+
+
+def test_engines_of_a_slurm_allocation_become_one_slot_each():
+    # Two nodes, two tasks each, every task confined to its own GPU (seen as 0) and its CPUs.
+    engines = [
+        engine(0, [UUIDS[0]], [0], "0", (0, 1, 2, 3)),
+        engine(1, [UUIDS[1]], [0], "0", (4, 5, 6, 7)),
+        engine(2, ["GPU-c0"], [0], "0", (0, 1, 2, 3)),
+        engine(3, ["GPU-c1"], [0], "0", (4, 5, 6, 7)),
+    ]
+    slots = slots_of_engines(engines, ["n1", "n1", "n2", "n2"])
+    assert [slots[i].key for i in range(4)] == ["n1/0", "n1/1", "n2/0", "n2/1"]
+    assert {slot.threads for slot in slots.values()} == {4}  # bound CPUs are not shared
+    assert {slot.cuda_visible_devices for slot in slots.values()} == {"0"}
+
+
+def test_engines_sharing_cpus_split_them():
+    slots = slots_of_engines([engine(i) for i in range(3)], ["localhost"] * 3)
+    assert [slots[i].threads for i in range(3)] == [1, 1, 1]
+    assert slots_of_engines([engine(7, cpus=range(8))], ["h"])[7].threads == 8
+
+
+def test_an_engine_seeing_several_gpus_or_a_gpu_seen_twice_is_a_named_error():
+    greedy = engine(5, UUIDS[:2], [0, 1], "0,1")
+    with pytest.raises(HiresmedError, match=r"IPP_CLUSTER_FILE: engine 5 on h sees 2 GPUs"):
+        slots_of_engines([greedy], ["h"])
+    twins = [engine(0, UUIDS[:1], [0], "0"), engine(1, UUIDS[:1], [0], "0")]
+    with pytest.raises(HiresmedError, match=r"engines 0 and 1 on h both see GPU"):
+        slots_of_engines(twins, ["h", "h"])
+    assert len(slots_of_engines(twins, ["h", "g"])) == 2  # one GPU name on two machines
+
+
+def test_an_engine_reports_the_gpus_it_sees(tmp_path, monkeypatch):
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text(f"#!/bin/sh\nprintf '{SMI_OUTPUT}'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")
+    seen = engine_devices(3)
+    assert (seen.gpus, seen.numbers, seen.cuda_visible_devices) == ((UUIDS[2],), (2,), "2")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert engine_devices(3).gpus == ()
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")  # an engine left to see every GPU is refused
+    with pytest.raises(HiresmedError, match="engine 3 on h sees 4 GPUs"):
+        slots_of_engines([engine_devices(3)], ["h"])
+
+
+def test_an_engine_on_a_one_gpu_machine_without_cuda_visible_devices_keeps_its_gpu():
+    slot = slots_of_engines([engine(0, UUIDS[:1], [0], "")], ["h"])[0]
+    assert (slot.cuda_visible_devices, slot.gpu_index) == (UUIDS[0], 0)
