@@ -38,9 +38,14 @@ Wiring it into the runner and the pool (intended design):
   :func:`~hiresmed_nb.cluster.devices.slot_of_this_process` plus its engine id as ``slot``.
 - A run whose rank fails or is lost: the pool replaces the engines of its slots (same slots,
   same environment), then the run is retried once, as today. A failed run frees its slots.
-- Ctrl-C: ``run_packed`` stops handing out work and calls ``on_interrupt`` with what runs; the
-  runner stops those notebooks and the pool its engines, then :mod:`.occupancy` checks nothing
-  shared a slot (:func:`~hiresmed_nb.study.occupancy.slot_overlaps` on the records).
+- Runs with a record are left out before ``run_packed``, as today (resume). Ctrl-C:
+  ``run_packed`` stops handing out work and calls ``on_interrupt`` with what runs; the runner
+  stops those notebooks and the pool its engines.
+- Console: the one bar stays; ``echo`` is the bar's ``write`` (one line per start and end) and
+  ``PackedResult.occupancy.summary()`` closes the study. The records' ``started_at`` and
+  ``finished_at`` need sub-second precision so that tests and benchmarks can check, from the
+  records alone, that no slot ran two runs at once
+  (:func:`~hiresmed_nb.study.occupancy.slot_overlaps`).
 """
 
 from __future__ import annotations
