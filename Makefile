@@ -145,9 +145,11 @@ lab: venv
 	$(VENV)/bin/jupyter lab notebooks --no-browser --ServerApp.ip=127.0.0.1 \
 		$(if $(filter 0,$(USER_ID)),--allow-root)
 
+# Style, then the package's layers and no import cycle (import-linter, contracts in pyproject.toml).
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: venv
 	$(VENV)/bin/ruff check --fix .

@@ -42,14 +42,14 @@ def _no_warm_cluster_between_tests():
 @pytest.fixture(scope="session")
 def _simhosts_unavailable() -> str | None:
     """Why simulated hosts cannot be built on this machine (checked once), or None."""
-    from hiresmed_nb import simhosts
+    import simhosts
 
     return simhosts.unavailable_reason()
 
 
 def _simhosts_factory(request: pytest.FixtureRequest, unavailable: str | None):
     """Yield ``build(*specs) -> SimHosts``; every instance built is torn down afterwards."""
-    from hiresmed_nb import simhosts
+    import simhosts
 
     if request.node.get_closest_marker("multihost") is None:  # so `-m "not multihost"` works
         where = "the test" if request.scope == "function" else "the module (pytestmark = ...)"

@@ -13,13 +13,13 @@ import sys
 
 import psutil
 import pytest
+from simhosts import HostSpec
 from test_train_notebook import execute
 
 from hiresmed_nb import cluster
 from hiresmed_nb.cluster import HorovodCluster, Placement, RankLostError, parse_hosts
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.params import resolve_path, validate
-from hiresmed_nb.simhosts import HostSpec
 
 pytestmark = pytest.mark.multihost
 

@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import simhosts
+from simhosts import HostSpec, SimHosts
 
-from hiresmed_nb import simhosts
 from hiresmed_nb.errors import HiresmedError
-from hiresmed_nb.simhosts import HostSpec, SimHosts
 
 PYTHON = sys.executable  # the project's .venv python; the root filesystem is shared with hosts
 WHO_AM_I = (

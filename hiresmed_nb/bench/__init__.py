@@ -3,7 +3,7 @@
 ``python -m hiresmed_nb bench [--quick]`` runs each benchmark, writes one JSON per benchmark to
 ``outputs/bench/<name>.json`` and a Markdown summary beside them. Every JSON holds the machine
 (CPU model, cores, RAM, OS), the versions, the config, and every figure as the median and spread
-(quartiles, min, max, n and the values) of repeated measurements, plus the issue's goals with
+(quartiles, min, max, n and the values) of repeated measurements, plus the project's goals with
 whether each was met. Timing never enters a test; the tests check the helpers here.
 
 One module per benchmark (:mod:`.launchers`, :mod:`.pipeline`, :mod:`.resolution`,

@@ -3,9 +3,10 @@
 A launch path is a function ``(params) -> rank 0's timed_train result`` plus ``called`` (the
 ``time.time()`` its clock starts from), and one line in :data:`PATHS` naming it, its
 first-step target and what limits that goal when missed. The paths: a cold ipyparallel
-cluster, ``horovodrun``, a second run on warm engines (:mod:`.warm`) and 2 simulated hosts x
-1 rank (:mod:`.two_hosts`). Every path gets the same four figures (steady s/step, call to
-first step, call to function running, function start to first step). Goals: steady state of
+cluster, ``horovodrun``, a second run on warm engines (:mod:`.warm`) and 2 hosts x 1 rank
+(:mod:`.two_hosts`, on the hosts ``HIRESMED_BENCH_HOSTS`` names). Every path gets the same four
+figures (steady s/step, call to first step, call to function running, function start to first
+step). Goals: steady state of
 ipyparallel against horovodrun, each path's first step, warm against horovodrun in the same
 run, and the warm engines' memory over :func:`.warm.memory_series`.
 
@@ -69,8 +70,8 @@ class LaunchPath(NamedTuple):
 
 
 FIRST_STEP_TARGET_SECONDS = 10.0
-WARM_TARGET_SECONDS = 3.0  # issue 9
-WARM_TO_HOROVODRUN_TARGET = 0.4  # issue 9: warm call to first step / horovodrun's, same run
+WARM_TARGET_SECONDS = 3.0  # warm engines: call to first step
+WARM_TO_HOROVODRUN_TARGET = 0.4  # warm call to first step / horovodrun's, same run
 PATHS: dict[str, LaunchPath] = {
     "ipyparallel": LaunchPath(
         via_ipyparallel,
@@ -97,7 +98,7 @@ PATHS: dict[str, LaunchPath] = {
         "(hvd.init, split, model build, tracing, first batch; TensorFlow and Horovod already "
         "imported): {warm_setup_seconds:.2f} s, on 2 cores shared by both ranks.",
     ),
-    "two_hosts": LaunchPath(two_hosts.via_two_hosts, "2 simulated hosts x 1 rank", None, ""),
+    "two_hosts": LaunchPath(two_hosts.via_two_hosts, "2 hosts x 1 rank", None, ""),
 }
 
 
@@ -258,7 +259,7 @@ def measure(level: dict[str, Any], paths: Sequence[str] = tuple(PATHS)) -> dict[
     skipped: dict[str, str] = {}
     with contextlib.ExitStack() as stack:
         if "two_hosts" in chosen:
-            reason = stack.enter_context(two_hosts.simulated_pair())
+            reason = stack.enter_context(two_hosts.host_pair())
             if reason:
                 skipped["two_hosts"] = reason
         runs = _run_paths(params, chosen, level["launch_repeats"], skipped)
@@ -279,7 +280,7 @@ def measure(level: dict[str, Any], paths: Sequence[str] = tuple(PATHS)) -> dict[
             "repeats": level["launch_repeats"],
             "paths": chosen,
             "first_step_targets": {n: PATHS[n].target for n in chosen},
-            "two_hosts": two_hosts.HOSTS,
+            "two_hosts": two_hosts.bench_hosts(),
             "two_hosts_threads_per_rank": two_hosts.rank_threads(),
             "warm_memory_runs": len(memory["first_step_seconds"]) if memory else 0,
         },
@@ -302,16 +303,17 @@ def _notes(
         "over repeat pairs.",
         "Call: just before HorovodCluster(2) is entered (ipyparallel, cold: controller and "
         "engines started), just before horovodrun is started, or just before the second "
-        "run_warm call on engines that ran the same training once (warm); first step: rank 0's "
+        "pool.run call on engines that ran the same training once (warm); first step: rank 0's "
         "first batch end.",
     ]
     if "two_hosts" in runs:
         placement = runs["two_hosts"][0]["placement"]
         notes.append(
-            f"2 hosts x 1 rank: HOSTS={two_hosts.HOSTS}, simulated hosts (network namespaces "
-            f"with their own sshd) on this machine: {placement}. Both layouts share the same "
-            "2 cores, so this measures the overhead of crossing hosts (ssh start, Gloo over a "
-            "bridge instead of loopback), not a speed-up; each rank had "
+            f"2 hosts x 1 rank: HOSTS={two_hosts.bench_hosts()} ({two_hosts.HOSTS_VARIABLE}): "
+            f"{placement}. Where both hosts are on this machine (network namespaces with their "
+            "own sshd, as the tests build them) both layouts share the same cores, so this "
+            "measures the overhead of crossing hosts (ssh start, Gloo over a bridge instead of "
+            "loopback), not a speed-up; each rank had "
             f"{two_hosts.rank_threads()} TensorFlow thread(s), as a rank of 1 host x 2 ranks."
         )
     if "two_hosts" in skipped:

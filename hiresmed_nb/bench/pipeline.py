@@ -229,7 +229,7 @@ def measure(level: dict[str, Any]) -> dict[str, Any]:
             "the training step.",
         ),
         goal(
-            "first epoch seconds, pipeline / in memory (not an issue goal: the decode cost)",
+            "first epoch seconds, pipeline / in memory (not a goal: the decode cost)",
             median_ratio(figures, "pipeline_first_epoch_seconds", "in_memory_first_epoch_seconds"),
             "<=",
             1.05,

@@ -159,13 +159,13 @@ def _config_figures(configs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _bf16_goal(figures: dict[str, Any], arch_size: str) -> dict[str, Any]:
-    """bf16 / fp32 img/s >= 1 (not an issue goal), with whether the spreads overlap."""
+    """bf16 / fp32 img/s >= 1 (not a goal), with whether the spreads overlap."""
     speedup = figures[f"{arch_size}_bf16_speedup"]
     fp32 = figures[f"{arch_size}_float32_images_per_second"]
     mixed = figures[f"{arch_size}_mixed_bfloat16_images_per_second"]
     overlap = mixed["q1"] <= fp32["q3"] and fp32["q1"] <= mixed["q3"]
     return goal(
-        f"{speedup['label']} (not an issue goal: > 1 means bf16 helps)",
+        f"{speedup['label']} (not a goal: > 1 means bf16 helps)",
         speedup["median"],
         ">=",
         1.0,

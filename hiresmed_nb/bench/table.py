@@ -1,8 +1,9 @@
 """The goals and the Markdown tables: what BENCHMARKS.md's generated block and the notebook show.
 
-A goal is one target of the issue (``value op target``) with, when missed, by how much and what
-limits it. :func:`render_markdown` turns the benchmark JSONs into text; :func:`update_markdown`
-puts that text between the bench markers of a file, leaving the rest alone.
+A goal is one target the project set itself (``value op target``) with, when missed, by how
+much and what limits it. :func:`render_markdown` turns the benchmark JSONs into text;
+:func:`update_markdown` puts that text between the bench markers of a file, leaving the rest
+alone.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ _OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt
 def goal(
     name: str, value: float, op: str, target: float, unit: str = "", limits: str = ""
 ) -> dict[str, Any]:
-    """One goal of the issue: ``value op target``; ``miss`` says by how much when missed.
+    """One goal: ``value op target``; ``miss`` says by how much when missed.
 
     ``op`` is ``"<="``, ``"<"``, ``">="`` or ``">"``; ``limits`` (what limits a missed goal) is
     kept only when the goal is missed.

@@ -1,10 +1,11 @@
-"""The 2-host launch path: 2 simulated hosts x 1 rank, beside 1 host x 2 ranks.
+"""The 2-host launch path: 2 hosts x 1 rank, beside 1 host x 2 ranks.
 
-The hosts are network namespaces on this machine (:mod:`hiresmed_nb.simhosts`), each with its
-own sshd and hostname, so both layouts share the same cores: the comparison measures what
+The two hosts are named by ``HIRESMED_BENCH_HOSTS`` (``HOSTS`` syntax, one slot each, reached
+over ssh as a distributed run reaches them); without it the path is skipped, saying so. On one
+machine (the project's tests build such hosts as network namespaces with their own sshd, see
+``tests/simhosts.py``) both layouts share the same cores, so the comparison measures what
 crossing hosts costs (engines started over ssh, Gloo over a bridge instead of loopback), not a
-speed-up. Each rank gets the TensorFlow threads a rank of 1 host x 2 ranks gets. Where
-simulated hosts cannot be built (not root, no sshd ...), :func:`simulated_pair` says why.
+speed-up. Each rank gets the TensorFlow threads a rank of 1 host x 2 ranks gets.
 """
 
 from __future__ import annotations
@@ -15,44 +16,35 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from hiresmed_nb import simhosts
 from hiresmed_nb.bench.timed import timed_train
+from hiresmed_nb.errors import HiresmedError
+from hiresmed_nb.placement import parse_hosts
 
-HOSTS = "hostA:1,hostB:1"  # HOSTS of the 2-host path; the aliases of the simulated hosts
-SPECS = (simhosts.HostSpec("hostA"), simhosts.HostSpec("hostB"))
+HOSTS_VARIABLE = "HIRESMED_BENCH_HOSTS"
 
 
-@contextlib.contextmanager
-def ssh_reaches(sim: simhosts.SimHosts) -> Iterator[None]:
-    """Within the block, plain ``ssh hostA`` (as the cluster calls it) reaches ``sim``'s hosts:
-    its ssh wrappers come first on this process's PATH."""
-    previous = os.environ.get("PATH", "")
-    os.environ["PATH"] = f"{sim.bin_dir}{os.pathsep}{previous}"
-    try:
-        yield
-    finally:
-        os.environ["PATH"] = previous
+def bench_hosts() -> str:
+    """The ``HOSTS`` of the 2-host path, from ``HIRESMED_BENCH_HOSTS`` ('' when unset)."""
+    return os.environ.get(HOSTS_VARIABLE, "").strip()
 
 
 @contextlib.contextmanager
-def simulated_pair() -> Iterator[str | None]:
-    """Build hostA and hostB and make ssh reach them for the block; yield None, or (nothing
-    built) the reason they cannot be built here. Everything built is removed afterwards."""
-    reason = simhosts.unavailable_reason()
-    sim = None
-    if reason is None:
-        try:
-            sim = simhosts.SimHosts(SPECS).start()
-        except Exception as error:  # start() removed what it built
-            reason = f"building the simulated hosts failed: {type(error).__name__}: {error}"
-    if sim is None:
-        yield reason
+def host_pair() -> Iterator[str | None]:
+    """Yield None when two hosts of one slot each are named, else the reason the path is
+    skipped."""
+    hosts = bench_hosts()
+    if not hosts:
+        yield f"no hosts: set {HOSTS_VARIABLE}='hostA:1,hostB:1' (two ssh hosts) to measure it"
         return
     try:
-        with ssh_reaches(sim):
-            yield None
-    finally:
-        sim.close()
+        parsed = parse_hosts(hosts)
+    except HiresmedError as error:
+        yield f"{HOSTS_VARIABLE}: {error}"
+        return
+    if len(parsed) != 2 or any(entry.slots != 1 for entry in parsed):
+        yield f"{HOSTS_VARIABLE}={hosts!r}: give two hosts of one slot each, 'a:1,b:1'"
+        return
+    yield None
 
 
 def rank_threads() -> int:
@@ -61,15 +53,15 @@ def rank_threads() -> int:
 
 
 def via_two_hosts(params: dict[str, Any]) -> dict[str, Any]:
-    """1 rank on each of 2 hosts, engines started over ssh (``HOSTS=hostA:1,hostB:1``): the
+    """1 rank on each of 2 hosts, engines started over ssh (:func:`bench_hosts`): the
     clock starts just before the cluster is entered; it is stopped on both hosts afterwards.
 
-    Needs ssh to reach hostA and hostB (:func:`simulated_pair`). Returns rank 0's result plus
+    Needs ssh to reach the hosts of :func:`bench_hosts`. Returns rank 0's result plus
     ``called``, the ranks' ``hostnames`` and the cluster's ``placement``.
     """
-    from hiresmed_nb.cluster import HorovodCluster, Placement, parse_hosts
+    from hiresmed_nb.cluster import HorovodCluster, Placement
 
-    placement = Placement(2, hosts=tuple(parse_hosts(HOSTS)))
+    placement = Placement(2, hosts=tuple(parse_hosts(bench_hosts())))
     config = {"params": params, "threads": rank_threads()}
     started = time.time()
     with HorovodCluster(placement=placement) as cluster:

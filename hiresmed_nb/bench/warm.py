@@ -123,7 +123,8 @@ def rss_lines(series: dict[str, Any]) -> str:
 
 
 def memory_goal(series: dict[str, Any]) -> dict[str, Any]:
-    """The issue's goal: every rank's RSS grows by less than 100 MB from run 1 to the last."""
+    """The memory goal: every rank's RSS grows by less than the recycling bound (100 MB) from
+    run 1 to the last."""
     rss = _per_rank_mb(series)
     growth = rss[:, -1] - rss[:, 0]
     last = rss.shape[1]

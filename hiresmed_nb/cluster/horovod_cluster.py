@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hiresmed_nb import compat
 from hiresmed_nb.cluster import preflight, probes
 from hiresmed_nb.cluster.engines import (
     PROBE_SECONDS,
@@ -55,28 +56,16 @@ REMOTE_LIVENESS_EVERY = 5  # polls between ssh liveness checks of engines on oth
 
 def start_rendezvous(addr: str) -> tuple[Any, int]:
     """Start Horovod's Gloo rendezvous server bound to ``addr`` only; returns (server, port).
-
-    Horovod's own ``RendezvousServer.start`` binds every interface; we bind the given address
-    with the same request handler.
-    """
-    from horovod.runner.http.http_server import (
-        RendezvousHandler,
-        RendezvousHTTPServer,
-        RendezvousServer,
-    )
-    from horovod.runner.util.threads import in_thread
+    Horovod's own ``RendezvousServer.start`` binds every interface."""
+    from horovod.runner.http.http_server import RendezvousServer
 
     server = RendezvousServer(verbose=0)
-    server._httpd = RendezvousHTTPServer((addr, 0), RendezvousHandler, 0)
-    server._listen_thread = in_thread(target=server._httpd.serve_forever)
-    return server, server._httpd.server_address[1]
+    return server, compat.bind_rendezvous_server(server, addr)
 
 
 def stop_rendezvous(server: Any) -> None:
-    """Stop a server from :func:`start_rendezvous` and close its socket (Horovod's ``stop``
-    leaves it listening until the object is garbage-collected)."""
-    server.stop()
-    server._httpd.server_close()
+    """Stop a server from :func:`start_rendezvous` and close its socket."""
+    compat.close_rendezvous_server(server)
 
 
 def _plan(slots: list[RankSlot]) -> list[Any]:

@@ -2,8 +2,7 @@
 
 Each run on a warm engine leaves some memory behind that no Python object accounts for (after
 ``clear_session``, dropping TensorFlow's custom-gradient entries and ``malloc_trim``, see
-:func:`~hiresmed_nb.cluster.probes.release_memory`): measured on this project's 2-rank warm
-cluster, compact CNN at 128 px, about 30 MB per run on rank 0 (704 -> 918 MB over 8 runs). So
+:func:`~hiresmed_nb.cluster.probes.release_memory`; BENCHMARKS.md has the growth per run). So
 an engine whose resident memory has grown by more than :data:`RECYCLE_GROWTH_BYTES` since its
 first run is retired, and the next run starts fresh engines: the recycling interval then
 follows the model's size instead of a fixed count of runs.
@@ -13,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-RECYCLE_GROWTH_BYTES = 100 * 10**6  # the warm-ranks issue's bound on growth per engine
+RECYCLE_GROWTH_BYTES = 100 * 10**6  # growth per engine past which it is replaced
 MB = 10**6
 
 

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hiresmed_nb import compat
+
 LAUNCH_ID_VARIABLE = "HIRESMED_LAUNCH_ID"
 
 
@@ -110,19 +112,9 @@ def leave_horovod() -> None:
         hvd.shutdown()  # Horovod: a fresh rendezvous (new port, new plan) needs a new init.
 
 
-def _gradient_registry() -> dict[str, Any] | None:
-    """TensorFlow's global table of gradient functions, when TensorFlow is imported and still
-    keeps it where 2.15 does (a private attribute: None otherwise)."""
-    import sys
-
-    ops = sys.modules.get("tensorflow.python.framework.ops")
-    registry = getattr(getattr(ops, "_gradient_registry", None), "_registry", None)
-    return registry if isinstance(registry, dict) else None
-
-
 def custom_gradient_names() -> set[str]:
     """The ``CustomGradient-*`` entries of TensorFlow's gradient table now."""
-    registry = _gradient_registry()
+    registry = compat.gradient_registry()
     return {name for name in registry or () if name.startswith("CustomGradient-")}
 
 
@@ -131,9 +123,9 @@ def release_memory(custom_gradients_before: set[str]) -> None:
 
     TensorFlow registers a ``CustomGradient-<uid>`` entry in a global table each time a graph
     using ``tf.custom_gradient`` is traced (Keras' train step does, through
-    ``ReplicaContext.all_reduce``: 2 per run measured), and never removes it; each entry keeps
-    its whole traced graph alive (about 40 MB per run of the compact CNN, measured on warm
-    engines). The entries this run added are dropped once its graphs are gone (``clear_session``).
+    ``ReplicaContext.all_reduce``), and never removes it; each entry keeps its whole traced
+    graph alive (BENCHMARKS.md, warm engines' memory). The entries this run added are dropped
+    once its graphs are gone (``clear_session``).
     Then glibc returns free heap pages to the system (``malloc_trim``).
     """
     import ctypes
@@ -142,7 +134,7 @@ def release_memory(custom_gradients_before: set[str]) -> None:
 
     if "tensorflow" in sys.modules:
         sys.modules["tensorflow"].keras.backend.clear_session()
-    registry = _gradient_registry()
+    registry = compat.gradient_registry()
     for name in custom_gradient_names() - custom_gradients_before:
         del registry[name]
     gc.collect()
@@ -168,8 +160,8 @@ def exit_promptly_on_terminate() -> None:
     """Make SIGTERM end this engine at once.
 
     ipyparallel stops an engine with SIGTERM, then SIGKILL after 5 s. An engine that has loaded
-    TensorFlow never finishes its graceful shutdown (measured: still running 15 s after SIGTERM),
-    so stopping a cluster took 10 s, and a SIGKILLed engine leaves its nanny running for 15-30 s.
+    TensorFlow never finishes its graceful shutdown, so every stop would wait for the SIGKILL,
+    and a SIGKILLed engine leaves its nanny running for a while (README, "faults").
     A rank holds nothing worth a graceful exit between runs (records and checkpoints are written
     atomically during the run), so TERM ends the engine and its nanny immediately.
     """
@@ -192,7 +184,7 @@ def native_errors_to_engine_log() -> None:
     import faulthandler
     import sys
 
-    log_fd = getattr(sys.stderr, "_original_stdstream_copy", None)
+    log_fd = compat.engine_log_descriptor()
     if log_fd is not None and not os.path.sameopenfile(log_fd, 2):
         os.dup2(log_fd, 2)
     if not faulthandler.is_enabled():

@@ -1,7 +1,7 @@
 """Gradient accumulation inside the training step: one rank reaches the effective batch of
 several ranks at the memory cost of one micro-batch.
 
-Horovod's own ``backward_passes_per_step`` fails inside ``fit`` (horovod issue 3497), so the
+Horovod's own ``backward_passes_per_step`` fails inside ``fit`` (Horovod #3497), so the
 accumulation lives here, in ``train_step``: gradients of ``accumulation_steps`` micro-batches are
 averaged, then applied once.
 """
@@ -9,6 +9,8 @@ averaged, then applied once.
 from __future__ import annotations
 
 import tensorflow as tf
+
+from hiresmed_nb import compat
 
 
 class AccumulatingModel(tf.keras.Model):
@@ -46,9 +48,8 @@ class AccumulatingModel(tf.keras.Model):
 
     def _apply(self):
         gradients = [tf.identity(total) for total in self._accumulated]
-        if hasattr(self.optimizer, "_allreduce"):
-            # Horovod: average the accumulated gradients across ranks, once per optimizer step.
-            gradients = self.optimizer._allreduce(gradients, self.trainable_variables)
+        # Horovod: average the accumulated gradients across ranks, once per optimizer step.
+        gradients = compat.allreduce_gradients(self.optimizer, gradients, self.trainable_variables)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables, strict=False))
         for total in self._accumulated:
             total.assign(tf.zeros_like(total))

@@ -30,6 +30,9 @@ TF_LOG_LEVEL = "2"  # TensorFlow's C++ logs: warnings and errors only
 class RunnerKernelManager(AsyncKernelManager):
     """A kernel manager for the runner: IPC transport, quiet TensorFlow, optional output log.
 
+    It overrides private coroutines of jupyter_client (:data:`hiresmed_nb.compat.
+    KERNEL_MANAGER_HOOKS`, checked against the version compat names).
+
     nbclient (through papermill) creates it with the traitlets config it was given, so the log
     file is set as ``RunnerKernelManager.output_file``.
     """
