@@ -15,7 +15,7 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -303,6 +303,14 @@ class HorovodCluster:
             return [future.get() for future in futures]
         finally:
             stop_rendezvous(server)
+
+    def run_script(self, path: str | Path, argv: Sequence[str] = (), cwd: str = "") -> None:
+        """Run a Horovod script on every rank as ``horovodrun`` would (as ``__main__``, with
+        ``sys.argv[1:]`` = ``argv``, in ``cwd``, default this process's working directory); see
+        :mod:`.scripts`."""
+        from hiresmed_nb.cluster.scripts import run_script_on
+
+        run_script_on(self, path, argv, cwd)
 
     def _environment(self, index: int, port: int) -> dict[str, str]:
         return horovod_environment(
