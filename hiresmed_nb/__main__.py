@@ -75,7 +75,8 @@ def _build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench",
         help="run the performance benchmarks",
-        description="Run the benchmarks (launchers, pipeline, resolution, threads, allreduce); "
+        description="Run the benchmarks (launchers, pipeline, resolution, threads, allreduce, "
+        "scripts); "
         "write one JSON each and BENCHMARKS.md into --out.",
     )
     level = bench.add_mutually_exclusive_group()
@@ -91,7 +92,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--only",
         default="",
         metavar="NAMES",
-        help="comma-separated subset: launchers,pipeline,resolution,threads,allreduce",
+        help="comma-separated subset: launchers,pipeline,resolution,threads,allreduce,scripts",
     )
     bench.add_argument(
         "--out",

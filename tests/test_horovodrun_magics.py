@@ -151,9 +151,10 @@ def test_the_notebooks_cell_runs_the_scripts_own_code():
 
 ALLREDUCE_CELL = """%%horovodrun -np 2
 import horovod.tensorflow as hvd
+import tensorflow as tf
 
 hvd.init()
-(int(hvd.allreduce(hvd.rank() + 1, op=hvd.Sum)), hvd.size())"""
+(int(hvd.allreduce(tf.constant(hvd.rank() + 1), op=hvd.Sum)), hvd.size())"""
 
 CHECK_CELL = "total, size = _\nassert (total, size) == (3, 2), _"
 
@@ -184,7 +185,7 @@ def test_magics_run_a_script_a_cell_and_an_allreduce_then_a_failing_rank_fails_t
         pm.execute_notebook(
             str(source),
             str(executed),
-            parameters={"EPOCHS": 1, "SAMPLES": 64},
+            parameters={"EPOCHS": 2, "SAMPLES": 64},
             kernel_name="hiresmed",
             cwd=str(NOTEBOOK.parent),
             progress_bar=False,
@@ -199,7 +200,7 @@ def test_magics_run_a_script_a_cell_and_an_allreduce_then_a_failing_rank_fails_t
     # Every cell before it ran: the script's rank 0 progress reached its cell, live.
     [script_cell] = [c for c in cells if "\n%horovodrun -np" in c.source]
     streamed = _text_of(script_cell)
-    assert "[stdout:0]" in streamed and "Epoch 1/1" in streamed
+    assert "[stdout:0]" in streamed and "Epoch 2/2" in streamed
     assert "final accuracy on synthetic digits" in streamed
     [code_cell] = [c for c in cells if c.source.startswith("%%horovodrun -np {N_RANKS}")]
     assert "run 2 on these engines" in _text_of(code_cell)  # the warm engines of the script
