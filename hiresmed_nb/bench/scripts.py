@@ -36,8 +36,9 @@ def script_argv(level: dict[str, Any]) -> list[str]:
     return ["--epochs", str(config["epochs"]), "--samples", str(config["samples"])]
 
 
-def via_horovodrun(argv: list[str]) -> float:
-    """Seconds from starting ``horovodrun -np 2 python SCRIPT ...`` to its exit."""
+def via_horovodrun(argv: list[str]) -> tuple[float, str]:
+    """Seconds from starting ``horovodrun -np 2 python SCRIPT ...`` to its exit, and rank 0's
+    final line."""
     command = horovodrun_command([sys.executable, SCRIPT, *argv], 2)
     started = time.perf_counter()
     # As the cluster sets for its engines' ranks: one OpenMP thread per rank on 2 cores.
@@ -50,12 +51,12 @@ def via_horovodrun(argv: list[str]) -> float:
         check=False,
     )
     seconds = time.perf_counter() - started
-    _check_finished("horovodrun", done.returncode == 0, done.stdout + done.stderr)
-    return seconds
+    return seconds, _final_line("horovodrun", done.returncode == 0, done.stdout + done.stderr)
 
 
-def via_magic(argv: list[str]) -> float:
-    """Seconds of one ``%horovodrun -np 2 SCRIPT ...`` call (output captured, not shown)."""
+def via_magic(argv: list[str]) -> tuple[float, str]:
+    """Seconds of one ``%horovodrun -np 2 SCRIPT ...`` call (output captured, not shown), and
+    rank 0's final line."""
     import shlex
 
     from hiresmed_nb.magics import HorovodrunMagics
@@ -66,18 +67,22 @@ def via_magic(argv: list[str]) -> float:
     with contextlib.redirect_stdout(output), contextlib.chdir(project_root()):
         magic.horovodrun(shlex.join(["-np", "2", SCRIPT, *argv]))
     seconds = time.perf_counter() - started
-    _check_finished("%horovodrun", True, output.getvalue())
-    return seconds
+    return seconds, _final_line("%horovodrun", True, output.getvalue())
 
 
-def _check_finished(path: str, ok: bool, output: str) -> None:
-    if not ok or FINISHED not in output:
+def _final_line(path: str, ok: bool, output: str) -> str:
+    """Rank 0's final line; HiresmedError with the output's tail when the run did not finish."""
+    found = [
+        line[line.index(FINISHED) :].strip() for line in output.splitlines() if FINISHED in line
+    ]
+    if not ok or not found:
         raise HiresmedError(f"benchmark scripts: the {path} run did not finish: {output[-3000:]}")
+    return found[-1]
 
 
-def cold_then_warm(argv: list[str]) -> tuple[float, float]:
-    """``%horovodrun`` on a cold cluster, then again on its warm engines; seconds of each.
-    Raises HiresmedError when the second call did not reuse the first one's engines."""
+def cold_then_warm(argv: list[str]) -> tuple[tuple[float, str], tuple[float, str]]:
+    """``%horovodrun`` on a cold cluster, then again on its warm engines; :func:`via_magic` of
+    each. Raises HiresmedError when the second call did not reuse the first one's engines."""
     from hiresmed_nb.cluster import current_warm_cluster, stop_warm_cluster
 
     stop_warm_cluster()
@@ -98,15 +103,21 @@ def measure(level: dict[str, Any]) -> dict[str, Any]:
     repeat (horovodrun first, then the magic's cold-warm pair; then the other way round)."""
     argv = script_argv(level)
     seconds: dict[str, list[float]] = {name: [] for name in PATHS}
+    final_lines: dict[str, list[str]] = {name: [] for name in PATHS}
+
+    def record(name: str, run: tuple[float, str]) -> None:
+        seconds[name].append(run[0])
+        final_lines[name].append(run[1])
+
     for repeat in range(level["script_repeats"]):
         steps = ["horovodrun", "magic"] if repeat % 2 == 0 else ["magic", "horovodrun"]
         for step in steps:
             if step == "horovodrun":
-                seconds["horovodrun"].append(via_horovodrun(argv))
+                record("horovodrun", via_horovodrun(argv))
             else:
                 cold, warm = cold_then_warm(argv)
-                seconds["magic_cold"].append(cold)
-                seconds["magic_warm"].append(warm)
+                record("magic_cold", cold)
+                record("magic_warm", warm)
     figures = _figures(seconds)
     return {
         "benchmark": "scripts",
@@ -125,9 +136,12 @@ def measure(level: dict[str, Any]) -> dict[str, Any]:
             "in the benchmark's process as a cell calls it. Cold: no warm engines, so the call "
             "starts the controller and 2 engines; warm: the next call, on those engines "
             "(TensorFlow and Horovod already imported). Ratios are per repeat; goals use their "
-            "median."
+            "median.",
+            "Rank 0's last line (without its launcher's prefix), per path and repeat (the same "
+            "script and seeds on every path): "
+            + "; ".join(f"{name}: {' | '.join(lines)}" for name, lines in final_lines.items()),
         ],
-        "raw": seconds,
+        "raw": {"seconds": seconds, "final_lines": final_lines},
     }
 
 

@@ -50,7 +50,7 @@ LEVELS: dict[str, dict[str, Any]] = {
         "probe_steps": (1, 3),
         "allreduce": {"arch": "VGG16", "size": 64, "batch": 8, "with_top": True},
         "allreduce_repeats": 5,
-        "script": {"epochs": 5, "samples": 4096},
+        "script": {"epochs": 3, "samples": 2048},
         "script_repeats": 2,
     },
     "full": {
