@@ -83,7 +83,8 @@ def _build_parser() -> argparse.ArgumentParser:
     level.add_argument(
         "--quick",
         action="store_true",
-        help="fewer sizes and repeats: about 15 min on 2 cores (launchers alone 8.5)",
+        help="fewer sizes and repeats: about 15 min on 2 cores without scripts (launchers alone "
+        "8.5; scripts 7 on a loaded VM)",
     )
     level.add_argument(
         "--tiny", action="store_true", help="structure only, in seconds (used by the tests)"
