@@ -64,8 +64,10 @@ def parse_line(line: str, cell: bool) -> tuple[Any, list[str]]:
             rest = rest[1:]
         elif rest:
             raise HiresmedError(f"%%horovodrun: put the cell's arguments after --, not {rest}")
-    elif not rest:
-        raise HiresmedError(f"%horovodrun: name the script to run; usage: {USAGE}")
+    else:
+        rest = rest[1:] if rest[:1] == ["--"] else rest
+        if not rest:
+            raise HiresmedError(f"%horovodrun: name the script to run; usage: {USAGE}")
     hosts = parse_hosts(options.hosts)
     n_ranks = options.n_ranks
     if hosts and n_ranks not in (0, total_slots(hosts)):

@@ -38,6 +38,7 @@ def test_hosts_give_the_number_of_ranks_and_an_empty_hosts_means_this_machine():
     assert spec == ClusterSpec(3, hosts=(HostSlots("hostA", 1), HostSlots("hostB", 2)))
     assert argv == ["--tag", "x"]
     assert parse_line('-np 2 -H "" run.py', cell=False)[0] == ClusterSpec(2)
+    assert parse_line("-np 2 -- run.py -x", cell=False)[1] == ["run.py", "-x"]
 
 
 @pytest.mark.parametrize(
