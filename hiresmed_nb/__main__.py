@@ -76,14 +76,16 @@ def _build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench",
         help="run the performance benchmarks",
-        description="Run the benchmarks (launchers, pipeline, resolution, threads, allreduce); "
+        description="Run the benchmarks (launchers, pipeline, resolution, threads, allreduce, "
+        "scripts); "
         "write one JSON each and BENCHMARKS.md into --out.",
     )
     level = bench.add_mutually_exclusive_group()
     level.add_argument(
         "--quick",
         action="store_true",
-        help="fewer sizes and repeats: about 15 min on 2 cores (launchers alone 8.5)",
+        help="fewer sizes and repeats: about 15 min on 2 cores without scripts (launchers alone "
+        "8.5; scripts 7 on a loaded VM)",
     )
     level.add_argument(
         "--tiny", action="store_true", help="structure only, in seconds (used by the tests)"
@@ -92,7 +94,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--only",
         default="",
         metavar="NAMES",
-        help="comma-separated subset: launchers,pipeline,resolution,threads,allreduce",
+        help="comma-separated subset: launchers,pipeline,resolution,threads,allreduce,scripts",
     )
     bench.add_argument(
         "--out",

@@ -13,13 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hiresmed_nb.bench import allreduce, launchers, pipeline, resolution, threads
+from hiresmed_nb.bench import allreduce, launchers, pipeline, resolution, scripts, threads
 from hiresmed_nb.bench.machine import contention, machine_info, versions
 from hiresmed_nb.bench.table import render_markdown
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.params import resolve_path
 
-BENCHMARKS = ("launchers", "pipeline", "resolution", "threads", "allreduce")
+BENCHMARKS = ("launchers", "pipeline", "resolution", "threads", "allreduce", "scripts")
 DEFAULT_DIR = "outputs/bench"
 
 # What each level measures. "tiny" is for the tests: structure only, seconds to run.
@@ -35,6 +35,8 @@ LEVELS: dict[str, dict[str, Any]] = {
         "probe_steps": (1, 2),
         "allreduce": {"arch": "compact", "size": 32, "batch": 2, "with_top": False},
         "allreduce_repeats": 2,
+        "script": {"epochs": 1, "samples": 64},
+        "script_repeats": 1,
     },
     "quick": {
         "train": {"IMAGE_SIZE": 128, "IMAGES_PER_CLASS": 20, "EPOCHS": 4, "BATCH_SIZE": 8},
@@ -49,6 +51,8 @@ LEVELS: dict[str, dict[str, Any]] = {
         "probe_steps": (1, 3),
         "allreduce": {"arch": "VGG16", "size": 64, "batch": 8, "with_top": True},
         "allreduce_repeats": 5,
+        "script": {"epochs": 3, "samples": 2048},
+        "script_repeats": 2,
     },
     "full": {
         "train": {"IMAGE_SIZE": 224, "IMAGES_PER_CLASS": 60, "EPOCHS": 4, "BATCH_SIZE": 8},
@@ -67,6 +71,8 @@ LEVELS: dict[str, dict[str, Any]] = {
         "probe_steps": (1, 5),
         "allreduce": {"arch": "VGG16", "size": 224, "batch": 4, "with_top": True},
         "allreduce_repeats": 10,
+        "script": {"epochs": 5, "samples": 4096},
+        "script_repeats": 3,
     },
 }
 
@@ -111,6 +117,7 @@ def _measure(name: str, level: dict[str, Any], done: dict[str, dict[str, Any]]) 
         "pipeline": pipeline.measure,
         "resolution": resolution.measure,
         "allreduce": allreduce.measure,
+        "scripts": scripts.measure,
     }[name](level)
 
 

@@ -14,6 +14,7 @@ One module per concern:
 - :mod:`.ranks`: Horovod rank numbers, host identities and ``HOROVOD_*`` variables.
 - :mod:`.preflight`: checks before ``hvd.init()`` that fail with one named error.
 - :mod:`.probes`: what runs on the engines (closures do not pickle).
+- :mod:`.scripts`: any Horovod script or cell source on the ranks (``%horovodrun``).
 - :mod:`.processes`: a cluster's processes, by the marker only they carry; reaping them, also
   after a killed kernel.
 - :mod:`.errors`: RankFailedError and RankLostError.

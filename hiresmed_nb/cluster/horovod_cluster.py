@@ -15,12 +15,12 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from hiresmed_nb import compat
-from hiresmed_nb.cluster import preflight, probes
+from hiresmed_nb.cluster import preflight, probes, scripts
 from hiresmed_nb.cluster.engines import (
     PROBE_SECONDS,
     Engines,
@@ -266,6 +266,14 @@ class HorovodCluster:
             return [future.get() for future in futures]
         finally:
             stop_rendezvous(server)
+
+    def run_script(self, path: str | Path, argv: Sequence[str] = (), cwd: str = "") -> None:
+        """Run a Horovod script on every rank as ``horovodrun`` would (as ``__main__``, with
+        ``sys.argv[1:]`` = ``argv``, in ``cwd``, default this process's working directory); see
+        :mod:`.scripts`."""
+        arguments = scripts.script_arguments(path, argv, cwd)
+        scripts.check_ranks_see(self, [arguments[0], arguments[2]])
+        self.run(scripts.run_file_as_main, *arguments)
 
     def _environment(self, index: int, port: int) -> dict[str, str]:
         return horovod_environment(

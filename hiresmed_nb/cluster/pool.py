@@ -17,9 +17,11 @@ bound of :mod:`.memory` since their first run. Closing the pool stops every clus
 from __future__ import annotations
 
 import atexit
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from hiresmed_nb.cluster import scripts
 from hiresmed_nb.cluster.horovod_cluster import HorovodCluster
 from hiresmed_nb.params import RunConfig, resolve_path
 from hiresmed_nb.placement import Placement
@@ -78,6 +80,26 @@ class Pool:
             self.retire(placement)
             raise
 
+    def run_script(
+        self, placement: Placement, path: str | Path, argv: Sequence[str] = (), cwd: str = ""
+    ) -> None:
+        """Run a Horovod script on every rank of the warm cluster of ``placement`` as
+        ``horovodrun`` would (as ``__main__``, its ``sys.argv[1:]`` = ``argv``, in ``cwd``,
+        default this process's working directory). The script is checked before any engine
+        starts, then that every rank sees it and the working directory at the same path."""
+        arguments = scripts.script_arguments(path, argv, cwd)
+        scripts.check_ranks_see(self.cluster(placement), [arguments[0], arguments[2]])
+        self.run(placement, scripts.run_file_as_main, *arguments)
+
+    def run_source(
+        self, placement: Placement, source: str, argv: Sequence[str] = (), cwd: str = ""
+    ) -> Any:
+        """Execute ``source`` on every rank of the warm cluster of ``placement``; returns rank
+        0's value of its final expression (:func:`.scripts.run_source_as_main`)."""
+        arguments = scripts.source_arguments(source, argv, cwd)
+        scripts.check_ranks_see(self.cluster(placement), [arguments[2]])
+        return self.run(placement, scripts.run_source_as_main, *arguments)[0]
+
     def attach_parameters(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
         """A study's notebook parameters set to run on the pool's cluster of their placement
         (started if needed): its file goes in ``POOL_CLUSTER_FILE``, while the placement the run
@@ -113,6 +135,11 @@ class Pool:
         """Retire the cluster a study's notebook with these (original) parameters ran on."""
         if parameters["MODE"] == "distributed" and not parameters["IPP_CLUSTER_FILE"]:
             self.retire(Placement.from_params(parameters))
+
+    @property
+    def current(self) -> HorovodCluster | None:
+        """The cluster started last and still running (the kernel's pool has at most one)."""
+        return next(reversed(self._clusters.values()), None)
 
     def clusters(self) -> dict[Placement, HorovodCluster]:
         """The running clusters by placement (for checks and tests)."""
