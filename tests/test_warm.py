@@ -67,16 +67,16 @@ def test_a_second_run_reuses_the_warm_engines_and_gives_the_record_of_a_fresh_cl
 ):
     first = cluster.run_training(tiny_params(tmp_path / "first"))
     warm = only_cluster(cluster.kernel_pool())
-    baseline = list(warm.memory.baseline)  # every engine's RSS, read after the first run
-    assert len(baseline) == 2 and min(baseline) > 100 * memory.MB  # engines hold TensorFlow
+    assert warm.memory.baseline is None  # read when the engines are handed out again
     second = cluster.run_training(tiny_params(tmp_path / "second"))  # same placement: warm engines
-    assert warm.memory.baseline == baseline  # the second reading did not move it
+    baseline = list(warm.memory.baseline)  # every engine's RSS after the first run
+    assert len(baseline) == 2 and min(baseline) > 100 * memory.MB  # engines hold TensorFlow
     # Engines grown past the memory bound are replaced before the next run: with a bound below
     # any growth, the reading after the second run retires them.
     monkeypatch.setattr(memory, "RECYCLE_GROWTH_BYTES", -(10**12))
-    warm.observe_memory()
-    assert not warm.usable()
     fresh = cluster.run_training(tiny_params(tmp_path / "fresh"))
+    assert warm.memory.baseline == baseline and not warm.usable()  # the baseline stayed put
+    assert only_cluster(cluster.kernel_pool()) is not warm
     assert pids(second) == pids(first)
     assert not set(pids(fresh)) & set(pids(first))
     for key in SAME_RESULT:
