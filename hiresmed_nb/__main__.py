@@ -75,8 +75,8 @@ def _build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench",
         help="run the performance benchmarks",
-        description="Run the benchmarks (launchers, pipeline, resolution, threads, allreduce); "
-        "write one JSON each and BENCHMARKS.md into --out.",
+        description="Run the benchmarks (launchers, pipeline, resolution, threads, allreduce, "
+        "tensorboard); write one JSON each and BENCHMARKS.md into --out.",
     )
     level = bench.add_mutually_exclusive_group()
     level.add_argument(
@@ -91,7 +91,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--only",
         default="",
         metavar="NAMES",
-        help="comma-separated subset: launchers,pipeline,resolution,threads,allreduce",
+        help="comma-separated subset: launchers,pipeline,resolution,threads,allreduce,tensorboard",
     )
     bench.add_argument(
         "--out",

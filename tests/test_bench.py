@@ -353,7 +353,7 @@ def test_worker_entry_point_lists_its_tasks():
         text=True,
         check=True,
     )
-    for task in ("timed-train", "probe", "pipeline", "allreduce-share"):
+    for task in ("timed-train", "probe", "pipeline", "allreduce-share", "tensorboard-cost"):
         assert task in shown.stdout
     assert "RuntimeWarning" not in shown.stderr
 
@@ -368,7 +368,7 @@ def tiny_results(tmp_path_factory, skin_dir):
     out = tmp_path_factory.mktemp("bench")
     subprocess.run(
         [sys.executable, "-m", "hiresmed_nb", "bench", "--tiny"]
-        + ["--only", "pipeline,resolution", "--out", str(out)],
+        + ["--only", "pipeline,resolution,tensorboard", "--out", str(out)],
         cwd=project_root(),
         check=True,
         capture_output=True,
@@ -379,7 +379,7 @@ def tiny_results(tmp_path_factory, skin_dir):
 @pytest.mark.notebook
 def test_tiny_suite_writes_one_json_per_benchmark_with_spreads(tiny_results):
     results = bench.load_results(tiny_results)
-    assert set(results) == {"pipeline", "resolution"}
+    assert set(results) == {"pipeline", "resolution", "tensorboard"}
     for result in results.values():
         assert result["level"] == "tiny" and result["machine"]["cpu_model"]
         for figure in result["figures"].values():
@@ -389,7 +389,17 @@ def test_tiny_suite_writes_one_json_per_benchmark_with_spreads(tiny_results):
     assert {"pipeline_steady_step_seconds", "in_memory_steady_step_seconds"} <= set(pipeline)
     planner = results["resolution"]["planner"]
     assert planner["measured_check_bytes"] > planner["intercept_bytes"] > 0
-    assert (tiny_results / "BENCHMARKS.md").read_text().count("###") >= 3
+    tensorboard = results["tensorboard"]
+    assert {"with_logs_step_seconds", "without_logs_step_seconds"} <= set(tensorboard["figures"])
+    for ratio in ("step_ratio", "cpu_step_ratio"):
+        pairs = tensorboard["figures"][ratio]
+        assert pairs["n"] == 2 and pairs["min"] > 0  # one ratio per pair of fits
+    assert tensorboard["figures"]["epoch_end_seconds"]["n"] == 2 * 2  # 2 fits with logs x 2 epochs
+    assert [g["name"] for g in tensorboard["goals"]] == [
+        "wall-clock s/step, with / without TensorBoard logs",
+        "CPU s/step, with / without TensorBoard logs",
+    ]
+    assert (tiny_results / "BENCHMARKS.md").read_text().count("###") >= 4
 
 
 @pytest.mark.notebook

@@ -13,12 +13,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hiresmed_nb.bench import allreduce, launchers, pipeline, resolution, threads
+from hiresmed_nb.bench import (
+    allreduce,
+    launchers,
+    pipeline,
+    resolution,
+    tensorboard_cost,
+    threads,
+)
 from hiresmed_nb.bench.machine import contention, machine_info, versions
 from hiresmed_nb.bench.table import render_markdown
 from hiresmed_nb.params import HiresmedError, resolve_path
 
-BENCHMARKS = ("launchers", "pipeline", "resolution", "threads", "allreduce")
+BENCHMARKS = ("launchers", "pipeline", "resolution", "threads", "allreduce", "tensorboard")
 DEFAULT_DIR = "outputs/bench"
 
 # What each level measures. "tiny" is for the tests: structure only, seconds to run.
@@ -34,6 +41,10 @@ LEVELS: dict[str, dict[str, Any]] = {
         "probe_steps": (1, 2),
         "allreduce": {"arch": "compact", "size": 32, "batch": 2, "with_top": False},
         "allreduce_repeats": 2,
+        "tensorboard": {
+            "train": {"IMAGE_SIZE": 32, "IMAGES_PER_CLASS": 4, "EPOCHS": 2, "BATCH_SIZE": 4},
+            "repeats": 2,
+        },
     },
     "quick": {
         "train": {"IMAGE_SIZE": 128, "IMAGES_PER_CLASS": 20, "EPOCHS": 4, "BATCH_SIZE": 8},
@@ -48,6 +59,10 @@ LEVELS: dict[str, dict[str, Any]] = {
         "probe_steps": (1, 3),
         "allreduce": {"arch": "VGG16", "size": 64, "batch": 8, "with_top": True},
         "allreduce_repeats": 5,
+        "tensorboard": {
+            "train": {"IMAGE_SIZE": 128, "IMAGES_PER_CLASS": 20, "EPOCHS": 2, "BATCH_SIZE": 8},
+            "repeats": 16,
+        },
     },
     "full": {
         "train": {"IMAGE_SIZE": 224, "IMAGES_PER_CLASS": 60, "EPOCHS": 4, "BATCH_SIZE": 8},
@@ -66,6 +81,10 @@ LEVELS: dict[str, dict[str, Any]] = {
         "probe_steps": (1, 5),
         "allreduce": {"arch": "VGG16", "size": 224, "batch": 4, "with_top": True},
         "allreduce_repeats": 10,
+        "tensorboard": {
+            "train": {"IMAGE_SIZE": 224, "IMAGES_PER_CLASS": 60, "EPOCHS": 2, "BATCH_SIZE": 8},
+            "repeats": 16,
+        },
     },
 }
 
@@ -110,6 +129,7 @@ def _measure(name: str, level: dict[str, Any], done: dict[str, dict[str, Any]]) 
         "pipeline": pipeline.measure,
         "resolution": resolution.measure,
         "allreduce": allreduce.measure,
+        "tensorboard": tensorboard_cost.measure,
     }[name](level)
 
 
