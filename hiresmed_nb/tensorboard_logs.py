@@ -29,13 +29,11 @@ import numpy as np
 import tensorflow as tf
 
 from hiresmed_nb.params import SYNTHETIC_DATASETS, resolve_path, run_id
+from hiresmed_nb.synthetic import SYNTHETIC_NOTE
 
 LOGS_FOLDER = "tensorboard"
 EVENT_FILE_PREFIX = "events.out.tfevents."
-SYNTHETIC_LABEL = (
-    "SYNTHETIC data from the embedded generator: no patient images; every number here is "
-    "synthetic, not a medical result"
-)
+SYNTHETIC_LABEL = f"{SYNTHETIC_NOTE}; every number here is synthetic, not a medical result"
 
 # The HParams of a run: its grid axes, plus two values derived from them. (name, description)
 HPARAMS: tuple[tuple[str, str], ...] = (
@@ -126,19 +124,6 @@ def _metric_description(text: str, synthetic: bool) -> str:
     return f"{text}. {SYNTHETIC_LABEL}." if synthetic else f"{text}."
 
 
-def _hparam_objects(domains: dict[str, list[Any]] | None = None) -> dict[str, Any]:
-    from tensorboard.plugins.hparams import api as hp
-
-    return {
-        name: hp.HParam(
-            name,
-            hp.Discrete(domains[name]) if domains else None,
-            description=text,
-        )
-        for name, text in HPARAMS
-    }
-
-
 def write_experiment(results_dir: str | Path, runs: Iterable[dict[str, Any]]) -> Path:
     """Write a study's HParams experiment into ``RESULTS_DIR/tensorboard/``, replacing an earlier
     one: every :data:`HPARAMS` name with the values its validated ``runs`` take, every metric.
@@ -160,7 +145,10 @@ def write_experiment(results_dir: str | Path, runs: Iterable[dict[str, Any]]) ->
     writer = tf.summary.create_file_writer(str(root))
     with writer.as_default():
         hp.hparams_config(
-            hparams=list(_hparam_objects(domains).values()),
+            hparams=[
+                hp.HParam(name, hp.Discrete(domains[name]), description=text)
+                for name, text in HPARAMS
+            ],
             metrics=[
                 hp.Metric(
                     tag,
@@ -196,10 +184,10 @@ class RunLogger(tf.keras.callbacks.TensorBoard):
             profile_batch=0,
         )
         self.run_params = params
-        self.done = {key: list(values) for key, values in history.items()}
+        self.history_so_far = {key: list(values) for key, values in history.items()}
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        prepare_run_logs(self.log_dir_path, self.run_params, self.done)
+        prepare_run_logs(self.log_dir_path, self.run_params, self.history_so_far)
         super().on_train_begin(logs)
 
     def write_results(self, result: dict[str, Any]) -> None:
