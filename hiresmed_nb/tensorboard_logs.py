@@ -137,8 +137,14 @@ def write_experiment(results_dir: str | Path, runs: Iterable[dict[str, Any]]) ->
     if not values:
         return root
     domains = {name: sorted({run[name] for run in values}) for name, _ in HPARAMS}
-    synthetic = any(run["SYNTHETIC"] for run in values)
-    label = " (SYNTHETIC)" if all(run["SYNTHETIC"] for run in values) else ""
+    all_synthetic = all(run["SYNTHETIC"] for run in values)
+    label = " (SYNTHETIC)" if all_synthetic else ""
+
+    def explained(text: str) -> str:
+        if all_synthetic or domains["SYNTHETIC"] == [False]:
+            return _metric_description(text, all_synthetic)
+        return f"{text}. Runs with SYNTHETIC true: {SYNTHETIC_LABEL}."
+
     root.mkdir(parents=True, exist_ok=True)
     for old in root.glob(f"{EVENT_FILE_PREFIX}*"):
         old.unlink()  # the runs' own folders stay
@@ -154,7 +160,7 @@ def write_experiment(results_dir: str | Path, runs: Iterable[dict[str, Any]]) ->
                     tag,
                     group=group,
                     display_name=name + label,
-                    description=_metric_description(text, synthetic),
+                    description=explained(text),
                 )
                 for tag, group, name, text in METRICS
             ],

@@ -196,6 +196,29 @@ def test_the_experiment_lists_every_axis_with_the_grids_values_and_every_metric(
     assert metrics == [tag for tag, _, _, _ in tb.METRICS]
 
 
+def metric_infos(root: Path) -> list:
+    from tensorboard.plugins.hparams import metadata
+
+    [experiment] = [v for v in tb.read_values(root) if v.tag == metadata.EXPERIMENT_TAG]
+    return list(metadata.parse_experiment_plugin_data(experiment.content).metric_infos)
+
+
+@pytest.mark.parametrize(
+    ("datasets", "name_suffix", "says"),
+    [
+        (["synthetic-skin"], " (SYNTHETIC)", "SYNTHETIC data from the embedded generator"),
+        (["synthetic-skin", "sd198"], "", "Runs with SYNTHETIC true: SYNTHETIC data"),
+        (["sd198"], "", None),
+    ],
+)
+def test_the_experiment_says_which_numbers_are_synthetic(tmp_path, datasets, name_suffix, says):
+    runs = [validate({"DATASET": name, "RESULTS_DIR": "unused"}) for name in datasets]
+    for info in metric_infos(tb.write_experiment(tmp_path, runs)):
+        assert info.display_name.endswith(" (SYNTHETIC)") == bool(name_suffix)
+        assert ("SYNTHETIC" in info.description) == (says is not None)
+        assert says is None or says in info.description
+
+
 def test_event_file_pid_reads_host_names_with_dots():
     name = "events.out.tfevents.1764490000.node-1.example.org.4242.7.v2"
     assert tb.event_file_pid(Path(name)) == 4242
