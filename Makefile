@@ -41,7 +41,7 @@ TENSORFLOW_PIN := $(shell sed -n 's/^\(tensorflow\(-cpu\)\{0,1\}\)==\([^ ]*\).*/
 HOROVOD_STAMP := $(VENV)/.horovod-$(TENSORFLOW_PIN)
 
 .PHONY: venv install install-lock install-project horovod check-gpu-build lock test test-fast \
-	reproduce lab lint format
+	reproduce lab tensorboard lint format
 
 venv: $(STAMP)
 
@@ -144,6 +144,16 @@ reproduce: venv
 lab: venv
 	$(VENV)/bin/jupyter lab notebooks --no-browser --ServerApp.ip=127.0.0.1 \
 		$(if $(filter 0,$(USER_ID)),--allow-root)
+
+# TensorBoard over a study's logs (every run's curves and results, the grid in HParams), on
+# loopback; it prints its URL. TENSORBOARD_PORT empty: 6006 or the next free port.
+STUDY ?= quick
+TENSORBOARD_PORT ?=
+tensorboard: venv
+	@test -d outputs/$(STUDY) || { echo "no outputs/$(STUDY): run the study first" \
+		"(python -m hiresmed_nb run params/$(STUDY).yaml)" >&2; exit 1; }
+	$(VENV)/bin/tensorboard --logdir outputs/$(STUDY) --host 127.0.0.1 \
+		$(if $(TENSORBOARD_PORT),--port $(TENSORBOARD_PORT))
 
 # Style, then the package's layers and no import cycle (import-linter, contracts in pyproject.toml).
 lint: venv

@@ -77,8 +77,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "bench",
         help="run the performance benchmarks",
         description="Run the benchmarks (launchers, pipeline, resolution, threads, allreduce, "
-        "scripts); "
-        "write one JSON each and BENCHMARKS.md into --out.",
+        "scripts, tensorboard); write one JSON each and BENCHMARKS.md into --out.",
     )
     level = bench.add_mutually_exclusive_group()
     level.add_argument(
@@ -94,7 +93,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "--only",
         default="",
         metavar="NAMES",
-        help="comma-separated subset: launchers,pipeline,resolution,threads,allreduce,scripts",
+        help="comma-separated subset: launchers,pipeline,resolution,threads,allreduce,scripts,"
+        "tensorboard",
     )
     bench.add_argument(
         "--out",

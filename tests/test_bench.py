@@ -4,7 +4,10 @@ No timing thresholds: the benchmarks measure speed, the tests check what they wr
 """
 
 import contextlib
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ from hiresmed_nb import bench
 from hiresmed_nb.bench import launchers, timed, two_hosts, warm
 from hiresmed_nb.bench.timing import median_ratios, step_intervals, time_calls
 from hiresmed_nb.errors import HiresmedError
+from hiresmed_nb.params import project_root
 
 GiB = bench.GiB
 MiB = 2**20
@@ -249,3 +253,196 @@ def test_two_host_path_runs_one_rank_on_each_simulated_host(simulated_hosts, ski
     figures = launchers._path_figures("two_hosts", [run])
     assert figures["two_hosts_step_seconds"]["n"] >= 1
     assert figures["two_hosts_launch_seconds"]["median"] > 0
+    for alias in sim.aliases:
+        assert sim.wait_for_no_leftovers(alias) == {}
+
+
+def test_goal_says_whether_met_and_by_how_much_it_missed():
+    met = bench.goal("ratio", 1.02, "<=", 1.03, "x", "why")
+    assert met["met"] and met["miss"] == "" and met["limits"] == ""
+    missed = bench.goal("ratio", 1.2, "<=", 1.0, "x", "why")
+    assert not missed["met"] and "+20%" in missed["miss"] and missed["limits"] == "why"
+    assert not bench.goal("throughput", 0.5, ">=", 0.95, "x")["met"]
+
+
+def test_result_json_holds_machine_versions_and_every_figures_spread(tmp_path):
+    payload = {
+        "benchmark": "threads",
+        "figures": {"ratio": bench.summarize([0.9, 1.0, 1.1], "x", "2 ranks / 1 rank")},
+        "goals": [bench.goal("ratio", 1.0, ">=", 0.95, "x")],
+    }
+    path = bench.write_result(payload, tmp_path)
+    assert path == tmp_path / "threads.json"
+    record = json.loads(path.read_text())
+    assert {"cpu_model", "logical_cores", "ram_bytes", "os"} <= set(record["machine"])
+    assert record["machine"]["logical_cores"] >= 1 and record["machine"]["ram_bytes"] > 0
+    assert {"python", "tensorflow", "horovod", "ipyparallel", "git_commit"} <= set(
+        record["versions"]
+    )
+    figure = record["figures"]["ratio"]
+    assert figure["median"] == 1.0 and figure["min"] == 0.9 and figure["max"] == 1.1
+    assert figure["iqr"] == pytest.approx(0.1)
+    assert bench.load_results(tmp_path)["threads"]["figure_order"] == ["ratio"]
+
+
+def test_result_json_needs_a_name_and_figures(tmp_path):
+    with pytest.raises(HiresmedError, match="figures"):
+        bench.write_result({"benchmark": "threads"}, tmp_path)
+
+
+def test_markdown_shows_goals_figures_and_machine(tmp_path):
+    payload = {
+        "benchmark": "launchers",
+        "title": "1. Launchers",
+        "figures": {"first": bench.summarize([12.0, 14.0], "s", "call to first step")},
+        "goals": [bench.goal("call to first step", 13.0, "<=", 10.0, "s", "imports")],
+    }
+    bench.write_result(payload, tmp_path)
+    text = bench.render_markdown(bench.load_results(tmp_path))
+    assert "| launchers | call to first step | 13.00 s | <= 10.00 s | **no** |" in text
+    assert "| call to first step | 13.00 | 12.50-13.50 | 12.00-14.00 | 2 | s |" in text
+    assert "Machine:" in text and "imports" in text
+
+
+def test_update_markdown_replaces_only_the_generated_block(tmp_path):
+    path = tmp_path / "BENCHMARKS.md"
+    bench.update_markdown(path, "first table\n")
+    path.write_text(path.read_text() + "\n## Hand-written analysis\n")
+    bench.update_markdown(path, "second table\n")
+    text = path.read_text()
+    assert "second table" in text and "first table" not in text
+    assert text.count(bench.MARKDOWN_BEGIN) == 1 and "## Hand-written analysis" in text
+
+
+def test_update_markdown_refuses_to_drop_a_benchmark_the_file_lists(tmp_path):
+    path = tmp_path / "BENCHMARKS.md"
+    listed = "- launchers: `bench` at then\n- pipeline: `bench` at then\n"
+    bench.update_markdown(path, listed + "both tables\n")
+    with pytest.raises(HiresmedError, match="would lose pipeline"):
+        bench.update_markdown(path, "- launchers: `bench --only launchers` at now\n")
+    assert "both tables" in path.read_text()
+    bench.update_markdown(path, listed + "new tables\n")
+    assert "new tables" in path.read_text() and "both tables" not in path.read_text()
+
+
+def test_bench_help_lists_the_options():
+    shown = subprocess.run(
+        [sys.executable, "-m", "hiresmed_nb", "bench", "--help"],
+        cwd=project_root(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for option in ("--quick", "--tiny", "--only", "--out", "--markdown"):
+        assert option in shown
+
+
+def test_worker_entry_point_lists_its_tasks():
+    shown = subprocess.run(
+        [sys.executable, "-m", "hiresmed_nb.bench.worker", "--help"],
+        cwd=project_root(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for task in ("timed-train", "probe", "pipeline", "allreduce-share", "tensorboard-cost"):
+        assert task in shown.stdout
+    assert "RuntimeWarning" not in shown.stderr
+
+
+def test_bench_refuses_an_unknown_benchmark(tmp_path):
+    with pytest.raises(HiresmedError, match="unknown benchmark"):
+        bench.run_suite("tiny", ["launcher"], tmp_path)
+
+
+@pytest.fixture(scope="module")
+def tiny_results(tmp_path_factory, skin_dir):
+    out = tmp_path_factory.mktemp("bench")
+    subprocess.run(
+        [sys.executable, "-m", "hiresmed_nb", "bench", "--tiny"]
+        + ["--only", "pipeline,resolution,tensorboard", "--out", str(out)],
+        cwd=project_root(),
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+@pytest.mark.notebook
+def test_tiny_suite_writes_one_json_per_benchmark_with_spreads(tiny_results):
+    results = bench.load_results(tiny_results)
+    assert set(results) == {"pipeline", "resolution", "tensorboard"}
+    for result in results.values():
+        assert result["level"] == "tiny" and result["machine"]["cpu_model"]
+        for figure in result["figures"].values():
+            assert figure["n"] >= 1 and figure["min"] <= figure["median"] <= figure["max"]
+    pipeline = results["pipeline"]["figures"]
+    assert pipeline["decode_images_per_second"]["median"] > 0
+    assert {"pipeline_steady_step_seconds", "in_memory_steady_step_seconds"} <= set(pipeline)
+    planner = results["resolution"]["planner"]
+    assert planner["measured_check_bytes"] > planner["intercept_bytes"] > 0
+    tensorboard = results["tensorboard"]
+    assert {"with_logs_step_seconds", "without_logs_step_seconds"} <= set(tensorboard["figures"])
+    for ratio in ("step_ratio", "cpu_step_ratio"):
+        pairs = tensorboard["figures"][ratio]
+        assert pairs["n"] == 2 and pairs["min"] > 0  # one ratio per pair of fits
+    assert tensorboard["figures"]["epoch_end_seconds"]["n"] == 2 * 2  # 2 fits with logs x 2 epochs
+    assert [g["name"] for g in tensorboard["goals"]] == [
+        "wall-clock s/step, with / without TensorBoard logs",
+        "CPU s/step, with / without TensorBoard logs",
+    ]
+    assert (tiny_results / "BENCHMARKS.md").read_text().count("###") >= 4
+
+
+@pytest.mark.notebook
+def test_benchmarks_notebook_plots_the_tiny_results(tiny_results, tmp_path):
+    import papermill
+
+    executed = tmp_path / "03_benchmarks.ipynb"
+    papermill.execute_notebook(
+        str(project_root() / "notebooks" / "03_benchmarks.ipynb"),
+        str(executed),
+        parameters={"BENCH_DIR": str(tiny_results)},
+        kernel_name="hiresmed",
+        progress_bar=False,
+    )
+    cells = json.loads(executed.read_text())["cells"]
+    images = [
+        output
+        for cell in cells
+        for output in cell.get("outputs", [])
+        if "image/png" in output.get("data", {})
+    ]
+    assert len(images) >= 2  # the pipeline and resolution plots
+
+
+@pytest.mark.notebook
+def test_benchmarks_notebook_plots_every_launch_path_and_the_warm_memory(tmp_path):
+    import papermill
+
+    memory = fake_memory_series([300, 600, 620], [300, 610, 615])
+    figures = launch_figures({name: 2.5 for name in launchers.PATHS})
+    figures.update(warm.memory_figures(memory))
+    payload = {  # made-up figures (no measurement): what the notebook reads of launchers.json
+        "benchmark": "launchers",
+        "level": "tiny",
+        "config": {"first_step_targets": {n: p.target for n, p in launchers.PATHS.items()}},
+        "figures": figures,
+        "goals": launchers._goals(figures, memory),
+        "notes": ["2 hosts x 1 rank: skipped: made up for this test"],
+        "raw": {"warm_memory": memory},
+    }
+    bench.write_result(payload, tmp_path)
+    executed = tmp_path / "03_benchmarks.ipynb"
+    papermill.execute_notebook(
+        str(project_root() / "notebooks" / "03_benchmarks.ipynb"),
+        str(executed),
+        parameters={"BENCH_DIR": str(tmp_path)},
+        kernel_name="hiresmed",
+        progress_bar=False,
+    )
+    outputs = [o for c in json.loads(executed.read_text())["cells"] for o in c.get("outputs", [])]
+    images = [output for output in outputs if "image/png" in output.get("data", {})]
+    assert len(images) == 2  # the launchers and the warm memory plots
+    shown = [o["data"].get("text/markdown", "") for o in outputs if "data" in o]
+    assert "2 hosts x 1 rank: skipped: made up for this test" in "".join(map(str, shown))

@@ -10,6 +10,7 @@ import nbformat
 import pytest
 import yaml
 from papermill.exceptions import PapermillExecutionError
+from test_tensorboard_logs import assert_logs_match_record, writer_pids
 
 from hiresmed_nb import cluster, study
 from hiresmed_nb import params as P
@@ -17,6 +18,7 @@ from hiresmed_nb.__main__ import main
 from hiresmed_nb.cluster import Pool
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.params import project_root
+from hiresmed_nb.science import tensorboard_logs
 from hiresmed_nb.science.report import load_paper_table
 
 ROOT = project_root()
@@ -411,6 +413,13 @@ def test_smoke_study_runs_the_train_notebook_resumes_and_reports(tmp_path, capfd
         assert (study_dir / "runs" / f"{run.run_id}.ipynb").exists()
         kernel_log = (study_dir / "runs" / f"{run.run_id}.kernel.log").read_text()
         assert "oneDNN" not in kernel_log and "without encryption" not in kernel_log
+        run_logs = assert_logs_match_record(study_dir / "runs", record)
+        assert writer_pids(run_logs) == {record["ranks"][0]["pid"]}  # rank 0 alone
+    domains, metrics = tensorboard_logs.read_experiment(study_dir / "runs" / "tensorboard")
+    assert domains["IMAGE_SIZE"] == [32, 48] and domains["MODE"] == ["distributed", "serial"]
+    assert domains["N_RANKS"] == [1, 2] and domains["SYNTHETIC"] == [True]
+    assert set(domains) == {name for name, _ in tensorboard_logs.HPARAMS}
+    assert "test/accuracy" in metrics and "epoch_loss" in metrics
     html = (study_dir / "report.html").read_text()
     assert "SYNTHETIC DATA" in html and "Table 2 replica" in html
     out, err = capfd.readouterr()
@@ -429,6 +438,9 @@ def test_smoke_study_runs_the_train_notebook_resumes_and_reports(tmp_path, capfd
     assert main([*argv, "--no-report"]) == 0
     assert "executed 1, skipped 3" in capfd.readouterr().out
     assert record_ids(study_dir) == {r.run_id for r in runs}
+    rerun = json.loads((study_dir / "runs" / f"{runs[0].run_id}.json").read_text())
+    run_logs = assert_logs_match_record(study_dir / "runs", rerun)
+    assert writer_pids(run_logs) == {rerun["ranks"][0]["pid"]}  # the rerun replaced the logs
 
 
 @pytest.mark.notebook

@@ -8,6 +8,7 @@ import papermill as pm
 import psutil
 import pytest
 from papermill.exceptions import PapermillExecutionError
+from test_tensorboard_logs import assert_logs_match_record, writer_pids
 
 from hiresmed_nb.params import PARAMETERS, parameters_cell, project_root
 from hiresmed_nb.science import records
@@ -77,6 +78,8 @@ def test_serial_run_writes_and_glues_a_complete_record(tmp_path, skin_dir):
     assert len(record["history"]["loss"]) == 1
     assert record["data_locality"]["images_opened_per_rank"] == [16]
     assert record["data_locality"]["ok"]
+    run_logs = assert_logs_match_record(tmp_path / "runs", record)
+    assert writer_pids(run_logs) == {record["ranks"][0]["pid"]}  # the kernel, rank 0 of 1
 
 
 @pytest.mark.notebook
@@ -99,6 +102,8 @@ def test_two_rank_run_reads_disjoint_shards_and_ends_with_equal_weights(tmp_path
         for output in cell.get("outputs", [])
     )
     assert "[stdout:0]" in streamed and "Epoch 2/2" in streamed  # rank 0's progress, live
+    run_logs = assert_logs_match_record(tmp_path / "runs", record)
+    assert writer_pids(run_logs) == {record["ranks"][0]["pid"]}  # rank 0 alone writes logs
     assert processes_of_this_projects_clusters_after(30) == []
 
 

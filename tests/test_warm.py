@@ -8,6 +8,7 @@ import sys
 
 import psutil
 import pytest
+from test_tensorboard_logs import assert_logs_match_record
 
 from hiresmed_nb import cluster, study
 from hiresmed_nb.cluster import Placement, RankFailedError, command, memory
@@ -153,6 +154,8 @@ def test_a_study_retries_a_lost_rank_on_a_restarted_cluster_and_shares_it_with_t
     assert 1 <= first["retry"]["resumed_from_epoch"] <= 2
     assert first["resumed_from_epoch"] == first["retry"]["resumed_from_epoch"]
     assert len(first["history"]["loss"]) == TINY["EPOCHS"]  # resumed, not restarted or short
+    # Its curves continue across the retry: one point per epoch, none repeated, none missing.
+    assert_logs_match_record(tmp_path / "warm" / "runs", first)
     assert len({rank["weights_digest"] for rank in first["ranks"]}) == 1
     assert "retry" not in second
     # The retry's restarted cluster served the next run too: same engine processes.

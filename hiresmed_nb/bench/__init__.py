@@ -1,5 +1,5 @@
 """Benchmarks: launchers, input pipeline, cost by resolution, ranks against threads, allreduce,
-a Horovod script under horovodrun and %horovodrun.
+a Horovod script under horovodrun and %horovodrun, TensorBoard logging.
 
 ``python -m hiresmed_nb bench [--quick]`` runs each benchmark, writes one JSON per benchmark to
 ``outputs/bench/<name>.json`` and a Markdown summary beside them. Every JSON holds the machine
@@ -8,14 +8,14 @@ a Horovod script under horovodrun and %horovodrun.
 whether each was met. Timing never enters a test; the tests check the helpers here.
 
 One module per benchmark (:mod:`.launchers`, :mod:`.pipeline`, :mod:`.resolution`,
-:mod:`.threads`, :mod:`.allreduce`, :mod:`.scripts`), each holding what is measured and how it is
-summarised;
-the launchers' warm engines and 2-host path in :mod:`.warm` and :mod:`.two_hosts`, what their
-ranks run in :mod:`.timed`; :mod:`.timing` (clocks, summaries), :mod:`.machine` (CPU,
-versions, contention), :mod:`.table` (goals, Markdown), :mod:`.suite` (levels, the run, the JSON
-files). The measured work runs in fresh processes (:mod:`.process` starts :mod:`.worker`), so
-peak RSS belongs to one config and TensorFlow's thread settings are fresh in each; the launch
-paths run it on ipyparallel engines.
+:mod:`.threads`, :mod:`.allreduce`, :mod:`.scripts`,
+:mod:`.tensorboard_cost`), each holding what is measured and
+how it is summarised; the launchers' warm engines and 2-host path in :mod:`.warm` and
+:mod:`.two_hosts`, what their ranks run in :mod:`.timed`; :mod:`.timing` (clocks, summaries),
+:mod:`.machine` (CPU, versions, contention), :mod:`.table` (goals, Markdown), :mod:`.suite`
+(levels, the run, the JSON files). The measured work runs in fresh processes (:mod:`.process`
+starts :mod:`.worker`), so peak RSS belongs to one config and TensorFlow's thread settings are
+fresh in each; the launch paths run it on ipyparallel engines.
 """
 
 from hiresmed_nb.bench.resolution import fit_memory, plan_batch_size

@@ -13,13 +13,29 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hiresmed_nb.bench import allreduce, launchers, pipeline, resolution, scripts, threads
+from hiresmed_nb.bench import (
+    allreduce,
+    launchers,
+    pipeline,
+    resolution,
+    scripts,
+    tensorboard_cost,
+    threads,
+)
 from hiresmed_nb.bench.machine import contention, machine_info, versions
 from hiresmed_nb.bench.table import render_markdown
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.params import resolve_path
 
-BENCHMARKS = ("launchers", "pipeline", "resolution", "threads", "allreduce", "scripts")
+BENCHMARKS = (
+    "launchers",
+    "pipeline",
+    "resolution",
+    "threads",
+    "allreduce",
+    "scripts",
+    "tensorboard",
+)
 DEFAULT_DIR = "outputs/bench"
 
 # What each level measures. "tiny" is for the tests: structure only, seconds to run.
@@ -37,6 +53,10 @@ LEVELS: dict[str, dict[str, Any]] = {
         "allreduce_repeats": 2,
         "script": {"epochs": 1, "samples": 64},
         "script_repeats": 1,
+        "tensorboard": {
+            "train": {"IMAGE_SIZE": 32, "IMAGES_PER_CLASS": 4, "EPOCHS": 2, "BATCH_SIZE": 4},
+            "repeats": 2,
+        },
     },
     "quick": {
         "train": {"IMAGE_SIZE": 128, "IMAGES_PER_CLASS": 20, "EPOCHS": 4, "BATCH_SIZE": 8},
@@ -53,6 +73,10 @@ LEVELS: dict[str, dict[str, Any]] = {
         "allreduce_repeats": 5,
         "script": {"epochs": 3, "samples": 2048},
         "script_repeats": 2,
+        "tensorboard": {
+            "train": {"IMAGE_SIZE": 128, "IMAGES_PER_CLASS": 20, "EPOCHS": 2, "BATCH_SIZE": 8},
+            "repeats": 16,
+        },
     },
     "full": {
         "train": {"IMAGE_SIZE": 224, "IMAGES_PER_CLASS": 60, "EPOCHS": 4, "BATCH_SIZE": 8},
@@ -73,6 +97,10 @@ LEVELS: dict[str, dict[str, Any]] = {
         "allreduce_repeats": 10,
         "script": {"epochs": 5, "samples": 4096},
         "script_repeats": 3,
+        "tensorboard": {
+            "train": {"IMAGE_SIZE": 224, "IMAGES_PER_CLASS": 60, "EPOCHS": 2, "BATCH_SIZE": 8},
+            "repeats": 16,
+        },
     },
 }
 
@@ -118,6 +146,7 @@ def _measure(name: str, level: dict[str, Any], done: dict[str, dict[str, Any]]) 
         "resolution": resolution.measure,
         "allreduce": allreduce.measure,
         "scripts": scripts.measure,
+        "tensorboard": tensorboard_cost.measure,
     }[name](level)
 
 

@@ -20,13 +20,14 @@ import json
 import sys
 from pathlib import Path
 
-from hiresmed_nb.bench import allreduce, pipeline, resolution, timed
+from hiresmed_nb.bench import allreduce, pipeline, resolution, tensorboard_cost, timed
 
 TASKS = {
     "timed-train": timed.timed_train,
     "probe": resolution.probe,
     "pipeline": pipeline.time_variants,
     "allreduce-share": allreduce.allreduce_share,
+    "tensorboard-cost": tensorboard_cost.step_times_with_and_without_logs,
 }
 
 

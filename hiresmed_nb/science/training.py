@@ -504,7 +504,8 @@ def train(
     ``params``: the run's configuration, checked once on the head
     (:func:`hiresmed_nb.params.validate`); ranks check nothing again.
     Rank 0 checkpoints every epoch; a run whose checkpoint exists (same parameters) continues
-    from its last complete epoch. ``callbacks`` are extra Keras callbacks for every rank.
+    from its last complete epoch. Rank 0 also writes the run's TensorBoard logs
+    (:mod:`.tensorboard_logs`). ``callbacks`` are extra Keras callbacks for every rank.
     ``split``: the train/test file lists made (and checked) by the caller; without it the rank
     makes the split itself, which reads every listed file's header.
     Returns, on every rank: rank, local_rank, local_size, host (Horovod's host identity),
@@ -517,6 +518,11 @@ def train(
     model, optimizer = build_and_compile(params, ranks, len(shard.split.class_names))
     initial_epoch, checkpointer = resume(params, ranks, model, optimizer)
     rank0_callbacks = [checkpointer] if checkpointer is not None else []
+    if checkpointer is not None:  # Rank 0 logs each epoch to TensorBoard after checkpointing it.
+        from hiresmed_nb.science.tensorboard_logs import RunLogger
+
+        tensorboard = RunLogger(params, checkpointer.history)
+        rank0_callbacks.append(tensorboard)
     train_seconds = fit(params, ranks, model, shard, initial_epoch, [*rank0_callbacks, *callbacks])
     finish(model, shard, ranks)
     result = rank_result(ranks, shard, model)
@@ -525,4 +531,5 @@ def train(
         result.update(
             run_summary(params, ranks, shard, initial_epoch, checkpointer.history, train_seconds)
         )
+        tensorboard.write_results(result)
     return result

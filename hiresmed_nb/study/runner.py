@@ -108,6 +108,10 @@ def run_study(
     root = root or P.project_root()
     runs_dir = study_dir / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
+    from hiresmed_nb.science.tensorboard_logs import write_experiment
+
+    # TensorBoard's HParams dashboard lists every axis and metric before the runs finish.
+    write_experiment(runs_dir.resolve(), [run.params for run in runs])
     result = StudyResult(study_dir=study_dir)
     pending = []
     for run in runs:
