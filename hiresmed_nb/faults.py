@@ -1,9 +1,16 @@
 """Fault injection for reliability tests: Keras callbacks that break a run on purpose.
 
 Tests that cannot hand callbacks to the ranks (a study's notebooks run in their own kernels)
-set ``HIRESMED_INJECT_FAULT=kill-rank:<rank>:<epoch>:<marker file>`` in the environment the
-engines inherit: that rank kills itself at the end of that epoch, once (the marker file records
-that it happened, so a retried run goes through). Nothing is injected when it is unset.
+set ``HIRESMED_INJECT_FAULT`` in the environment the kernels and engines inherit:
+
+- ``kill-rank:<rank>:<epoch>:<marker file>``: that rank kills itself at the end of that epoch,
+  once (the marker file records that it happened, so a retried run goes through);
+- ``kill-run:<epoch>:<marker file>``: at the end of that epoch, once, rank 0 kills the whole run
+  with SIGKILL, as a preempted node would: serially the kernel itself; distributed, every
+  process of its cluster (controller, engines, undertaker) and the kernel that owns the cluster.
+
+Both fire before that epoch's checkpoint is written: the run resumes after ``epoch`` epochs.
+Nothing is injected when the variable is unset.
 """
 
 from __future__ import annotations
@@ -53,6 +60,40 @@ class KillRankOnce(KillRankAtEpoch):
             super().on_epoch_end(epoch, logs)
 
 
+class KillRunOnce(tf.keras.callbacks.Callback):
+    """SIGKILL the whole run at the end of ``epoch`` (0-based) if ``marker`` does not exist.
+
+    Runs on rank 0. On an engine (``IPP_CLUSTER_ID`` set) it kills its cluster's processes,
+    the kernel that owns the cluster (named in the cluster id), then itself; serially, itself.
+    Only for a notebook's own cluster: a study's clusters are owned by the study runner.
+    """
+
+    def __init__(self, epoch: int, marker: str):
+        super().__init__()
+        self.epoch, self.marker = epoch, Path(marker)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        rank_0 = int(os.environ.get("HOROVOD_RANK", "0")) == 0
+        if epoch != self.epoch or not rank_0 or self.marker.exists():
+            return
+        self.marker.touch()
+        cluster_id = os.environ.get("IPP_CLUSTER_ID", "")
+        if cluster_id:
+            import psutil
+
+            from hiresmed_nb.cluster.processes import CLUSTER_PREFIX, cluster_processes
+
+            for process in cluster_processes(cluster_id):
+                try:
+                    process.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            owner = cluster_id.removeprefix(CLUSTER_PREFIX).split("-")[0]
+            if owner.isdigit():
+                os.kill(int(owner), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 FAULT_VARIABLE = "HIRESMED_INJECT_FAULT"
 
 
@@ -61,7 +102,13 @@ def injected_callbacks() -> list[tf.keras.callbacks.Callback]:
     spec = os.environ.get(FAULT_VARIABLE, "")
     if not spec:
         return []
-    kind, rank, epoch, marker = spec.split(":", 3)
-    if kind != "kill-rank":
-        raise ValueError(f"{FAULT_VARIABLE}={spec!r}: only kill-rank:<rank>:<epoch>:<file>")
-    return [KillRankOnce(int(rank), int(epoch), marker)]
+    kind, _, rest = spec.partition(":")
+    if kind == "kill-rank":
+        rank, epoch, marker = rest.split(":", 2)
+        return [KillRankOnce(int(rank), int(epoch), marker)]
+    if kind == "kill-run":
+        epoch, marker = rest.split(":", 1)
+        return [KillRunOnce(int(epoch), marker)]
+    raise ValueError(
+        f"{FAULT_VARIABLE}={spec!r}: kill-rank:<rank>:<epoch>:<file> or kill-run:<epoch>:<file>"
+    )
