@@ -1,16 +1,19 @@
 """What a run draws per epoch, drawn from the seed, the rank and the epoch alone.
 
-A resumed run must train on what the uninterrupted run would have: the same batches in the same
-order, the same dropout masks. Nothing here is carried from one epoch to the next (no shuffle
-buffer reshuffled by a seed generator, no random generator left running), so a run started at
-epoch k draws exactly what an uninterrupted run draws from epoch k on, whatever this process (or
-a warm engine) ran before.
+A resumed run must train on what the uninterrupted run would have. Nothing here is carried from
+one epoch to the next (no shuffle buffer reshuffled by a seed generator that counts the epochs
+this process ran), so a run started at epoch k draws exactly what an uninterrupted run draws
+from epoch k on, whatever this process (or a warm engine) ran before.
 
 Data order. A rank's batches come from one stream: passes over its cached images, pass p in an
 order drawn from ``(seed, rank, p)``, concatenated and cut into batches of ``batch_size``; epoch
 e is batches ``e * steps_per_epoch`` to ``(e + 1) * steps_per_epoch - 1`` of that stream (an
 epoch may cross into the next pass: every rank takes the same number of steps). A pipeline for
 epochs ``[first, last)`` starts the stream at epoch ``first`` without drawing the earlier ones.
+
+Nothing else is drawn during training: Keras' random layers (dropout, noise, augmentation) draw
+from TensorFlow's stateful random ops, whose state no checkpoint holds, so models with such
+layers are refused (:func:`check_nothing_random_per_step`); none of the architectures has one.
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ class EpochBatches:
     rank: int
 
     def pass_order(self, index: int) -> tf.data.Dataset:
-        """The images in pass ``index``'s order, drawn from (seed, rank, index) alone."""
+        """The images in pass ``index``'s order, drawn from (seed, rank, index) alone (tf.data
+        pairs this seed with TensorFlow's global seed, which the run sets to its seed first)."""
         n_images = int(self.images.cardinality())  # known: a list of files, mapped and cached
         return self.images.shuffle(
             n_images,
@@ -93,9 +97,8 @@ def random_layers(model: Any) -> list[Any]:
 
 
 def check_nothing_random_per_step(model: Any) -> None:
-    """Refuse a model with random layers: Keras draws their masks from TensorFlow's stateful
-    random ops, whose state a checkpoint does not hold, so a resumed run would draw other
-    masks. No architecture here has one (no dropout, no augmentation); this keeps it so."""
+    """Refuse a model with random layers (see the module docstring): a resumed run would draw
+    other masks than the uninterrupted one. No architecture here has one; this keeps it so."""
     found = random_layers(model)
     if found:
         names = ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in found)
