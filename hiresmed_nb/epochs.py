@@ -104,5 +104,5 @@ def check_nothing_random_per_step(model: Any) -> None:
         names = ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in found)
         raise HiresmedError(
             f"model {model.name} has random layers ({names}): a resumed run could not repeat "
-            "their draws; remove them or make them draw per epoch (hiresmed_nb.epochs)"
+            "their draws (see hiresmed_nb.epochs); remove them"
         )
