@@ -6,11 +6,13 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Kernels and engines the tests start import the tests' own helpers (sgd_steps, faults).
+# Kernels and engines the tests start import the tests' own helpers (sgd_steps, faults), and
+# every training takes the callbacks HIRESMED_INJECT_FAULT asks for (tests/faults.py).
 TESTS_DIR = str(Path(__file__).parent)
 os.environ["PYTHONPATH"] = os.pathsep.join(
     [TESTS_DIR, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
 )
+os.environ["HIRESMED_CALLBACKS"] = "faults:injected_callbacks"
 
 from hiresmed_nb.science import synthetic  # noqa: E402
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from hiresmed_nb.errors import HiresmedError
-from hiresmed_nb.science import models
+from hiresmed_nb.science import epochs, models
 
 
 @pytest.mark.parametrize("arch", ["compact", "VGG16", "ResNet50", "DenseNet169"])
@@ -13,6 +13,7 @@ def test_each_architecture_builds_with_a_new_head(arch):
     assert model.output_shape == (None, 3)
     probabilities = model.predict(np.zeros((2, 32, 32, 3), np.float32), verbose=0)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    assert epochs.random_layers(model) == []  # nothing drawn per step: a resume repeats it
 
 
 def test_same_seed_gives_the_same_initial_weights():

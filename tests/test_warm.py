@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 
+import papermill
 import psutil
 import pytest
 from test_tensorboard_logs import assert_logs_match_record
@@ -13,7 +14,8 @@ from test_tensorboard_logs import assert_logs_match_record
 from hiresmed_nb import cluster, study
 from hiresmed_nb.cluster import Placement, RankFailedError, command, memory
 from hiresmed_nb.cluster.processes import OWNER_VARIABLE
-from hiresmed_nb.params import validate
+from hiresmed_nb.params import project_root, validate
+from hiresmed_nb.science import checkpoints
 
 pytestmark = pytest.mark.distributed
 
@@ -137,10 +139,12 @@ SMOKE_DISTRIBUTED = {
 def test_a_study_retries_a_lost_rank_on_a_restarted_cluster_and_shares_it_with_the_next_run(
     tmp_path, monkeypatch, skin_dir
 ):
-    # The first run's rank 1 kills itself at the end of its last epoch, once (faults.py).
+    """Also: runs resumed after a lost rank, after their kernel and engines were killed, and on
+    warm engines, end with the weights and metrics of the same runs uninterrupted."""
+    # The first run's rank 1 kills itself at the end of epoch 2 of 4, once (faults.py).
     marker = tmp_path / "rank-1-was-killed"
     monkeypatch.setenv("HIRESMED_INJECT_FAULT", f"kill-rank:1:1:{marker}")
-    runs = study.expand({**SMOKE_DISTRIBUTED, "SEEDS": [0, 1]})
+    runs = study.expand({**SMOKE_DISTRIBUTED, "EPOCHS": 4, "SEEDS": [0, 1]})
     lines = []
     result = study.run_study(
         runs, tmp_path / "warm", report=False, progress=False, echo=lines.append
@@ -153,7 +157,7 @@ def test_a_study_retries_a_lost_rank_on_a_restarted_cluster_and_shares_it_with_t
     assert first["retry"]["first_error"].startswith("RankLostError")
     assert 1 <= first["retry"]["resumed_from_epoch"] <= 2
     assert first["resumed_from_epoch"] == first["retry"]["resumed_from_epoch"]
-    assert len(first["history"]["loss"]) == TINY["EPOCHS"]  # resumed, not restarted or short
+    assert len(first["history"]["loss"]) == 4  # resumed, not restarted or short
     # Its curves continue across the retry: one point per epoch, none repeated, none missing.
     assert_logs_match_record(tmp_path / "warm" / "runs", first)
     assert len({rank["weights_digest"] for rank in first["ranks"]}) == 1
@@ -161,6 +165,42 @@ def test_a_study_retries_a_lost_rank_on_a_restarted_cluster_and_shares_it_with_t
     # The retry's restarted cluster served the next run too: same engine processes.
     assert [r["pid"] for r in first["ranks"]] == [r["pid"] for r in second["ranks"]]
     assert processes_of_clusters_owned_by(os.getpid()) == []  # stopped when the study ended
+
+    # A preempted node: the second run again, in a notebook whose rank 0 SIGKILLs the kernel
+    # and every process of its cluster at the end of epoch 4, before that epoch's checkpoint.
+    killed = validate({**runs[1].params, "RESULTS_DIR": str(tmp_path / "killed")})
+    monkeypatch.setenv("HIRESMED_INJECT_FAULT", f"kill-run:3:{tmp_path / 'run-was-killed'}")
+    with pytest.raises(Exception, match="(?i)kernel died"):
+        papermill.execute_notebook(
+            str(project_root() / "notebooks" / "01_train.ipynb"),
+            str(tmp_path / "killed.ipynb"),
+            parameters=dict(runs[1].params, RESULTS_DIR=killed["RESULTS_DIR"]),
+            kernel_name="hiresmed",
+            cwd=str(project_root()),
+            progress_bar=False,
+        )
+    monkeypatch.delenv("HIRESMED_INJECT_FAULT")
+    state = checkpoints.load_state(checkpoints.checkpoint_dir(killed), killed)
+    assert state["epoch"] == 3
+
+    # In this process: the first run uninterrupted on fresh engines, then the killed run rerun
+    # with the same parameters on the same, now warm, engines.
+    uninterrupted = cluster.run_training(
+        validate({**runs[0].params, "RESULTS_DIR": str(tmp_path / "u")})
+    )
+    resumed = cluster.run_training(killed)
+    assert pids(resumed) == pids(uninterrupted)
+    assert resumed[0]["resumed_from_epoch"] == 3
+    for key in SAME_RESULT:
+        if key != "weights_digest":
+            assert first[key] == uninterrupted[0][key], key  # retried after a lost rank
+            assert resumed[0][key] == second[key], key  # killed, resumed on warm engines
+    assert {r["weights_digest"] for r in first["ranks"] + uninterrupted} == {
+        uninterrupted[0]["weights_digest"]
+    }
+    assert {r["weights_digest"] for r in second["ranks"] + resumed} == {
+        second["ranks"][0]["weights_digest"]
+    }
 
 
 INTERRUPTED_STUDY = """

@@ -69,9 +69,21 @@ def save(
             old.unlink()
 
 
+def build_optimizer(model: tf.keras.Model, optimizer: Any) -> None:
+    """Create the optimizer's slots now (Keras creates them at the first step), so that a
+    restore fills them at once and every rank can be sent the restored optimizer state."""
+    optimizer.build(model.trainable_variables)
+
+
 def restore(directory: Path, state: dict[str, Any], model: tf.keras.Model, optimizer: Any) -> None:
-    """Load the model and optimizer state named by ``state`` (optimizer slots restore lazily)."""
-    _tracked(model, optimizer).read(str(directory / state["prefix"])).expect_partial()
+    """Load the state named by ``state``: the model's variables (weights, batch-norm statistics,
+    gradient-accumulation state) and the optimizer's (its iteration count, which drives any
+    learning-rate schedule, and its slots; call :func:`build_optimizer` first).
+
+    Fails when a variable of the model or optimizer is missing from the checkpoint.
+    """
+    status = _tracked(model, optimizer).read(str(directory / state["prefix"]))
+    status.assert_existing_objects_matched()
 
 
 def clear(directory: Path) -> None:

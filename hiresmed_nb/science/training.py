@@ -9,6 +9,7 @@ batch-norm statistics) cross ranks; images never leave the rank that read them.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import math
 import os
 import socket
@@ -22,7 +23,7 @@ import numpy as np
 
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.params import SYNTHETIC_DATASETS, RunConfig, resolve_path
-from hiresmed_nb.science import data, models
+from hiresmed_nb.science import data, epochs, models
 
 
 def data_dir_for(params: dict[str, Any]) -> Path:
@@ -85,6 +86,11 @@ def pin_gpu(local_rank: int) -> None:
     selected = select_gpu(gpus, local_rank)
     if selected is not None:
         tf.config.set_visible_devices(selected, "GPU")
+        # Deterministic GPU kernels: without them cuDNN and atomic reductions make a GPU run,
+        # resumed or not, differ from the last. The CPU kernels used here repeat bitwise
+        # (tested), and this would also serialise the input pipeline's audited reads, so only
+        # GPU ranks pay for it.
+        tf.config.experimental.enable_op_determinism()
 
 
 def configure_threads(threads: int) -> bool:
@@ -201,11 +207,9 @@ class RankInfo:
 class Shard:
     """This rank's training data: its files and labels, its input pipelines and the run's totals.
 
-    ``pipeline`` repeats forever; an epoch is ``steps_per_epoch`` batches on every rank.
-    ``recalibration`` is an identical but separate pipeline (same cached images) for the
-    batch-norm pass after training: a second iterator over ``pipeline`` would shuffle in an order
-    that depends on how far ``fit``'s prefetch ran ahead (both would draw shuffle seeds from one
-    seed generator), so the final weights would differ between runs with the same seed.
+    ``batches`` makes the rank's pipelines: an epoch is ``steps_per_epoch`` batches on every
+    rank, in an order drawn from the seed, the rank and the epoch alone (:mod:`.epochs`), so a
+    run resumed at epoch k trains on the batches an uninterrupted run trains on from epoch k.
     """
 
     split: data.Split
@@ -215,8 +219,7 @@ class Shard:
     n_train: int
     n_test: int
     steps_per_epoch: int
-    pipeline: Any
-    recalibration: Any
+    batches: epochs.EpochBatches
 
 
 def horovod_host() -> str:
@@ -291,22 +294,15 @@ def shard_data(params: dict[str, Any], ranks: RankInfo, split: data.Split | None
     # Horovod: every rank takes the same number of steps, so allreduces pair up; with
     # accumulation an epoch is a whole number of optimizer steps of `accumulation` batches.
     steps_per_epoch = accumulation * math.ceil(n_train / (batch_size * ranks.size * accumulation))
-    images = data.cached_images(split, files, labels, params["IMAGE_SIZE"])
-
-    def pipeline() -> Any:
-        return data.batches(
-            images,
-            models.preprocessing_for(params["ARCH"]),
-            batch_size,
-            shuffle_seed=params["SEED"] + ranks.rank,
-            repeat=True,
-        )
-
-    # Two pipelines over one cache (files decoded once): the batch-norm pass must not share
-    # fit's shuffle seed generator (see Shard).
-    return Shard(
-        split, files, labels, per_site, n_train, n_test, steps_per_epoch, pipeline(), pipeline()
+    batches = epochs.EpochBatches(
+        data.cached_images(split, files, labels, params["IMAGE_SIZE"]),
+        models.preprocessing_for(params["ARCH"]),
+        batch_size,
+        steps_per_epoch,
+        params["SEED"],
+        ranks.rank,
     )
+    return Shard(split, files, labels, per_site, n_train, n_test, steps_per_epoch, batches)
 
 
 def build_and_compile(params: dict[str, Any], ranks: RankInfo, n_classes: int) -> tuple[Any, Any]:
@@ -320,6 +316,7 @@ def build_and_compile(params: dict[str, Any], ranks: RankInfo, n_classes: int) -
     model = models.build_model(
         params["ARCH"], params["IMAGE_SIZE"], n_classes, params["WEIGHTS"], params["SEED"]
     )
+    epochs.check_nothing_random_per_step(model)  # a resume could not repeat its draws
     if params["ACCUMULATION_STEPS"] > 1:
         from hiresmed_nb.science.accumulation import AccumulatingModel
 
@@ -352,18 +349,41 @@ def resume(
     if ranks.distributed:
         import horovod.tensorflow as hvd_tf
 
-        # Horovod: every rank resumes at the epoch rank 0 found, from rank 0's weights.
+        # Horovod: every rank resumes at the epoch rank 0 found.
         state = hvd_tf.broadcast_object(state, root_rank=0, name="resume_state")
+    if state:
+        checkpoints.build_optimizer(model, optimizer)  # its slots exist before the restore
     if state and ranks.rank == 0:
         checkpoints.restore(checkpoint_dir, state, model, optimizer)
     if state and ranks.distributed:
-        hvd_tf.broadcast_variables(model.variables, root_rank=0)
+        # Horovod: every rank continues from rank 0's model and optimizer state.
+        hvd_tf.broadcast_variables([*model.variables, *optimizer.variables], root_rank=0)
     checkpointer = None
     if ranks.rank == 0:
         checkpointer = checkpoints.EpochCheckpoint(
             checkpoint_dir, optimizer, params, state["history"] if state else {}
         )
     return (state["epoch"] if state else 0), checkpointer
+
+
+CALLBACKS_VARIABLE = "HIRESMED_CALLBACKS"
+
+
+def callbacks_from_environment() -> list[Any]:
+    """The Keras callbacks ``HIRESMED_CALLBACKS=module:function`` names (the function returns a
+    list of them), for every rank; none when it is unset.
+
+    A study's notebooks train in kernels and engines of their own, which no caller can hand
+    callbacks to: this is the one way in. The project's reliability tests inject faults through
+    it (``tests/faults.py``); a user can attach, say, a profiler the same way.
+    """
+    spec = os.environ.get(CALLBACKS_VARIABLE, "")
+    if not spec:
+        return []
+    module, _, function = spec.partition(":")
+    if not module or not function:
+        raise HiresmedError(f"{CALLBACKS_VARIABLE}={spec!r}: give module:function")
+    return list(getattr(importlib.import_module(module), function)())
 
 
 def fit(
@@ -386,13 +406,10 @@ def fit(
             hvd.callbacks.BroadcastGlobalVariablesCallback(0),  # Horovod: same start on all.
             hvd.callbacks.MetricAverageCallback(),  # Horovod: report metrics over all ranks.
         ]
-    if os.environ.get("HIRESMED_INJECT_FAULT"):  # reliability tests only: see hiresmed_nb.faults
-        from hiresmed_nb.faults import injected_callbacks
-
-        fit_callbacks.extend(injected_callbacks())
+    fit_callbacks.extend(callbacks_from_environment())
     started = time.perf_counter()
     model.fit(
-        shard.pipeline,
+        shard.batches.epochs(initial_epoch, params["EPOCHS"]),
         epochs=params["EPOCHS"],
         initial_epoch=initial_epoch,
         steps_per_epoch=shard.steps_per_epoch,
@@ -404,8 +421,9 @@ def fit(
 
 def finish(model: Any, shard: Shard, ranks: RankInfo) -> None:
     """Recalibrate batch norm on this rank's shard; in distributed mode average it over ranks."""
-    # Its own pipeline: its shuffle order must not depend on how far fit's prefetch ran ahead.
-    recalibrate_batch_norm(model, shard.recalibration, shard.steps_per_epoch)
+    # The first epoch's batches, in a pipeline of its own (same cached images): a resumed run
+    # recalibrates on the same batches as an uninterrupted one.
+    recalibrate_batch_norm(model, shard.batches.epochs(0, 1), shard.steps_per_epoch)
     if ranks.distributed:
         import horovod.tensorflow.keras as hvd
 

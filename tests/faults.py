@@ -1,0 +1,116 @@
+"""Fault injection for reliability tests: Keras callbacks that break a run on purpose.
+
+Tests that cannot hand callbacks to the ranks (a study's notebooks run in their own kernels)
+set ``HIRESMED_INJECT_FAULT`` in the environment the kernels and engines inherit; the tests'
+``conftest.py`` points the training's ``HIRESMED_CALLBACKS`` at :func:`injected_callbacks`:
+
+- ``kill-rank:<rank>:<epoch>:<marker file>``: that rank kills itself at the end of that epoch,
+  once (the marker file records that it happened, so a retried run goes through);
+- ``kill-run:<epoch>:<marker file>``: at the end of that epoch, once, rank 0 kills the whole run
+  with SIGKILL, as a preempted node would: serially the kernel itself; distributed, every
+  process of its cluster (controller, engines, undertaker) and the kernel that owns the cluster.
+
+Both fire before that epoch's checkpoint is written: the run resumes after ``epoch`` epochs.
+Nothing is injected when the variable is unset.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import tensorflow as tf
+
+from hiresmed_nb.cluster.processes import CLUSTER_ID_VARIABLE, OWNER_VARIABLE, cluster_processes
+
+
+class KillRankAtEpoch(tf.keras.callbacks.Callback):
+    """SIGKILL this process at the end of ``epoch`` (0-based) if it is rank ``rank``."""
+
+    def __init__(self, rank: int, epoch: int):
+        super().__init__()
+        self.rank, self.epoch = rank, epoch
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if epoch == self.epoch and int(os.environ.get("HOROVOD_RANK", "0")) == self.rank:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class InterruptAtEpoch(tf.keras.callbacks.Callback):
+    """Raise KeyboardInterrupt at the end of ``epoch`` (0-based), as a kernel interrupt would."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if epoch == self.epoch:
+            raise KeyboardInterrupt(f"injected interrupt after epoch {epoch}")
+
+
+class KillRankOnce(KillRankAtEpoch):
+    """:class:`KillRankAtEpoch` that fires only if ``marker`` does not exist, and creates it."""
+
+    def __init__(self, rank: int, epoch: int, marker: str):
+        super().__init__(rank, epoch)
+        self.marker = Path(marker)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        mine = int(os.environ.get("HOROVOD_RANK", "0")) == self.rank
+        if epoch == self.epoch and mine and not self.marker.exists():
+            self.marker.touch()
+            super().on_epoch_end(epoch, logs)
+
+
+class KillRunOnce(tf.keras.callbacks.Callback):
+    """SIGKILL the whole run at the end of ``epoch`` (0-based) if ``marker`` does not exist.
+
+    Runs on rank 0. On an engine of a cluster (marked by ``HIRESMED_CLUSTER_ID``) it kills the
+    cluster's processes, the kernel that owns the cluster (``HIRESMED_CLUSTER_OWNER``), then
+    itself; serially, itself. Only for a notebook's own cluster: a study's clusters are owned by
+    the study runner.
+    """
+
+    def __init__(self, epoch: int, marker: str):
+        super().__init__()
+        self.epoch, self.marker = epoch, Path(marker)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        rank_0 = int(os.environ.get("HOROVOD_RANK", "0")) == 0
+        if epoch != self.epoch or not rank_0 or self.marker.exists():
+            return
+        self.marker.touch()
+        cluster_id = os.environ.get(CLUSTER_ID_VARIABLE, "")
+        if cluster_id:
+            import psutil
+
+            for process in cluster_processes(cluster_id):
+                try:
+                    process.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            owner = os.environ.get(OWNER_VARIABLE, "").partition("@")[0]
+            if owner.isdigit():
+                os.kill(int(owner), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+FAULT_VARIABLE = "HIRESMED_INJECT_FAULT"
+
+
+def injected_callbacks() -> list[tf.keras.callbacks.Callback]:
+    """The callbacks ``HIRESMED_INJECT_FAULT`` asks for (see the module docstring), or []."""
+    spec = os.environ.get(FAULT_VARIABLE, "")
+    if not spec:
+        return []
+    kind, _, rest = spec.partition(":")
+    if kind == "kill-rank":
+        rank, epoch, marker = rest.split(":", 2)
+        return [KillRankOnce(int(rank), int(epoch), marker)]
+    if kind == "kill-run":
+        epoch, marker = rest.split(":", 1)
+        return [KillRunOnce(int(epoch), marker)]
+    raise ValueError(
+        f"{FAULT_VARIABLE}={spec!r}: kill-rank:<rank>:<epoch>:<file> or kill-run:<epoch>:<file>"
+    )
