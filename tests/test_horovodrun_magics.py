@@ -18,8 +18,9 @@ from test_train_notebook import processes_of_this_projects_clusters_after
 
 from hiresmed_nb import cluster
 from hiresmed_nb.cluster import HostSlots, Placement, scripts
-from hiresmed_nb.errors import HiresmedError, project_root
+from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.magics import parse_line
+from hiresmed_nb.params import project_root
 
 NOTEBOOK = project_root() / "notebooks" / "04_horovod_scripts.ipynb"
 SCRIPT = project_root() / "notebooks" / "scripts" / "keras_mnist_like.py"
