@@ -76,7 +76,7 @@ def study_slots(request: SlotRequest) -> list[Slot] | None:
 def start_slot_engines(request: SlotRequest, slots: list[Slot] | None) -> SlotEngines:
     """The engines of a packed study: attached (a cluster file) or started, one per slot."""
     if request.cluster_file:
-        from hiresmed_nb.study.attached_slots import AttachedSlots
+        from hiresmed_nb.cluster.attached_slots import AttachedSlots
 
         return AttachedSlots(request.cluster_file)
     if slots is None:

@@ -73,6 +73,7 @@ class StudyResult:
     failed: dict[str, dict[str, Any]] = field(default_factory=dict)
     report_html: Path | None = None
     report_error: str | None = None
+    occupancy: Any = None  # a packed study's slots account (study.occupancy.Occupancy)
 
     @property
     def ok(self) -> bool:
@@ -146,13 +147,15 @@ def run_study(
         position=0,
         bar_format="{desc} |{bar:20}| {elapsed} elapsed, ETA {remaining}{postfix}",
     )
+    # Lines above the bar; without a bar, to ``echo``.
+    write = bar.write if progress and pending else echo
     if pending and (planned is not None or slots.cluster_file):
         execute = functools.partial(
             _execute_run, runs_dir=runs_dir, root=root, executor=executor, force=force
         )
-        _run_packed(pending, slots, planned, execute, result, bar)
+        _run_packed(pending, slots, planned, execute, result, bar, write)
     else:
-        _run_one_at_a_time(pending, runs_dir, root, executor, force, result, bar)
+        _run_one_at_a_time(pending, runs_dir, root, executor, force, result, bar, write)
     bar.close()
 
     if report:
@@ -177,12 +180,13 @@ def _run_one_at_a_time(
     force: bool,
     result: StudyResult,
     bar: Any,
+    write: Callable[[str], None],
 ) -> None:
     """Execute the runs in order, distributed ones on the warm clusters of a :class:`Pool`."""
     with Pool() as pool:
         for done, run in enumerate(pending):
             bar.set_postfix_str(f"now {run.run_id}")
-            _execute_run(run, runs_dir, root, executor, pool, force, result, bar.write)
+            _execute_run(run, runs_dir, root, executor, pool, force, result, write)
             bar.set_description_str(_runs_done(done + 1, len(pending)), refresh=False)
             bar.update(1)
             if done + 1 == len(pending):
@@ -196,27 +200,27 @@ def _run_packed(
     execute: Callable[..., bool],
     result: StudyResult,
     bar: Any,
+    write: Callable[[str], None],
 ) -> None:
     """Execute the runs packed onto slots, each notebook in its own thread (and kernel)."""
-    engines = start_slot_engines(slots, planned)
     finished = 0
 
     def execute_one(run: Run, pool: Any) -> bool:
         nonlocal finished
-        ok = execute(run, pool=pool, result=result, write=bar.write)
+        ok = execute(run, pool=pool, result=result, write=write)
         finished += 1
         bar.set_description_str(_runs_done(finished, len(pending)), refresh=False)
         bar.update(1)
         return ok
 
-    try:
+    with Pool() as pool:  # closing it stops the engines, also on Ctrl-C or an error
+        engines = pool.hold(start_slot_engines(slots, planned))
         if planned is None:  # an attached cluster: its engines are the slots
             check_fits(pending, engines.slots)
-        run_on_slots(
-            pending, engines, execute_one, echo=bar.write, on_interrupt=kill_running_kernels
+        packed = run_on_slots(
+            pending, engines, execute_one, echo=write, on_interrupt=kill_running_kernels
         )
-    finally:
-        engines.stop()
+        result.occupancy = packed.occupancy
 
 
 def _execute_run(
