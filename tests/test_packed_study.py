@@ -225,3 +225,26 @@ def test_ctrl_c_stops_every_packed_notebook_and_engine_and_a_rerun_resumes(tmp_p
     )
     assert set(result.skipped) == recorded
     assert len(executed) == 4 - len(result.skipped)
+
+
+@pytest.mark.notebook
+@pytest.mark.distributed
+def test_a_lost_rank_of_a_packed_run_is_retried_on_fresh_engines_for_its_slots(
+    tmp_path, monkeypatch, skin_dir
+):
+    # Rank 1 kills itself at the end of the last epoch, once (hiresmed_nb/faults.py).
+    marker = tmp_path / "rank-1-was-killed"
+    monkeypatch.setenv("HIRESMED_INJECT_FAULT", f"kill-rank:1:1:{marker}")
+    runs = study.expand({**TINY, "MODE": "distributed", "EPOCHS": 2, "SEEDS": [0]})
+    result = study.run_study(
+        runs, tmp_path, report=False, progress=False, slots=study.SlotRequest(slots=2)
+    )
+    assert result.ok, result.failed
+    assert marker.exists()
+    record = json.loads((tmp_path / "runs" / f"{runs[0].run_id}.json").read_text())
+    assert record["retry"]["first_error"].startswith("RankLostError")
+    # The slots' first engines are 0 and 1: the retry ran on their replacements.
+    engines = [rank["slot"]["engine"] for rank in record["ranks"]]
+    assert min(engines) >= 2
+    assert sorted(rank["slot"]["key"] for rank in record["ranks"]) == ["localhost/0", "localhost/1"]
+    assert owned_cluster_processes() == []

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hiresmed_nb.cluster.devices import (
+    LOCAL_HOST,
     Slot,
+    available_cores,
     describe_slots,
     installed_gpus,
     parse_slot_hosts,
@@ -134,7 +136,7 @@ def run_on_slots(
         if not execute(run, RunOnSlots(engines, slots)):
             raise RunFailed(run.run_id)
 
-    echo(describe_slots(engines.slots, {}))
+    echo(describe_slots(engines.slots, {LOCAL_HOST: available_cores()}))
     with ThreadedRuns(execute_on, len(engines.slots), poll_seconds=0.2) as threaded:
         result = run_packed(
             runs,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import os
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hiresmed_nb import params as P
+from hiresmed_nb.cluster.devices import Slot
 from hiresmed_nb.cluster.pool import Pool
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.science.records import write_json_atomic
@@ -196,21 +198,22 @@ def _run_one_at_a_time(
 def _run_packed(
     pending: list[Run],
     slots: SlotRequest,
-    planned: Any,
+    planned: list[Slot] | None,
     execute: Callable[..., bool],
     result: StudyResult,
     bar: Any,
     write: Callable[[str], None],
 ) -> None:
     """Execute the runs packed onto slots, each notebook in its own thread (and kernel)."""
-    finished = 0
+    finished: list[str] = []
+    lock = threading.Lock()
 
     def execute_one(run: Run, pool: Any) -> bool:
-        nonlocal finished
         ok = execute(run, pool=pool, result=result, write=write)
-        finished += 1
-        bar.set_description_str(_runs_done(finished, len(pending)), refresh=False)
-        bar.update(1)
+        with lock:  # runs end in their own threads
+            finished.append(run.run_id)
+            bar.set_description_str(_runs_done(len(finished), len(pending)), refresh=False)
+            bar.update(1)
         return ok
 
     with Pool() as pool:  # closing it stops the engines, also on Ctrl-C or an error
