@@ -248,3 +248,15 @@ def test_a_lost_rank_of_a_packed_run_is_retried_on_fresh_engines_for_its_slots(
     assert min(engines) >= 2
     assert sorted(rank["slot"]["key"] for rank in record["ranks"]) == ["localhost/0", "localhost/1"]
     assert owned_cluster_processes() == []
+
+
+def test_the_packing_benchmark_judges_its_goals():
+    from hiresmed_nb.bench.packing import goals_of
+
+    figures = {"utilisation": 0.8, "max_gap_seconds": 0.5, "slot_overlaps": ["one"]}
+    met = {entry["name"]: entry["met"] for entry in goals_of(figures)}
+    assert met == {
+        "slot utilisation": False,
+        "slot freed to next run started (max)": True,
+        "runs sharing a slot at once (records)": False,
+    }
