@@ -3,8 +3,10 @@
 Subcommands:
 
 - ``run``: expand the parameter files into a grid of runs, execute ``notebooks/01_train.ipynb``
-  for each run not yet recorded, then execute ``notebooks/02_report.ipynb`` and render
-  ``outputs/<STUDY>/report.html``. Exits 1 when a run or the report failed, 2 on bad parameters.
+  for each run not yet recorded (packed onto slots with ``--slots``, ``--hosts``, ``-p
+  IPP_CLUSTER_FILE`` or this machine's GPUs: several runs at once), then execute
+  ``notebooks/02_report.ipynb`` and render ``outputs/<STUDY>/report.html``. Exits 1 when a run
+  or the report failed, 2 on bad parameters.
 - ``cluster start`` / ``cluster stop FILE``: a cluster of engines that outlives the command
   (here or on ``--hosts``); ``start`` prints its cluster file, which notebooks and studies attach
   to with ``IPP_CLUSTER_FILE`` (and leave running).
@@ -60,6 +62,21 @@ def _build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="print the run ids, one a line, and execute nothing"
     )
     run.add_argument("--no-report", action="store_true", help="skip the report notebook")
+    run.add_argument(
+        "--slots",
+        type=int,
+        default=None,
+        metavar="N",
+        help="pack the study: N runs' worth of slots at once on this machine (default: one per "
+        "GPU found; without GPUs one run at a time); a 2-rank run takes 2 slots",
+    )
+    run.add_argument(
+        "--hosts",
+        default="",
+        metavar="HOSTS",
+        help="pack the study onto slots on these hosts over ssh, 'hostA:4,hostB:4' (slots per "
+        "host); `-p IPP_CLUSTER_FILE FILE` packs it onto that running cluster's engines",
+    )
     run.add_argument(
         "-v",
         "--verbose",
@@ -195,6 +212,8 @@ def _run(args: argparse.Namespace) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     study_dir = resolve_path(args.outputs) / name
+    given = dict(args.overrides)
+    slots = study.SlotRequest(args.slots, args.hosts, given.get("IPP_CLUSTER_FILE", ""))
     result = study.run_study(
         runs,
         study_dir,
@@ -202,6 +221,7 @@ def _run(args: argparse.Namespace) -> int:
         report=not args.no_report,
         root=project_root(),
         verbose=args.verbose,
+        slots=slots,
     )
     return 0 if result.ok else 1
 

@@ -32,10 +32,14 @@ PLACEMENT_PARAMETERS = (
     "REMOTE_PYTHON",
     "IPP_CLUSTER_FILE",
     "POOL_CLUSTER_FILE",
+    "POOL_ENGINES",
     "IPP_LAUNCHER",
     "RENDEZVOUS_ADDR",
     "NETWORK_INTERFACE",
 )
+# Set by the study runner for one execution (its warm cluster, the engines it reserved); a
+# record keeps the placement the run asked for instead.
+RUNNER_PARAMETERS = ("POOL_CLUSTER_FILE", "POOL_ENGINES")
 LOCAL_N_RANKS = 2  # distributed ranks on this machine when N_RANKS is 0
 MIN_IMAGE_SIZE = 32
 MAX_IMAGE_SIZE = 4096
@@ -100,6 +104,9 @@ class RunConfig(Mapping[str, Any]):
     )
     POOL_CLUSTER_FILE: str = _parameter(
         "", "set by the study runner: its warm cluster for this run; empty: none"
+    )
+    POOL_ENGINES: tuple[int, ...] | None = _parameter(
+        None, "set by the study runner: its engine ids for this run; empty: none", shown="[]"
     )
     IPP_LAUNCHER: str = _parameter("local", "ipyparallel engine launcher: local, mpi, ssh or slurm")
     RENDEZVOUS_ADDR: str = _parameter("auto", "this machine's address the ranks reach; auto: found")
@@ -226,7 +233,7 @@ def validate(params: Mapping[str, Any]) -> RunConfig:
         checked[name] = value
     if isinstance(checked["WEIGHTS"], str) and checked["WEIGHTS"].lower() == "none":
         checked["WEIGHTS"] = None
-    for name in ("CLASSES", "SITE_DIRS"):
+    for name in ("CLASSES", "SITE_DIRS", "POOL_ENGINES"):
         if checked[name] == []:
             checked[name] = None
     for name, (_, types, description) in PARAMETERS.items():
@@ -272,10 +279,25 @@ def validate(params: Mapping[str, Any]) -> RunConfig:
             raise HiresmedError(f"SITE_DIRS={sites!r} must be a list of folder paths")
     if checked["MODE"] == "serial":
         checked["N_RANKS"] = 1
-    for name in ("CLASSES", "SITE_DIRS"):
+    _check_pool_engines(checked)
+    for name in ("CLASSES", "SITE_DIRS", "POOL_ENGINES"):
         if checked[name] is not None:
             checked[name] = tuple(checked[name])
     return RunConfig(**checked)
+
+
+def _check_pool_engines(checked: dict[str, Any]) -> None:
+    """POOL_ENGINES (set by the study runner): one engine id per rank, with POOL_CLUSTER_FILE."""
+    engines = checked["POOL_ENGINES"]
+    if engines is None:
+        return
+    if not all(isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in engines):
+        raise HiresmedError(f"POOL_ENGINES={engines!r} must be a list of engine ids")
+    if not checked["POOL_CLUSTER_FILE"] or len(engines) != checked["N_RANKS"]:
+        raise HiresmedError(
+            f"POOL_ENGINES={engines!r} needs POOL_CLUSTER_FILE and one engine per rank "
+            f"(N_RANKS={checked['N_RANKS']})"
+        )
 
 
 def _distributed_ranks(checked: dict[str, Any]) -> int:

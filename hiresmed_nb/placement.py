@@ -57,7 +57,9 @@ class Placement:
 
     ``hosts``: ``HOSTS`` entries (empty: this machine); ``cluster_file``: attach to that running
     cluster instead of starting one; ``remote_python``: the interpreter on the hosts (default
-    this one's path); ``rendezvous_addr`` and ``network_interface``: 'auto' or explicit.
+    this one's path); ``rendezvous_addr`` and ``network_interface``: 'auto' or explicit;
+    ``engine_ids``: with a cluster file, exactly these engines (a packed study's slots), in rank
+    order; empty: the first ``n_ranks`` engines.
     """
 
     n_ranks: int
@@ -67,12 +69,17 @@ class Placement:
     remote_python: str = ""
     rendezvous_addr: str = "auto"
     network_interface: str = "auto"
+    engine_ids: tuple[int, ...] = ()
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> Placement:
         """The placement of a checked run's parameters."""
         if params.get("POOL_CLUSTER_FILE"):  # a study's run: on the runner's warm cluster
-            return cls(n_ranks=params["N_RANKS"], cluster_file=params["POOL_CLUSTER_FILE"])
+            return cls(
+                n_ranks=params["N_RANKS"],
+                cluster_file=params["POOL_CLUSTER_FILE"],
+                engine_ids=tuple(params.get("POOL_ENGINES") or ()),
+            )
         return cls(
             n_ranks=params["N_RANKS"],
             hosts=tuple(parse_hosts(params["HOSTS"])),

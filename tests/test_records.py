@@ -72,7 +72,11 @@ def test_each_rank_entry_keeps_who_and_where_it_ran():
         for number, name in enumerate(["x", "y"])
     ]
     results[0].update(head)
+    results[1]["slot"] = {"engine": 3, "key": "localhost/1", "gpu": None, "threads": 1}
     record = records.build_record(params, results, records.now_iso())
+    assert [entry["slot"] for entry in record["ranks"]] == [None, results[1]["slot"]]
+    # Milliseconds: runs packed side by side are compared by these times.
+    assert len(record["started_at"].split(".")[1]) == len("123+00:00")
     assert [entry["pid"] for entry in record["ranks"]] == [100, 101]
     assert [entry["local_rank"] for entry in record["ranks"]] == [0, 1]
     for entry in record["ranks"]:

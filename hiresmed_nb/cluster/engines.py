@@ -363,8 +363,9 @@ def _start_failure(cluster: Any, n_engines: int, controller_address: str, error:
     )
 
 
-def attach_engines(cluster_file: str, n_engines: int) -> Engines:
-    """Connect to the running cluster of ``cluster_file`` and take ``n_engines`` of its engines.
+def attach_engines(cluster_file: str, n_engines: int, engine_ids: tuple[int, ...] = ()) -> Engines:
+    """Connect to the running cluster of ``cluster_file`` and take ``n_engines`` of its engines:
+    exactly ``engine_ids`` when given (a packed study's reserved slots), else the first ones.
 
     Only a client connects (no launcher is rebuilt here, so nothing of the cluster runs in this
     process). Raises :class:`HiresmedError` naming IPP_CLUSTER_FILE when the file is missing or
@@ -398,9 +399,16 @@ def attach_engines(cluster_file: str, n_engines: int) -> Engines:
             f"cluster ({type(error).__name__}: {error}); is it running? "
             "(`python -m hiresmed_nb cluster start` prints a fresh file)"
         ) from None
-    engine_ids = sorted(client.ids)[:n_engines]
+    missing = sorted(set(engine_ids) - set(client.ids))
+    if missing:
+        client.close()
+        raise HiresmedError(
+            f"IPP_CLUSTER_FILE={cluster_file!r}: engines {missing} are not in that cluster "
+            f"(it has {sorted(client.ids)})"
+        )
+    chosen = list(engine_ids) if engine_ids else sorted(client.ids)[:n_engines]
     launches = engine_launches(state)
-    return Engines(client, engine_ids, None, False, cluster_id, profile_dir, launches)
+    return Engines(client, chosen, None, False, cluster_id, profile_dir, launches)
 
 
 def stop_cluster_file(cluster_file: str) -> tuple[str, list[str]]:

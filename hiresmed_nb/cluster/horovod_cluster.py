@@ -152,7 +152,9 @@ class HorovodCluster:
         placement = self.placement
         reap_orphans(self.profile_dir)
         if placement.cluster_file:
-            self.engines = attach_engines(placement.cluster_file, placement.n_ranks)
+            self.engines = attach_engines(
+                placement.cluster_file, placement.n_ranks, placement.engine_ids
+            )
             self.rendezvous_addr = self._attached_rendezvous_addr()
         else:
             controller = self._controller_address()
@@ -222,8 +224,9 @@ class HorovodCluster:
         identities, how = host_identities(facts)
         self.slots = assign_ranks(identities)
         self.interfaces = preflight.check_interface(facts, self.placement.network_interface)
+        # A slot's engine has its share of the cores; other engines split their host's.
         self.threads = [
-            threads_per_rank(f.cpu_count, slot.local_size)
+            f.slot_threads or threads_per_rank(f.cpu_count, slot.local_size)
             for f, slot in zip(facts, self.slots, strict=True)
         ]
         self.engine_pids = [f.pid for f in facts]
@@ -263,7 +266,10 @@ class HorovodCluster:
                 self.engines.interrupt()
                 raise
             self.runs += 1
-            return [future.get() for future in futures]
+            return [
+                with_engine_id(future.get(), engine_id)
+                for future, engine_id in zip(futures, self.engines.engine_ids, strict=True)
+            ]
         finally:
             stop_rendezvous(server)
 
@@ -351,6 +357,14 @@ class HorovodCluster:
             self._undertaker.terminate()
             self._undertaker.wait()
             self._undertaker = None
+
+
+def with_engine_id(result: Any, engine_id: int) -> Any:
+    """A rank's result with its engine id added to its ``slot`` (see
+    :func:`~hiresmed_nb.cluster.probes.run_as_rank`), so its record says where it ran."""
+    if isinstance(result, dict) and isinstance(result.get("slot"), dict):
+        result["slot"] = {"engine": engine_id, **result["slot"]}
+    return result
 
 
 def _task_output(future: Any, lines: int = 40) -> str:

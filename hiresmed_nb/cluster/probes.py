@@ -77,6 +77,7 @@ def describe_engine(rendezvous_addr: str) -> dict[str, Any]:
         "hostname_addresses": hostname_addresses(hostname),
         "addresses": own_addresses(),
         "cpu_count": os.cpu_count() or 1,
+        "slot_threads": int(os.environ.get("HIRESMED_SLOT_THREADS") or 0),
     }
 
 
@@ -191,6 +192,18 @@ def native_errors_to_engine_log() -> None:
         faulthandler.enable(file=sys.__stderr__ if log_fd is None else os.fdopen(os.dup(2), "w"))
 
 
+def engine_slot() -> dict[str, Any]:
+    """This engine's slot (a packed study's: its key, GPU and threads), or its host's thread
+    share on another engine; the cluster adds the engine id."""
+    from hiresmed_nb.cluster.devices import slot_of_this_process
+
+    found = slot_of_this_process()
+    if found is not None:
+        return found
+    threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or None
+    return {"key": None, "gpu": None, "threads": threads}
+
+
 def run_as_rank(environment: dict[str, str], function: Callable, *args: Any) -> Any:
     """Run ``function(*args)`` as the rank ``environment`` describes, from a clean Horovod.
 
@@ -204,7 +217,10 @@ def run_as_rank(environment: dict[str, str], function: Callable, *args: Any) -> 
     os.environ.update(environment)
     custom_gradients_before = custom_gradient_names()
     try:
-        return function(*args)
+        result = function(*args)
+        if isinstance(result, dict) and "weights_digest" in result:  # a training rank's result
+            result["slot"] = engine_slot()
+        return result
     finally:
         leave_horovod()
         release_memory(custom_gradients_before)

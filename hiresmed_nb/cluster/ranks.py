@@ -61,6 +61,7 @@ class EngineFacts:
     hostname_addresses: tuple[str, ...]
     addresses: tuple[str, ...]
     cpu_count: int
+    slot_threads: int = 0  # a packed study's slot engine: its share of the cores; 0: none
 
     @property
     def machine(self) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hiresmed_nb.errors import HiresmedError
-from hiresmed_nb.params import SYNTHETIC_DATASETS, project_root, run_id
+from hiresmed_nb.params import RUNNER_PARAMETERS, SYNTHETIC_DATASETS, project_root, run_id
 
 GLUE_MIMETYPE = "application/vnd.hiresmed.record+json"
 MIN_FREE_BYTES = 100_000_000
@@ -41,11 +41,13 @@ RANK_KEYS = (
     "pid",
     "train_files",
     "weights_digest",
+    "slot",  # the engine and slot it ran on; None when it trained in the notebook's kernel
 )
 
 
 def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    """Now in UTC, to the millisecond (runs packed side by side are compared by these times)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def versions() -> dict[str, str | None]:
@@ -104,17 +106,22 @@ def data_locality(ranks: list[dict[str, Any]], n_train: int) -> dict[str, Any]:
     return check
 
 
+def _rank_entry(rank: Mapping[str, Any]) -> dict[str, Any]:
+    """What the record keeps of a rank's result (``slot`` only from ranks run on engines)."""
+    return {key: rank.get(key) if key == "slot" else rank[key] for key in RANK_KEYS}
+
+
 def build_record(params: Mapping[str, Any], ranks: list[dict[str, Any]], started_at: str) -> dict:
     """Assemble the run's record from checked parameters and the ranks' results. The record
     keeps the placement the run asked for (``HOSTS``, ``IPP_CLUSTER_FILE``), not the study
-    runner's warm cluster it ran on (``POOL_CLUSTER_FILE``)."""
+    runner's warm cluster and engines it ran on (``POOL_CLUSTER_FILE``, ``POOL_ENGINES``)."""
     head = ranks[0]
     commit, dirty = git_state()
     return {
         "run_id": run_id(params),
         "status": "ok",
         "synthetic": params["DATASET"] in SYNTHETIC_DATASETS,
-        "params": {name: value for name, value in params.items() if name != "POOL_CLUSTER_FILE"},
+        "params": {name: value for name, value in params.items() if name not in RUNNER_PARAMETERS},
         "dataset": params["DATASET"],
         "arch": params["ARCH"],
         "image_size": params["IMAGE_SIZE"],
@@ -148,7 +155,7 @@ def build_record(params: Mapping[str, Any], ranks: list[dict[str, Any]], started
                 "images_per_second",
             )
         },
-        "ranks": [{key: rank[key] for key in RANK_KEYS} for rank in ranks],
+        "ranks": [_rank_entry(rank) for rank in ranks],
         "data_locality": data_locality(ranks, head["n_train"]),
         "versions": versions(),
         "host": socket.gethostname(),

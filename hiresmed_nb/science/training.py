@@ -240,7 +240,8 @@ def join_ranks(distributed: bool) -> RankInfo:
     """Join the Horovod ranks (distributed) or stand alone as rank 0 of 1 (serial).
 
     Then takes this rank's share of the host: its TensorFlow threads and, on a GPU host, the GPU
-    of its local rank. In distributed mode this blocks until every rank has joined.
+    of its local rank (on a packed study's slot engine: the slot's threads and its one GPU). In
+    distributed mode this blocks until every rank has joined.
     """
     if distributed:
         import horovod.tensorflow.keras as hvd
@@ -251,8 +252,11 @@ def join_ranks(distributed: bool) -> RankInfo:
         )
     else:
         ranks = RankInfo(0, 1, 0, 1, horovod_host(), False)
-    configure_threads(max(1, (os.cpu_count() or 1) // ranks.local_size))
-    pin_gpu(ranks.local_rank)  # Horovod: one GPU per process, chosen by local rank.
+    # A packed study's slot engine sees only its own GPU and has its share of the cores.
+    slot_threads = int(os.environ.get("HIRESMED_SLOT_THREADS") or 0)
+    configure_threads(slot_threads or max(1, (os.cpu_count() or 1) // ranks.local_size))
+    # Horovod: one GPU per process, chosen by local rank (on a slot: its one visible GPU).
+    pin_gpu(0 if "HIRESMED_SLOT" in os.environ else ranks.local_rank)
     return ranks
 
 

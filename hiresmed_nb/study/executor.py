@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ class RunnerKernelManager(AsyncKernelManager):
         "", config=True, help="file for the kernel process's stdout and stderr; empty: inherit"
     )
     _socket_dir: str | None = None
+    running: typing.ClassVar[set[RunnerKernelManager]] = set()  # kernels started, not yet ended
 
     async def _async_pre_start_kernel(self, **kw: Any) -> tuple[list[str], dict[str, Any]]:
         if self.transport == "ipc" and self._socket_dir is None:
@@ -54,6 +56,7 @@ class RunnerKernelManager(AsyncKernelManager):
         env = dict(kw.get("env") or os.environ)  # already holds the kernelspec's env
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", TF_LOG_LEVEL)
         kw["env"] = env
+        RunnerKernelManager.running.add(self)
         if not self.output_file:
             await super()._async_launch_kernel(kernel_cmd, **kw)
             return
@@ -64,9 +67,23 @@ class RunnerKernelManager(AsyncKernelManager):
     async def cleanup_resources(self, restart: bool = False) -> None:  # type: ignore[override]
         """Remove the connection and socket files; after the last use, the socket folder too."""
         await super()._async_cleanup_resources(restart=restart)
+        if not restart:
+            RunnerKernelManager.running.discard(self)
         if not restart and self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             self._socket_dir = None
+
+
+def kill_running_kernels() -> int:
+    """Kill every kernel the runner's executions started that still runs (Ctrl-C of a packed
+    study: notebooks execute in other threads); returns how many were running."""
+    killed = 0
+    for manager in list(RunnerKernelManager.running):
+        process = getattr(manager.provisioner, "process", None)
+        if process is not None and process.poll() is None:
+            process.kill()
+            killed += 1
+    return killed
 
 
 def kernel_log_path(output: Path) -> Path:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import os
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -21,11 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from hiresmed_nb import params as P
+from hiresmed_nb.cluster.devices import Slot
 from hiresmed_nb.cluster.pool import Pool
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.science.records import write_json_atomic
-from hiresmed_nb.study.executor import papermill_executor
+from hiresmed_nb.study.executor import kill_running_kernels, papermill_executor
 from hiresmed_nb.study.grid import Run
+from hiresmed_nb.study.packed_study import (
+    SlotRequest,
+    check_fits,
+    run_on_slots,
+    start_slot_engines,
+    study_slots,
+)
 
 TRAIN_NOTEBOOK = "notebooks/01_train.ipynb"
 REPORT_NOTEBOOK = "notebooks/02_report.ipynb"
@@ -66,6 +75,7 @@ class StudyResult:
     failed: dict[str, dict[str, Any]] = field(default_factory=dict)
     report_html: Path | None = None
     report_error: str | None = None
+    occupancy: Any = None  # a packed study's slots account (study.occupancy.Occupancy)
 
     @property
     def ok(self) -> bool:
@@ -84,6 +94,7 @@ def run_study(
     progress: bool = True,
     verbose: bool = False,
     echo: Callable[[str], None] = print,
+    slots: SlotRequest | None = None,
 ) -> StudyResult:
     """Execute the runs whose record is missing, isolate failures, then render the report.
 
@@ -98,9 +109,15 @@ def run_study(
     cluster and is retried once: it resumes from its last complete epoch's checkpoint, and its
     record gets ``retry`` (the first error, the epoch).
 
+    ``slots`` (``--slots``, ``--hosts``, an attached cluster's file), or GPUs found on this
+    machine, pack the study: as many runs at once as the free slots allow, each on its own
+    slots' engines (:mod:`.packed_study`); a run wider than the slots is an error before
+    anything starts. Without them the runs execute one at a time.
+
     The console shows one progress bar over the runs (the current run id, runs done and left, an
     estimate of the time left) and one line per finished or failed run; the details of a run are
-    in its executed notebook.
+    in its executed notebook. A packed study adds a line per change of which runs are on which
+    slots, and the slots' utilisation at the end.
     """
     from tqdm.auto import tqdm
 
@@ -119,30 +136,33 @@ def run_study(
             result.skipped.append(run.run_id)
         else:
             pending.append(run)
+    slots = slots or SlotRequest()
+    planned = study_slots(slots) if pending and not slots.cluster_file else None
+    if planned is not None:
+        check_fits(pending, planned)  # before any engine starts
     echo(
         f"study {study_dir.name}: {len(runs)} runs, {len(result.skipped)} already recorded, "
         f"{len(pending)} to execute"
     )
 
-    def runs_done(done: int) -> str:
-        return f"runs {done}/{len(pending)} done, {len(pending) - done} left"
-
     bar = tqdm(
-        pending,
-        desc=runs_done(0),
+        total=len(pending),
+        desc=_runs_done(0, len(pending)),
         unit="run",
         disable=not progress or not pending,
         position=0,
         bar_format="{desc} |{bar:20}| {elapsed} elapsed, ETA {remaining}{postfix}",
     )
-    with Pool() as pool:
-        for done, run in enumerate(bar):
-            bar.set_postfix_str(f"now {run.run_id}")
-            _execute_run(run, runs_dir, root, executor, pool, force, result, bar.write)
-            bar.set_description_str(runs_done(done + 1), refresh=False)
-            if done + 1 == len(pending):
-                bar.set_postfix_str("", refresh=False)  # the bar closes itself after the last run
-        bar.close()
+    # Lines above the bar; without a bar, to ``echo``.
+    write = bar.write if progress and pending else echo
+    if pending and (planned is not None or slots.cluster_file):
+        execute = functools.partial(
+            _execute_run, runs_dir=runs_dir, root=root, executor=executor, force=force
+        )
+        _run_packed(pending, slots, planned, execute, result, bar, write)
+    else:
+        _run_one_at_a_time(pending, runs_dir, root, executor, force, result, bar, write)
+    bar.close()
 
     if report:
         try:
@@ -154,17 +174,74 @@ def run_study(
     return result
 
 
+def _runs_done(done: int, total: int) -> str:
+    return f"runs {done}/{total} done, {total - done} left"
+
+
+def _run_one_at_a_time(
+    pending: list[Run],
+    runs_dir: Path,
+    root: Path,
+    executor: Executor,
+    force: bool,
+    result: StudyResult,
+    bar: Any,
+    write: Callable[[str], None],
+) -> None:
+    """Execute the runs in order, distributed ones on the warm clusters of a :class:`Pool`."""
+    with Pool() as pool:
+        for done, run in enumerate(pending):
+            bar.set_postfix_str(f"now {run.run_id}")
+            _execute_run(run, runs_dir, root, executor, pool, force, result, write)
+            bar.set_description_str(_runs_done(done + 1, len(pending)), refresh=False)
+            bar.update(1)
+            if done + 1 == len(pending):
+                bar.set_postfix_str("", refresh=False)
+
+
+def _run_packed(
+    pending: list[Run],
+    slots: SlotRequest,
+    planned: list[Slot] | None,
+    execute: Callable[..., bool],
+    result: StudyResult,
+    bar: Any,
+    write: Callable[[str], None],
+) -> None:
+    """Execute the runs packed onto slots, each notebook in its own thread (and kernel)."""
+    finished: list[str] = []
+    lock = threading.Lock()
+
+    def execute_one(run: Run, pool: Any) -> bool:
+        ok = execute(run, pool=pool, result=result, write=write)
+        with lock:  # runs end in their own threads
+            finished.append(run.run_id)
+            bar.set_description_str(_runs_done(len(finished), len(pending)), refresh=False)
+            bar.update(1)
+        return ok
+
+    with Pool() as pool:  # closing it stops the engines, also on Ctrl-C or an error
+        engines = pool.hold(start_slot_engines(slots, planned))
+        if planned is None:  # an attached cluster: its engines are the slots
+            check_fits(pending, engines.slots)
+        packed = run_on_slots(
+            pending, engines, execute_one, echo=write, on_interrupt=kill_running_kernels
+        )
+        result.occupancy = packed.occupancy
+
+
 def _execute_run(
     run: Run,
     runs_dir: Path,
     root: Path,
     executor: Executor,
-    pool: Pool,
+    pool: Any,
     force: bool,
     result: StudyResult,
     write: Callable[[str], None],
-) -> None:
-    """Execute one run (retried once after a rank failure); record its outcome in ``result``."""
+) -> bool:
+    """Execute one run (retried once after a rank failure); record its outcome in ``result``.
+    Returns whether it succeeded. ``pool``: a :class:`Pool`, or a packed run's slots."""
     record = runs_dir / f"{run.run_id}.json"
     failed_path = runs_dir / f"{run.run_id}.failed.json"
     output = runs_dir / f"{run.run_id}.ipynb"
@@ -191,13 +268,14 @@ def _execute_run(
             cell = result.failed[run.run_id]["cell_index"]
             where = f" in cell {cell}" if cell is not None else ""
             write(f"FAILED {run.run_id}{where}: {result.failed[run.run_id]['ename']}")
-            return
+            return False
         break
     if first_error is not None:
         mark_retry(record, first_error)
     failed_path.unlink(missing_ok=True)
     result.executed.append(run.run_id)
     write(f"done   {run.run_id} ({time.monotonic() - started:.0f} s)")
+    return True
 
 
 def is_rank_failure(error: BaseException) -> bool:

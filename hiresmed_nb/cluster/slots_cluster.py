@@ -1,0 +1,229 @@
+"""A packed study's cluster: one ipyparallel engine per slot, started with its slot's environment.
+
+Each engine starts with :func:`~hiresmed_nb.cluster.devices.slot_environment` of its slot (only
+its GPU visible, its share of the cores), so TensorFlow in it never sees another slot's GPU.
+Every slot's engine is an engine set of its own: after a rank failure the engines of that run's
+slots are replaced while the other slots' engines go on with their runs. Runs attach to the
+cluster with its file and the engine ids of the slots reserved for them (the notebook's
+``POOL_CLUSTER_FILE`` and ``POOL_ENGINES``); each run has its own Gloo rendezvous in its kernel.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hiresmed_nb.cluster import launchers
+from hiresmed_nb.cluster.devices import LOCAL_HOST, Slot, slot_environment
+from hiresmed_nb.cluster.engines import (
+    REGISTRATION_SECONDS,
+    SSH_POLL_SECONDS,
+    _make_profile_private,
+    private_files,
+    remote_profile_dir,
+    stop_cluster,
+)
+from hiresmed_nb.cluster.horovod_cluster import IPP_PROFILE_DIR
+from hiresmed_nb.cluster.hosts import SSH_OPTIONS, head_address, probe_hosts
+from hiresmed_nb.cluster.processes import (
+    marker_environment,
+    owned_cluster_id,
+    process_identity,
+    reap_orphans,
+)
+from hiresmed_nb.cluster.undertaker import start_undertaker
+from hiresmed_nb.errors import HiresmedError
+from hiresmed_nb.params import resolve_path
+from hiresmed_nb.placement import HostSlots
+
+POLL_SECONDS = 0.2
+
+
+def engine_slot_key() -> str:
+    """Run on an engine: the key of the slot it was started for ('' for another engine)."""
+    return os.environ.get("HIRESMED_SLOT", "")
+
+
+def slot_hosts(slots: Sequence[Slot]) -> list[HostSlots]:
+    """The ``--hosts`` entries the slots are on (none when every slot is on this machine)."""
+    counts: dict[str, int] = {}
+    for slot in slots:
+        if slot.host != LOCAL_HOST:
+            counts[slot.host] = counts.get(slot.host, 0) + 1
+    return [HostSlots(host, count) for host, count in counts.items()]
+
+
+class SlotsCluster:
+    """``with SlotsCluster(slots) as cluster: cluster.engine_ids(some_slots)``.
+
+    Started and owned by this process (stopped on every host when it stops, and by its
+    undertaker if this process is killed). ``replace(slots)`` gives those slots fresh engines.
+    """
+
+    def __init__(
+        self,
+        slots: Sequence[Slot],
+        *,
+        remote_python: str = "",
+        rendezvous_addr: str = "auto",
+        profile_dir: str | Path = IPP_PROFILE_DIR,
+    ):
+        self.slots = list(slots)
+        self.hosts = slot_hosts(self.slots)
+        self.remote_python = remote_python or sys.executable
+        self.rendezvous_addr = rendezvous_addr
+        self.profile_dir = resolve_path(profile_dir)
+        self.cluster_id = owned_cluster_id(os.getpid(), secrets.token_hex(4))
+        self.engine_of: dict[str, int] = {}  # slot key -> its engine's id
+        self.replaced = 0  # engines replaced after failures
+        self._sets: dict[str, str] = {}  # slot key -> its engine set id
+        self._seen: set[int] = set()
+        self._cluster: Any = None
+        self._client: Any = None
+        self._undertaker: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> SlotsCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def cluster_file(self) -> str:
+        return str(getattr(self._cluster, "cluster_file", ""))
+
+    def engine_ids(self, slots: Sequence[Slot]) -> list[int]:
+        """The engine ids of ``slots`` now, in slot order (a run's ranks)."""
+        with self._lock:
+            return [self.engine_of[slot.key] for slot in slots]
+
+    # Starting ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the controller and one engine per slot; wait until every slot's engine is up."""
+        import ipyparallel as ipp
+
+        reap_orphans(self.profile_dir)
+        self.profile_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        controller = self._controller_address()
+        self._cluster = ipp.Cluster(
+            n=1,
+            engines=launchers.SSH if self.hosts else launchers.LOCAL,
+            profile_dir=str(self.profile_dir),
+            cluster_id=self.cluster_id,
+            controller_ip=controller,
+            controller_location=controller,
+            shutdown_atexit=True,
+            log_level=40,
+            config=self._config(),
+        )
+        with private_files():
+            try:
+                self._cluster.start_controller_sync()
+                for slot in self.slots:
+                    self._start_engine(slot)
+                self._client = self._cluster.connect_client_sync()
+                self._await_engines(self.slots)
+            except HiresmedError:
+                raise
+            except Exception as error:
+                raise HiresmedError(
+                    f"the slots' cluster did not start its {len(self.slots)} engine(s) with a "
+                    f"controller on {controller}: {type(error).__name__}: {error}"
+                ) from None
+            finally:
+                _make_profile_private(self.profile_dir, self.cluster_id)
+        # Idle between runs, the engines must not outlive this process, also if it is killed.
+        self._undertaker = start_undertaker(process_identity(), self.cluster_id, self.cluster_file)
+
+    def _config(self) -> Any:
+        from traitlets.config import Config
+
+        config = Config()
+        config.BaseLauncher.environment = marker_environment(self.cluster_id, process_identity())
+        if self.hosts:
+            settings = config.SSHEngineSetLauncher
+            settings.remote_python = self.remote_python
+            settings.remote_profile_dir = remote_profile_dir(self.cluster_id)
+            settings.poll_seconds = SSH_POLL_SECONDS
+            settings.ssh_args = list(SSH_OPTIONS)
+            settings.scp_args = list(SSH_OPTIONS)
+        return config
+
+    def _controller_address(self) -> str:
+        """Loopback for slots on this machine; with ``--hosts``, where every host sees us."""
+        if self.rendezvous_addr != "auto":
+            return self.rendezvous_addr
+        if not self.hosts:
+            return "127.0.0.1"
+        found = probe_hosts(self.hosts, self.remote_python, remote_profile_dir(self.cluster_id))
+        return head_address(found)
+
+    def _start_engine(self, slot: Slot) -> None:
+        """Start ``slot``'s engine, an engine set of its own, with the slot's environment."""
+        environment = {
+            **marker_environment(self.cluster_id, process_identity()),
+            **slot_environment(slot),
+            "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+        }
+        extra: dict[str, Any] = {"environment": environment}
+        if self.hosts:
+            extra["engines"] = {slot.host: 1}
+        self._sets[slot.key] = self._cluster.start_engines_sync(n=1, **extra)
+
+    def _await_engines(self, slots: Sequence[Slot]) -> None:
+        """Wait until an engine new to us has registered for every slot of ``slots``."""
+        waiting = {slot.key for slot in slots}
+        deadline = time.monotonic() + REGISTRATION_SECONDS
+        while waiting:
+            for engine_id in sorted(set(self._client.ids) - self._seen):
+                key = self._client[engine_id].apply_sync(engine_slot_key)
+                self._seen.add(engine_id)
+                if key in waiting:
+                    self.engine_of[key] = engine_id
+                    waiting.discard(key)
+            if waiting and time.monotonic() > deadline:
+                raise HiresmedError(
+                    f"no engine registered within {REGISTRATION_SECONDS} s for slot(s) "
+                    f"{', '.join(sorted(waiting))}; see the engine logs in {self.profile_dir}/log"
+                )
+            if waiting:
+                time.sleep(POLL_SECONDS)
+
+    # Replacing and stopping -------------------------------------------------------------------
+
+    def replace(self, slots: Sequence[Slot]) -> None:
+        """Give ``slots`` fresh engines (after a rank failure: the old ones may be stuck or
+        gone). Same slots, same environment, new engine ids."""
+        with self._lock:
+            for slot in slots:
+                self._cluster.stop_engines_sync(self._sets.pop(slot.key))
+                self._start_engine(slot)
+            self._await_engines(slots)
+            self.replaced += len(slots)
+
+    def stop(self) -> None:
+        """Stop the controller and every slot's engine, on every host; leave no file behind."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._cluster is not None:
+            stop_cluster(self._cluster, self.cluster_id, self.profile_dir)
+            self._cluster = None
+        if self._undertaker is not None:
+            self._undertaker.terminate()
+            self._undertaker.wait()
+            self._undertaker = None

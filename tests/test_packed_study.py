@@ -1,0 +1,262 @@
+"""A packed study: serial and 2-rank runs at once on CPU slots, one engine per slot."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+from hiresmed_nb import study
+from hiresmed_nb.__main__ import main
+from hiresmed_nb.cluster.processes import OWNER_VARIABLE
+from hiresmed_nb.errors import HiresmedError
+from hiresmed_nb.study.occupancy import slot_overlaps
+
+TINY = {
+    "STUDY": "packed",
+    "DATASET": "synthetic-skin",
+    "ARCH": "compact",
+    "IMAGE_SIZE": 32,
+    "IMAGES_PER_CLASS": 4,
+    "TEST_IMAGES_PER_CLASS": 4,
+    "BATCH_SIZE": 4,
+    "EPOCHS": 1,
+    "N_RANKS": 2,
+}
+SAME_RESULT = ("accuracy", "balanced_accuracy", "macro_f1", "confusion_matrix", "history")
+
+
+def owned_cluster_processes() -> list[psutil.Process]:
+    """Processes of clusters this test process owns (engines, controllers, undertakers)."""
+    prefix = f"{os.getpid()}@"
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get(OWNER_VARIABLE, "").startswith(prefix):
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def spans_overlap(first: dict, second: dict) -> bool:
+    from datetime import datetime
+
+    def span(record: dict) -> tuple[float, float]:
+        return tuple(
+            datetime.fromisoformat(record[k]).timestamp() for k in ("started_at", "finished_at")
+        )
+
+    (a0, a1), (b0, b1) = span(first), span(second)
+    return a0 < b1 and b0 < a1
+
+
+@pytest.mark.notebook
+@pytest.mark.distributed
+def test_a_packed_grid_runs_side_by_side_on_its_own_slots_and_equals_runs_one_at_a_time(
+    tmp_path, skin_dir
+):
+    good = study.expand({**TINY, "MODE": ["distributed", "serial"], "SEEDS": [0, 1]})
+    # A run that fails in its notebook (its data folder does not exist): the others go on.
+    bad = study.expand({**TINY, "MODE": "serial", "SEEDS": [2], "DATA_DIR": str(tmp_path / "no")})
+    lines: list[str] = []
+    result = study.run_study(
+        good + bad,
+        tmp_path / "packed",
+        report=False,
+        progress=False,
+        echo=lines.append,
+        slots=study.SlotRequest(slots=3),
+    )
+    assert sorted(result.executed) == sorted(run.run_id for run in good)
+    assert list(result.failed) == [bad[0].run_id]
+    assert owned_cluster_processes() == []  # the slots' engines stopped with the study
+    records = {
+        run.run_id: json.loads((tmp_path / "packed" / "runs" / f"{run.run_id}.json").read_text())
+        for run in good
+    }
+    # Every rank on a slot of its own; no slot ever ran two runs at once (from records alone).
+    assert slot_overlaps(records.values()) == []
+    for record in records.values():
+        keys = [rank["slot"]["key"] for rank in record["ranks"]]
+        assert len(set(keys)) == len(keys) == record["n_ranks"]
+        assert all(rank["slot"]["threads"] >= 1 for rank in record["ranks"])
+        assert all(isinstance(rank["slot"]["engine"], int) for rank in record["ranks"])
+    ordered = list(records.values())
+    assert any(spans_overlap(a, b) for i, a in enumerate(ordered) for b in ordered[i + 1 :]), (
+        "no two runs trained at the same time"
+    )
+    assert any(line.startswith("slots  ") for line in lines)
+    assert any(line.startswith("slot utilisation") for line in lines)
+    # The same runs one at a time with the same thread share (on CPU the intra-op thread count
+    # changes the order of floating-point sums, so the weights too): serial ones in a process
+    # of their own, as in a notebook's kernel, distributed ones on that process's engines.
+    threads = {rank["slot"]["threads"] for record in records.values() for rank in record["ranks"]}
+    assert len(threads) == 1
+    alone = runs_alone(good, tmp_path / "alone", threads.pop())
+    for run in good:
+        packed = records[run.run_id]
+        assert alone[run.run_id]["digests"] == [r["weights_digest"] for r in packed["ranks"]]
+        assert alone[run.run_id]["metrics"] == {k: packed[k] for k in SAME_RESULT}
+
+
+ALONE = """
+import json, sys
+from hiresmed_nb.cluster import run_training
+from hiresmed_nb.params import validate
+results = {}
+for parameters in json.loads(sys.argv[1]):
+    config = validate(parameters)
+    ranks = run_training(config)
+    results[config.run_id] = {
+        "digests": [rank["weights_digest"] for rank in ranks],
+        "metrics": {key: ranks[0][key] for key in json.loads(sys.argv[2])},
+    }
+print("RESULTS " + json.dumps(results))
+"""
+
+
+def runs_alone(runs: list, results_dir, threads: int) -> dict:
+    """Train ``runs`` one after another in a fresh process with ``threads`` intra-op threads."""
+    parameters = [{**run.params, "RESULTS_DIR": str(results_dir)} for run in runs]
+    done = subprocess.run(
+        [sys.executable, "-c", ALONE, json.dumps(parameters), json.dumps(SAME_RESULT)],
+        env={**os.environ, "HIRESMED_SLOT_THREADS": str(threads)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    line = next(line for line in done.stdout.splitlines() if line.startswith("RESULTS "))
+    return json.loads(line.removeprefix("RESULTS "))
+
+
+def test_a_run_wider_than_the_slots_is_one_error_before_anything_starts(tmp_path):
+    runs = study.expand({**TINY, "MODE": "distributed", "N_RANKS": 3, "SEEDS": [0, 1]})
+    executed = []
+    with pytest.raises(HiresmedError, match=r"2 runs need more slots than the study has \(2"):
+        study.run_study(
+            runs,
+            tmp_path / "wide",
+            executor=lambda *args: executed.append(args),
+            report=False,
+            progress=False,
+            slots=study.SlotRequest(slots=2),
+        )
+    assert executed == []
+    assert list((tmp_path / "wide" / "runs").iterdir()) == []
+    assert owned_cluster_processes() == []
+
+
+def test_the_command_line_names_a_bad_slot_count(tmp_path, capsys):
+    params = tmp_path / "grid.yaml"
+    params.write_text("STUDY: s\nMODE: serial\nIMAGE_SIZE: 32\n")
+    assert main(["run", str(params), "--slots", "0", "--outputs", str(tmp_path)]) == 2
+    assert "--slots 0" in capsys.readouterr().err
+
+
+INTERRUPTED_STUDY = """
+import sys
+from pathlib import Path
+from hiresmed_nb import study
+runs = study.expand({config!r})
+study.run_study(
+    runs, Path(sys.argv[1]), report=False, progress=False, slots=study.SlotRequest(slots=2)
+)
+"""
+
+
+def kernel_processes() -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if "ipykernel_launcher" in " ".join(process.info["cmdline"] or []):
+            found.append(process)
+    return found
+
+
+def processes_owned_by(pid: int) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get(OWNER_VARIABLE, "").startswith(f"{pid}@"):
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+@pytest.mark.notebook
+def test_ctrl_c_stops_every_packed_notebook_and_engine_and_a_rerun_resumes(tmp_path, skin_dir):
+    config = {**TINY, "MODE": "serial", "SEEDS": [0, 1, 2, 3]}
+    kernels_before = {p.pid for p in kernel_processes()}
+    runner = subprocess.Popen(
+        [sys.executable, "-u", "-c", INTERRUPTED_STUDY.format(config=config), str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    for line in runner.stdout:  # one line per finished run
+        if line.startswith("done"):
+            break
+    runner.send_signal(signal.SIGINT)  # Ctrl-C while the other slot's run and the next train
+    runner.communicate(timeout=300)
+    assert runner.returncode != 0
+    leftovers = processes_owned_by(runner.pid)
+    leftovers += [p for p in kernel_processes() if p.pid not in kernels_before]
+    _, alive = psutil.wait_procs(leftovers, timeout=30)
+    assert alive == []
+    recorded = {
+        path.name.removesuffix(".json")
+        for path in (tmp_path / "runs").glob("*.json")
+        if not path.name.endswith(".failed.json")
+    }
+    assert recorded
+    # A rerun skips the recorded runs (fake executor: nothing trains here).
+    executed = []
+    result = study.run_study(
+        study.expand(config),
+        tmp_path,
+        executor=lambda notebook, output, parameters, cwd: executed.append(parameters),
+        report=False,
+        progress=False,
+    )
+    assert set(result.skipped) == recorded
+    assert len(executed) == 4 - len(result.skipped)
+
+
+@pytest.mark.notebook
+@pytest.mark.distributed
+def test_a_lost_rank_of_a_packed_run_is_retried_on_fresh_engines_for_its_slots(
+    tmp_path, monkeypatch, skin_dir
+):
+    # Rank 1 kills itself at the end of the last epoch, once (hiresmed_nb/faults.py).
+    marker = tmp_path / "rank-1-was-killed"
+    monkeypatch.setenv("HIRESMED_INJECT_FAULT", f"kill-rank:1:1:{marker}")
+    runs = study.expand({**TINY, "MODE": "distributed", "EPOCHS": 2, "SEEDS": [0]})
+    result = study.run_study(
+        runs, tmp_path, report=False, progress=False, slots=study.SlotRequest(slots=2)
+    )
+    assert result.ok, result.failed
+    assert marker.exists()
+    record = json.loads((tmp_path / "runs" / f"{runs[0].run_id}.json").read_text())
+    assert record["retry"]["first_error"].startswith("RankLostError")
+    # The slots' first engines are 0 and 1: the retry ran on their replacements.
+    engines = [rank["slot"]["engine"] for rank in record["ranks"]]
+    assert min(engines) >= 2
+    assert sorted(rank["slot"]["key"] for rank in record["ranks"]) == ["localhost/0", "localhost/1"]
+    assert owned_cluster_processes() == []
+
+
+def test_the_packing_benchmark_judges_its_goals():
+    from hiresmed_nb.bench.packing import goals_of
+
+    figures = {"utilisation": 0.8, "max_gap_seconds": 0.5, "slot_overlaps": ["one"]}
+    met = {entry["name"]: entry["met"] for entry in goals_of(figures)}
+    assert met == {
+        "slot utilisation": False,
+        "slot freed to next run started (max)": True,
+        "runs sharing a slot at once (records)": False,
+    }
