@@ -10,7 +10,7 @@ import pytest
 import sgd_steps
 
 from hiresmed_nb import cluster
-from hiresmed_nb.cluster import HorovodCluster, RankFailedError, assign_ranks, memory, probes
+from hiresmed_nb.cluster import HorovodCluster, RankFailedError, assign_ranks, engine_tasks, memory
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.science import training
 
@@ -275,17 +275,17 @@ def test_each_host_problem_is_one_error_naming_the_host_and_the_fix(monkeypatch,
 
     monkeypatch.setattr(hosts.subprocess, "run", answer)
     with pytest.raises(HiresmedError, match=named):
-        hosts.probe_host("hostA", "/opt/py", "/tmp/hiresmed-x")
+        hosts.ask_host("hostA", "/opt/py", "/tmp/hiresmed-x")
 
 
 def test_the_head_address_is_where_every_host_sees_this_machine():
-    from hiresmed_nb.cluster.hosts import HostProbe, head_address
+    from hiresmed_nb.cluster.hosts import HostAnswer, head_address
 
-    seen = [HostProbe("a", "a", "10.0.0.1"), HostProbe("b", "b", "10.0.0.1")]
+    seen = [HostAnswer("a", "a", "10.0.0.1"), HostAnswer("b", "b", "10.0.0.1")]
     assert head_address(seen) == "10.0.0.1"
-    assert head_address([HostProbe("localhost", "vm", "127.0.0.1")]) == "127.0.0.1"
+    assert head_address([HostAnswer("localhost", "vm", "127.0.0.1")]) == "127.0.0.1"
     with pytest.raises(HiresmedError, match="different addresses.*set RENDEZVOUS_ADDR"):
-        head_address([*seen, HostProbe("c", "c", "192.168.0.9")])
+        head_address([*seen, HostAnswer("c", "c", "192.168.0.9")])
 
 
 def test_files_created_while_a_cluster_starts_are_owner_only(tmp_path):
@@ -324,12 +324,12 @@ def test_release_memory_drops_the_custom_gradients_a_run_registered_and_keeps_ol
         return 2 * x, lambda upstream: 2 * upstream
 
     tf.function(doubled)(tf.constant(1.0))  # traced in graph mode: registers one entry
-    before = probes.custom_gradient_names()
+    before = engine_tasks.custom_gradient_names()
     assert before
     tf.function(lambda x: doubled(x) + 1)(tf.constant(1.0))  # a run's own tracing
-    assert len(probes.custom_gradient_names() - before) == 1
-    probes.release_memory(before)
-    assert probes.custom_gradient_names() == before
+    assert len(engine_tasks.custom_gradient_names() - before) == 1
+    engine_tasks.release_memory(before)
+    assert engine_tasks.custom_gradient_names() == before
 
 
 class RanOnceCluster:

@@ -88,7 +88,7 @@ def test_loading_the_extension_imports_neither_tensorflow_nor_ipyparallel():
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
-# --- the runners, in this process (on an engine they run inside probes.run_as_rank) ---------------
+# --- the runners, in this process (on an engine they run inside engine_tasks.run_as_rank) ---
 
 
 def test_a_script_runs_as_main_with_its_argv_folder_and_working_directory(tmp_path, capsys):

@@ -16,7 +16,7 @@ One module per concern:
 - :mod:`.launchers`: ipyparallel launchers that keep engine output and name each engine.
 - :mod:`.ranks`: Horovod rank numbers, host identities and ``HOROVOD_*`` variables.
 - :mod:`.preflight`: checks before ``hvd.init()`` that fail with one named error.
-- :mod:`.probes`: what runs on the engines (closures do not pickle).
+- :mod:`.engine_tasks`: what runs on the engines (closures do not pickle).
 - :mod:`.scripts`: any Horovod script or cell source on the ranks (``%horovodrun``).
 - :mod:`.processes`: a cluster's processes, by the marker only they carry; reaping them, also
   after a killed kernel.

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hiresmed_nb.cluster import launchers, probes
+from hiresmed_nb.cluster import engine_tasks, launchers
 from hiresmed_nb.cluster.hosts import SSH_OPTIONS, HostSlots
 from hiresmed_nb.cluster.processes import (
     cluster_processes,
@@ -121,7 +121,9 @@ class Engines:
 
     def describe(self, rendezvous_addr: str) -> list[EngineFacts]:
         """Ask every engine for its :class:`EngineFacts` (at most PROBE_SECONDS)."""
-        futures = [view.apply_async(probes.describe_engine, rendezvous_addr) for view in self.views]
+        futures = [
+            view.apply_async(engine_tasks.describe_engine, rendezvous_addr) for view in self.views
+        ]
         described = []
         for engine_id, future in zip(self.engine_ids, futures, strict=True):
             try:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hiresmed_nb import compat
-from hiresmed_nb.cluster import preflight, probes, scripts
+from hiresmed_nb.cluster import engine_tasks, preflight, scripts
 from hiresmed_nb.cluster.engines import (
     PROBE_SECONDS,
     Engines,
@@ -29,7 +29,7 @@ from hiresmed_nb.cluster.engines import (
     start_engines,
 )
 from hiresmed_nb.cluster.errors import RankLostError, as_rank_failure
-from hiresmed_nb.cluster.hosts import head_address, probe_hosts
+from hiresmed_nb.cluster.hosts import ask_hosts, head_address
 from hiresmed_nb.cluster.memory import EngineMemory, resident_bytes
 from hiresmed_nb.cluster.processes import (
     detached_cluster_id,
@@ -187,12 +187,12 @@ class HorovodCluster:
                     f"N_RANKS={placement.n_ranks} does not match the {slots} slots of HOSTS: "
                     "give N_RANKS equal to the total, or 0 for that total"
                 )
-            probes_ = probe_hosts(
+            answers = ask_hosts(
                 list(placement.hosts),
                 placement.remote_python or sys.executable,
                 remote_profile_dir(self.cluster_id),
             )
-            found = head_address(probes_)
+            found = head_address(answers)
             return found if placement.rendezvous_addr == "auto" else placement.rendezvous_addr
         if placement.launcher == "local":
             return "127.0.0.1" if placement.rendezvous_addr == "auto" else placement.rendezvous_addr
@@ -209,12 +209,12 @@ class HorovodCluster:
         this machine's address on the route to the engines."""
         if self.placement.rendezvous_addr != "auto":
             return self.placement.rendezvous_addr
-        mine = set(probes.own_addresses())
+        mine = set(engine_tasks.own_addresses())
         facts = self.engines.describe("127.0.0.1")
         remote = [f for f in facts if f.addresses and not mine.intersection(f.addresses)]
         if not remote:
             return "127.0.0.1"
-        return probes.route_address(remote[0].addresses[0])
+        return engine_tasks.route_address(remote[0].addresses[0])
 
     def _place_ranks(self) -> None:
         """Ask the engines where they are, check their routes, give them ranks and interfaces."""
@@ -255,7 +255,9 @@ class HorovodCluster:
                 views, self.engines.facts, self.rendezvous_addr, port
             )
             futures = [
-                view.apply_async(probes.run_as_rank, self._environment(i, port), function, *args)
+                view.apply_async(
+                    engine_tasks.run_as_rank, self._environment(i, port), function, *args
+                )
                 for i, view in enumerate(views)
             ]
             try:

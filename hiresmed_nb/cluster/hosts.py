@@ -21,7 +21,7 @@ ENGINE_MODULES = ("ipyparallel", "horovod", "tensorflow", "hiresmed_nb")
 # Runs on each host: reports what an engine needs, and prepares the cluster's own folder there
 # (owner-only; empty IPython configs, so ipyparallel's `ipython profile create` has nothing to
 # generate or print).
-_PROBE_SCRIPT = (
+_QUESTION_SCRIPT = (
     """
 import importlib.util, json, os, socket, sys
 folder = sys.argv[1]
@@ -42,7 +42,7 @@ SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=10")  # never prompt
 
 
 @dataclass(frozen=True)
-class HostProbe:
+class HostAnswer:
     """What one host said over ssh: its host name and the address it sees this machine at."""
 
     host: str
@@ -50,14 +50,14 @@ class HostProbe:
     head_address: str
 
 
-def probe_host(host: str, remote_python: str, folder: str) -> HostProbe:
+def ask_host(host: str, remote_python: str, folder: str) -> HostAnswer:
     """Ask ``host`` over ssh whether ``remote_python`` can run an engine there, and create the
     cluster's ``folder`` on it.
 
     Raises :class:`HiresmedError` naming the host and the fix when ssh fails, the interpreter
     is missing, or it lacks a module an engine imports.
     """
-    remote_command = shlex.join([remote_python, "-c", _PROBE_SCRIPT, folder])
+    remote_command = shlex.join([remote_python, "-c", _QUESTION_SCRIPT, folder])
     command = ["ssh", *SSH_OPTIONS, host, remote_command]
     try:
         done = subprocess.run(
@@ -89,26 +89,26 @@ def probe_host(host: str, remote_python: str, folder: str) -> HostProbe:
             "checkout at the same path) or point REMOTE_PYTHON at an interpreter that has it"
         )
     fields = answer["ssh_connection"].split()
-    return HostProbe(host, answer["hostname"], fields[0] if fields else "")
+    return HostAnswer(host, answer["hostname"], fields[0] if fields else "")
 
 
-def probe_hosts(hosts: list[HostSlots], remote_python: str, folder: str) -> list[HostProbe]:
-    """:func:`probe_host` on every host at once; the first failure is raised."""
+def ask_hosts(hosts: list[HostSlots], remote_python: str, folder: str) -> list[HostAnswer]:
+    """:func:`ask_host` on every host at once; the first failure is raised."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
-        futures = [pool.submit(probe_host, entry.host, remote_python, folder) for entry in hosts]
+        futures = [pool.submit(ask_host, entry.host, remote_python, folder) for entry in hosts]
         return [future.result() for future in futures]
 
 
-def head_address(probes: list[HostProbe]) -> str:
+def head_address(answers: list[HostAnswer]) -> str:
     """The one address at which every host sees this machine (loopback sessions aside).
 
     Raises :class:`HiresmedError` when hosts see this machine at different addresses: the
     controller and the rendezvous server listen on one address, so RENDEZVOUS_ADDR must be set.
     """
-    seen = {probe.head_address for probe in probes if probe.head_address}
+    seen = {answer.head_address for answer in answers if answer.head_address}
     outside = {address for address in seen if not address.startswith("127.")}
     if len(outside) > 1:
-        detail = ", ".join(f"{p.host} sees {p.head_address}" for p in probes)
+        detail = ", ".join(f"{a.host} sees {a.head_address}" for a in answers)
         raise HiresmedError(
             f"HOSTS reach this machine at different addresses ({detail}): set RENDEZVOUS_ADDR "
             "to the one address every host can reach"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from ipyparallel.cluster import launcher as ipp_launcher
 from traitlets import default
 
-from hiresmed_nb.cluster.probes import LAUNCH_ID_VARIABLE
+from hiresmed_nb.cluster.engine_tasks import LAUNCH_ID_VARIABLE
 
 
 class _KeepsOutput:

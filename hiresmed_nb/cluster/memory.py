@@ -2,7 +2,7 @@
 
 Each run on a warm engine leaves some memory behind that no Python object accounts for (after
 ``clear_session``, dropping TensorFlow's custom-gradient entries and ``malloc_trim``, see
-:func:`~hiresmed_nb.cluster.probes.release_memory`; BENCHMARKS.md has the growth per run). So
+:func:`~hiresmed_nb.cluster.engine_tasks.release_memory`; BENCHMARKS.md has the growth per run). So
 an engine whose resident memory has grown by more than :data:`RECYCLE_GROWTH_BYTES` since its
 first run is retired, and the next run starts fresh engines: the recycling interval then
 follows the model's size instead of a fixed count of runs.

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hiresmed_nb.cluster import probes
+from hiresmed_nb.cluster import engine_tasks
 from hiresmed_nb.cluster.ranks import EngineFacts
 from hiresmed_nb.errors import HiresmedError
 
@@ -79,7 +79,7 @@ def check_rendezvous_reachable(
     """Each engine opens a TCP connection to the rendezvous server (a firewall, a wrong address
     or a missing route would otherwise hang ``hvd.init()``)."""
     for f, problem in zip(
-        facts, _gather(views, probes.can_connect, address, port, CONNECT_SECONDS), strict=True
+        facts, _gather(views, engine_tasks.can_connect, address, port, CONNECT_SECONDS), strict=True
     ):
         if problem:
             raise HiresmedError(
@@ -98,7 +98,7 @@ def check_results_dir(view: Any, facts: EngineFacts, results_dir: Path) -> None:
     probe = results_dir / f".hiresmed-visible-{secrets.token_hex(4)}"
     probe.touch()
     try:
-        seen = view.apply_async(probes.sees_file, str(probe)).get(timeout=ANSWER_SECONDS)
+        seen = view.apply_async(engine_tasks.sees_file, str(probe)).get(timeout=ANSWER_SECONDS)
     finally:
         probe.unlink(missing_ok=True)
     if not seen:

@@ -45,7 +45,7 @@ def assign_ranks(hostnames: list[str]) -> list[RankSlot]:
 
 @dataclass(frozen=True)
 class EngineFacts:
-    """What an engine reports of itself (see :func:`hiresmed_nb.cluster.probes.describe_engine`).
+    """What an engine reports of itself (see :func:`.engine_tasks.describe_engine`).
 
     ``machine`` tells machines apart (its address on the route to the rendezvous address, or
     'localhost' when that route is loopback); ``hostname_addresses`` is what the engine's own

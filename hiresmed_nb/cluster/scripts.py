@@ -4,8 +4,9 @@ Engine side (engines import these; closures do not pickle): :func:`run_file_as_m
 script as ``__main__`` with its own ``sys.argv``, the script's folder first on ``sys.path`` and
 the caller's working directory, as ``python script.py`` under ``horovodrun`` would;
 :func:`run_source_as_main` does the same for source text, executing all of it and returning the
-value of a final expression from rank 0. Both run inside :func:`.probes.run_as_rank`, which has
-set the rank's ``HOROVOD_*`` variables, so the code's own ``hvd.init()`` joins this run's ranks.
+value of a final expression from rank 0. Both run inside :func:`.engine_tasks.run_as_rank`,
+which has set the rank's ``HOROVOD_*`` variables, so the code's own ``hvd.init()`` joins this
+run's ranks.
 
 Kernel side: :func:`script_arguments` and :func:`source_arguments` check a script or a cell
 before any engine runs it, and :func:`check_ranks_see` checks every path the ranks need, on
@@ -137,12 +138,12 @@ def check_ranks_see(cluster: Any, paths: Sequence[str]) -> None:
     """Every engine of ``cluster`` sees every one of ``paths`` (a script and the working
     directory must be at the same path on every host); HiresmedError naming the first missing
     path and its host."""
-    from hiresmed_nb.cluster import probes
+    from hiresmed_nb.cluster import engine_tasks
     from hiresmed_nb.cluster.engines import PROBE_SECONDS
 
     views = cluster.engines.views
     for path in paths:
-        futures = [view.apply_async(probes.sees_file, path) for view in views]
+        futures = [view.apply_async(engine_tasks.sees_file, path) for view in views]
         for index, future in enumerate(futures):
             if not future.get(timeout=PROBE_SECONDS):
                 raise HiresmedError(
