@@ -15,8 +15,9 @@ how it is summarised; the launchers' warm engines and 2-host path in :mod:`.warm
 :mod:`.machine` (CPU, versions, contention), :mod:`.table` (goals, Markdown), :mod:`.suite`
 (levels, the run, the JSON files). The measured work runs in fresh processes (:mod:`.process`
 starts :mod:`.worker`), so peak RSS belongs to one config and TensorFlow's thread settings are
-fresh in each; the launch paths run it on ipyparallel engines. :mod:`.packing` (run on its own, ``python -m
-hiresmed_nb.bench.packing``) measures a packed study's slot utilisation and scheduling gaps.
+fresh in each; the launch paths run it on ipyparallel engines. :mod:`.packing` (run on its own,
+``python -m hiresmed_nb.bench.packing``) measures a packed study's slot utilisation and
+scheduling gaps.
 """
 
 from hiresmed_nb.bench.resolution import fit_memory, plan_batch_size

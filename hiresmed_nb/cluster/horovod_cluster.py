@@ -363,7 +363,7 @@ class HorovodCluster:
 
 def with_engine_id(result: Any, engine_id: int) -> Any:
     """A rank's result with its engine id added to its ``slot`` (see
-    :func:`~hiresmed_nb.cluster.probes.run_as_rank`), so its record says where it ran."""
+    :func:`.engine_tasks.run_as_rank`), so its record says where it ran."""
     if isinstance(result, dict) and isinstance(result.get("slot"), dict):
         result["slot"] = {"engine": engine_id, **result["slot"]}
     return result

@@ -31,7 +31,7 @@ from hiresmed_nb.cluster.engines import (
     stop_cluster,
 )
 from hiresmed_nb.cluster.horovod_cluster import IPP_PROFILE_DIR
-from hiresmed_nb.cluster.hosts import SSH_OPTIONS, head_address, probe_hosts
+from hiresmed_nb.cluster.hosts import SSH_OPTIONS, ask_hosts, head_address
 from hiresmed_nb.cluster.processes import (
     marker_environment,
     owned_cluster_id,
@@ -169,7 +169,7 @@ class SlotsCluster:
             return self.rendezvous_addr
         if not self.hosts:
             return "127.0.0.1"
-        found = probe_hosts(self.hosts, self.remote_python, remote_profile_dir(self.cluster_id))
+        found = ask_hosts(self.hosts, self.remote_python, remote_profile_dir(self.cluster_id))
         return head_address(found)
 
     def _start_engine(self, slot: Slot) -> None:
