@@ -8,6 +8,7 @@ import sys
 
 import psutil
 import pytest
+from test_warm import processes_of_clusters_owned_by
 
 from hiresmed_nb import study
 from hiresmed_nb.__main__ import main
@@ -27,19 +28,6 @@ TINY = {
     "N_RANKS": 2,
 }
 SAME_RESULT = ("accuracy", "balanced_accuracy", "macro_f1", "confusion_matrix", "history")
-
-
-def owned_cluster_processes() -> list[psutil.Process]:
-    """Processes of clusters this test process owns (engines, controllers, undertakers)."""
-    prefix = f"{os.getpid()}@"
-    found = []
-    for process in psutil.process_iter():
-        try:
-            if process.environ().get(OWNER_VARIABLE, "").startswith(prefix):
-                found.append(process)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return found
 
 
 def spans_overlap(first: dict, second: dict) -> bool:
@@ -73,7 +61,9 @@ def test_a_packed_grid_runs_side_by_side_on_its_own_slots_and_equals_runs_one_at
     )
     assert sorted(result.executed) == sorted(run.run_id for run in good)
     assert list(result.failed) == [bad[0].run_id]
-    assert owned_cluster_processes() == []  # the slots' engines stopped with the study
+    assert (
+        processes_of_clusters_owned_by(os.getpid()) == []
+    )  # the slots' engines stopped with the study
     records = {
         run.run_id: json.loads((tmp_path / "packed" / "runs" / f"{run.run_id}.json").read_text())
         for run in good
@@ -148,7 +138,7 @@ def test_a_run_wider_than_the_slots_is_one_error_before_anything_starts(tmp_path
         )
     assert executed == []
     assert list((tmp_path / "wide" / "runs").iterdir()) == []
-    assert owned_cluster_processes() == []
+    assert processes_of_clusters_owned_by(os.getpid()) == []
 
 
 def test_the_command_line_names_a_bad_slot_count(tmp_path, capsys):
@@ -247,7 +237,7 @@ def test_a_lost_rank_of_a_packed_run_is_retried_on_fresh_engines_for_its_slots(
     engines = [rank["slot"]["engine"] for rank in record["ranks"]]
     assert min(engines) >= 2
     assert sorted(rank["slot"]["key"] for rank in record["ranks"]) == ["localhost/0", "localhost/1"]
-    assert owned_cluster_processes() == []
+    assert processes_of_clusters_owned_by(os.getpid()) == []
 
 
 def test_the_packing_benchmark_judges_its_goals():
