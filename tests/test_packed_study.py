@@ -61,9 +61,8 @@ def test_a_packed_grid_runs_side_by_side_on_its_own_slots_and_equals_runs_one_at
     )
     assert sorted(result.executed) == sorted(run.run_id for run in good)
     assert list(result.failed) == [bad[0].run_id]
-    assert (
-        processes_of_clusters_owned_by(os.getpid()) == []
-    )  # the slots' engines stopped with the study
+    # The slots' engines stopped with the study.
+    assert processes_of_clusters_owned_by(os.getpid()) == []
     records = {
         run.run_id: json.loads((tmp_path / "packed" / "runs" / f"{run.run_id}.json").read_text())
         for run in good
