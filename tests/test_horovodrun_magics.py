@@ -236,8 +236,8 @@ hvd.allgather_object((hvd.rank(), socket.gethostname()))"""
 def test_magics_place_one_rank_on_each_simulated_host(
     simulated_hosts, monkeypatch, tmp_path, capsys
 ):
-    from hiresmed_nb.simhosts import HostSpec
     from IPython.core.interactiveshell import InteractiveShell
+    from simhosts import HostSpec
     from test_multihost import nothing_left, on_path
     from traitlets.config import Config
 

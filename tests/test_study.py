@@ -485,7 +485,8 @@ def stub_train_notebook(path: Path) -> None:
         ),
         nbformat.v4.new_code_cell(
             "ranks = p['N_RANKS']\n"
-            "record = {'run_id': run_id(p), 'status': 'ok', 'synthetic': True, 'params': p,\n"
+            "record = {'run_id': run_id(p), 'status': 'ok', 'synthetic': True,\n"
+            "  'params': p.as_dict(),\n"
             "  'dataset': p['DATASET'], 'arch': p['ARCH'], 'image_size': p['IMAGE_SIZE'],\n"
             "  'images_per_class': p['IMAGES_PER_CLASS'], 'mode': p['MODE'], 'n_ranks': ranks,\n"
             "  'seed': p['SEED'], 'learning_rate': p['LEARNING_RATE'], 'epochs': p['EPOCHS'],\n"
