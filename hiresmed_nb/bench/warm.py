@@ -23,7 +23,6 @@ from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.params import RunConfig
 
 MB = 10**6
-RSS_GROWTH_TARGET_MB = 100.0
 
 
 def _timed_run(run: Callable[..., list[Any]], params: RunConfig) -> list[dict[str, Any]]:
@@ -123,8 +122,10 @@ def rss_lines(series: dict[str, Any]) -> str:
 
 
 def memory_goal(series: dict[str, Any]) -> dict[str, Any]:
-    """The memory goal: every rank's RSS grows by less than the recycling bound (100 MB) from
-    run 1 to the last."""
+    """The memory goal: every rank's RSS grows by less than the bound past which the pool
+    replaces engines (:data:`hiresmed_nb.cluster.memory.RECYCLE_GROWTH_BYTES`), run 1 to last."""
+    from hiresmed_nb.cluster.memory import RECYCLE_GROWTH_BYTES
+
     rss = _per_rank_mb(series)
     growth = rss[:, -1] - rss[:, 0]
     last = rss.shape[1]
@@ -132,7 +133,7 @@ def memory_goal(series: dict[str, Any]) -> dict[str, Any]:
         f"engine RSS growth, warm run 1 -> run {last} (largest rank)",
         float(growth.max()),
         "<",
-        RSS_GROWTH_TARGET_MB,
+        RECYCLE_GROWTH_BYTES / MB,
         "MB",
         "Growth per rank: "
         + ", ".join(f"rank {r} {g:+.0f} MB" for r, g in enumerate(growth))
