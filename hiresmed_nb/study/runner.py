@@ -125,10 +125,6 @@ def run_study(
     root = root or P.project_root()
     runs_dir = study_dir / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
-    from hiresmed_nb.science.tensorboard_logs import write_experiment
-
-    # TensorBoard's HParams dashboard lists every axis and metric before the runs finish.
-    write_experiment(runs_dir.resolve(), [run.params for run in runs])
     result = StudyResult(study_dir=study_dir)
     pending = []
     for run in runs:
@@ -139,7 +135,11 @@ def run_study(
     slots = slots or SlotRequest()
     planned = study_slots(slots) if pending and not slots.cluster_file else None
     if planned is not None:
-        check_fits(pending, planned)  # before any engine starts
+        check_fits(pending, planned)  # before any engine starts or any file is written
+    from hiresmed_nb.science.tensorboard_logs import write_experiment
+
+    # TensorBoard's HParams dashboard lists every axis and metric before the runs finish.
+    write_experiment(runs_dir.resolve(), [run.params for run in runs])
     echo(
         f"study {study_dir.name}: {len(runs)} runs, {len(result.skipped)} already recorded, "
         f"{len(pending)} to execute"
