@@ -8,11 +8,10 @@ import sys
 
 import psutil
 import pytest
-from test_warm import processes_of_clusters_owned_by
+from test_warm import kernel_processes, processes_of_clusters_owned_by
 
 from hiresmed_nb import study
 from hiresmed_nb.__main__ import main
-from hiresmed_nb.cluster.processes import OWNER_VARIABLE
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.study.occupancy import slot_overlaps
 
@@ -158,25 +157,6 @@ study.run_study(
 """
 
 
-def kernel_processes() -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        if "ipykernel_launcher" in " ".join(process.info["cmdline"] or []):
-            found.append(process)
-    return found
-
-
-def processes_owned_by(pid: int) -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter():
-        try:
-            if process.environ().get(OWNER_VARIABLE, "").startswith(f"{pid}@"):
-                found.append(process)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return found
-
-
 @pytest.mark.notebook
 def test_ctrl_c_stops_every_packed_notebook_and_engine_and_a_rerun_resumes(tmp_path, skin_dir):
     config = {**TINY, "MODE": "serial", "SEEDS": [0, 1, 2, 3]}
@@ -193,7 +173,7 @@ def test_ctrl_c_stops_every_packed_notebook_and_engine_and_a_rerun_resumes(tmp_p
     runner.send_signal(signal.SIGINT)  # Ctrl-C while the other slot's run and the next train
     runner.communicate(timeout=300)
     assert runner.returncode != 0
-    leftovers = processes_owned_by(runner.pid)
+    leftovers = processes_of_clusters_owned_by(runner.pid)
     leftovers += [p for p in kernel_processes() if p.pid not in kernels_before]
     _, alive = psutil.wait_procs(leftovers, timeout=30)
     assert alive == []
