@@ -146,6 +146,46 @@ def test_two_gpu_hosts_each_number_their_own_gpus_from_zero():
     assert {s.threads for s in slots} == {1}  # cores unknown: one thread cannot oversubscribe
 
 
+def fake_command(folder: Path, name: str, body: str) -> None:
+    path = folder / name
+    path.write_text(f"#!/bin/bash\n{body}\n")
+    path.chmod(0o755)
+
+
+def test_each_host_of_hosts_is_asked_over_ssh_for_its_gpus_and_cores(tmp_path, monkeypatch):
+    """The real question, through a stand-in `ssh` that runs the remote command here, on a
+    'host' whose nvidia-smi lists four GPUs and whose CUDA_VISIBLE_DEVICES keeps two."""
+    from hiresmed_nb.cluster.hosts import ask_devices
+
+    fake_command(tmp_path, "nvidia-smi", f"printf '{SMI_OUTPUT}'")
+    fake_command(tmp_path, "ssh", 'eval "${@: -1}"')  # ssh -o ... HOST COMMAND: run COMMAND
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,0")
+    found = ask_devices([HostSlots("a", 2), HostSlots("b", 1)], sys.executable)
+    gpus, cores = found["a"]
+    assert [(gpu.index, gpu.device) for gpu in gpus] == [(2, "2"), (0, "0")]
+    assert cores == devices.available_cores()
+    assert list(found) == ["a", "b"]
+
+
+def test_a_packed_study_on_hosts_plans_each_hosts_gpus_and_cores(monkeypatch):
+    from hiresmed_nb.study import packed_study
+
+    answers = {"a": (FOUR_GPUS, 32), "b": ([], 12)}
+    monkeypatch.setattr(packed_study, "ask_devices", lambda hosts, python: answers)
+    slots = packed_study.study_slots(packed_study.SlotRequest(hosts="a:2,b:3"))
+    assert [(s.key, s.cuda_visible_devices, s.threads) for s in slots] == [
+        ("a/0", UUIDS[0], 16),
+        ("a/1", UUIDS[1], 16),
+        ("b/0", "", 4),
+        ("b/1", "", 4),
+        ("b/2", "", 4),
+    ]
+    answers["a"] = (FOUR_GPUS[:1], 32)  # a host with fewer GPUs than its slots: named
+    with pytest.raises(HiresmedError, match="--hosts asks for 2 slots on a, which shows 1 GPU"):
+        packed_study.study_slots(packed_study.SlotRequest(hosts="a:2,b:3"))
+
+
 def test_bad_hosts_are_named_errors():
     with pytest.raises(HiresmedError, match=r"--hosts asks for 4 slots on a, which shows 2 GPUs"):
         devices.plan_slots(None, [HostSlots("a", 4)], {"a": FOUR_GPUS[:2]}, {"a": 8})

@@ -169,6 +169,19 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def this_host() -> dict[str, object]:
+    """What a host of ``--hosts`` tells the head over ssh: the GPUs its engines may use (its
+    own ``CUDA_VISIBLE_DEVICES`` respected) and its cores, as JSON-ready values."""
+    gpus = visible_gpus(installed_gpus(), os.environ)
+    return {"gpus": [[gpu.index, gpu.device, gpu.order] for gpu in gpus], "cores": available_cores()}
+
+
+def host_answer(answer: Mapping[str, object]) -> tuple[list[Gpu], int]:
+    """:func:`this_host`'s answer, read back on the head: (GPUs, cores)."""
+    gpus = [Gpu(int(index), str(device), str(order)) for index, device, order in answer["gpus"]]
+    return gpus, int(answer["cores"])
+
+
 # ---------------------------------------------------------------------------------------------
 # Planning the slots
 # ---------------------------------------------------------------------------------------------

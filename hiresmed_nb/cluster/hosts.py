@@ -13,6 +13,7 @@ import shlex
 import subprocess
 from dataclasses import dataclass
 
+from hiresmed_nb.cluster.devices import Gpu, host_answer
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.placement import HostSlots
 
@@ -37,6 +38,10 @@ print(json.dumps({
     % (ENGINE_MODULES,)
 )
 
+# Runs on each host of a packed study's --hosts: its GPUs and cores (hiresmed_nb.cluster.devices).
+_DEVICES_SCRIPT = (
+    "import json; from hiresmed_nb.cluster.devices import this_host; print(json.dumps(this_host()))"
+)
 
 SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=10")  # never prompt; dead host: 10 s
 
@@ -50,14 +55,13 @@ class HostAnswer:
     head_address: str
 
 
-def ask_host(host: str, remote_python: str, folder: str) -> HostAnswer:
-    """Ask ``host`` over ssh whether ``remote_python`` can run an engine there, and create the
-    cluster's ``folder`` on it.
+def run_python_over_ssh(host: str, remote_python: str, script: str, *args: str) -> str:
+    """Run ``remote_python -c script args`` on ``host`` over ssh; its standard output.
 
-    Raises :class:`HiresmedError` naming the host and the fix when ssh fails, the interpreter
-    is missing, or it lacks a module an engine imports.
+    Raises :class:`HiresmedError` naming the host and the fix when ssh fails or the interpreter
+    does not run the script.
     """
-    remote_command = shlex.join([remote_python, "-c", _QUESTION_SCRIPT, folder])
+    remote_command = shlex.join([remote_python, "-c", script, *args])
     command = ["ssh", *SSH_OPTIONS, host, remote_command]
     try:
         done = subprocess.run(
@@ -81,7 +85,18 @@ def ask_host(host: str, remote_python: str, folder: str) -> HostAnswer:
             "REMOTE_PYTHON to the project's interpreter on that host (e.g. <project>/.venv/bin/"
             "python at the same path as here)"
         )
-    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    return done.stdout
+
+
+def ask_host(host: str, remote_python: str, folder: str) -> HostAnswer:
+    """Ask ``host`` over ssh whether ``remote_python`` can run an engine there, and create the
+    cluster's ``folder`` on it.
+
+    Raises :class:`HiresmedError` naming the host and the fix when ssh fails, the interpreter
+    is missing, or it lacks a module an engine imports.
+    """
+    output = run_python_over_ssh(host, remote_python, _QUESTION_SCRIPT, folder)
+    answer = json.loads(output.strip().splitlines()[-1])
     if answer["missing"]:
         raise HiresmedError(
             f"HOSTS: on {host}, REMOTE_PYTHON={remote_python!r} cannot import "
@@ -90,6 +105,19 @@ def ask_host(host: str, remote_python: str, folder: str) -> HostAnswer:
         )
     fields = answer["ssh_connection"].split()
     return HostAnswer(host, answer["hostname"], fields[0] if fields else "")
+
+
+def ask_devices(hosts: list[HostSlots], remote_python: str) -> dict[str, tuple[list[Gpu], int]]:
+    """Every host's GPUs (as ``nvidia-smi`` or its driver lists them there, narrowed by its own
+    ``CUDA_VISIBLE_DEVICES``) and cores, asked over ssh at once: host -> (GPUs, cores)."""
+
+    def ask(host: str) -> tuple[list[Gpu], int]:
+        output = run_python_over_ssh(host, remote_python, _DEVICES_SCRIPT)
+        return host_answer(json.loads(output.strip().splitlines()[-1]))
+
+    names = list(dict.fromkeys(entry.host for entry in hosts))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+        return dict(zip(names, pool.map(ask, names), strict=True))
 
 
 def ask_hosts(hosts: list[HostSlots], remote_python: str, folder: str) -> list[HostAnswer]:

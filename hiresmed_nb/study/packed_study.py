@@ -10,6 +10,7 @@ run places its ranks on its gang's engines, each with its own rendezvous in its 
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,12 +20,14 @@ from hiresmed_nb.cluster.devices import (
     LOCAL_HOST,
     Slot,
     available_cores,
+    check_slot_count,
     describe_slots,
     installed_gpus,
     parse_slot_hosts,
     plan_slots,
     plan_this_machine,
 )
+from hiresmed_nb.cluster.hosts import ask_devices
 from hiresmed_nb.cluster.slots_cluster import SlotsCluster
 from hiresmed_nb.study.grid import Run
 from hiresmed_nb.study.packed import PackedResult, ThreadedRuns, run_packed
@@ -68,8 +71,11 @@ def study_slots(request: SlotRequest) -> list[Slot] | None:
     engines': see :class:`AttachedSlots`."""
     if request.hosts:
         hosts = parse_slot_hosts(request.hosts)
-        # GPUs on other hosts are not listed (that needs nvidia-smi over ssh): CPU slots there.
-        return plan_slots(request.slots, hosts, {}, {})
+        check_slot_count(request.slots)
+        found = ask_devices(hosts, sys.executable)  # each host's GPUs and cores, over ssh
+        gpus = {host: gpus for host, (gpus, _) in found.items()}
+        cores = {host: cores for host, (_, cores) in found.items()}
+        return plan_slots(request.slots, hosts, gpus, cores)
     if request.slots is None and not installed_gpus():
         return None
     return plan_this_machine(request.slots)
