@@ -16,10 +16,12 @@ import pytest
 from simhosts import HostSpec
 from test_train_notebook import execute
 
-from hiresmed_nb import cluster
+from hiresmed_nb import cluster, study
 from hiresmed_nb.cluster import HorovodCluster, Placement, RankLostError, parse_hosts
+from hiresmed_nb.cluster.devices import available_cores
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.params import resolve_path, validate
+from hiresmed_nb.study.occupancy import slot_overlaps
 
 pytestmark = pytest.mark.multihost
 
@@ -202,3 +204,35 @@ def test_an_engine_killed_on_another_host_is_named_with_its_last_output(
     assert "rank 1 on hostB says goodbye" in raised.value.output_tail
     assert "says goodbye" in str(raised.value)
     nothing_left(sim)
+
+
+@pytest.mark.notebook
+def test_a_packed_study_on_two_hosts_runs_serial_runs_on_both_at_once(
+    simulated_hosts, monkeypatch, tmp_path, skin_dir
+):
+    sim = simulated_hosts(HostSpec("hostA"), HostSpec("hostB"))
+    on_path(monkeypatch, sim)
+    runs = study.expand(
+        {**TINY, "STUDY": "hosts", "TEST_IMAGES_PER_CLASS": 4, "MODE": "serial", "SEEDS": [0, 1]}
+    )
+    lines: list[str] = []
+    result = study.run_study(
+        runs,
+        tmp_path,
+        report=False,
+        progress=False,
+        echo=lines.append,
+        slots=study.SlotRequest(hosts="hostA:1,hostB:1"),
+    )
+    assert result.ok, result.failed
+    # Both notebooks were handed a slot before either ended: one on each host at once.
+    started = [line for line in lines if line.startswith("slots  ") and " on " in line]
+    assert len(started) == 2 and started[1].endswith("(2/2 slots busy)"), lines
+    records = [json.loads((tmp_path / "runs" / f"{run.run_id}.json").read_text()) for run in runs]
+    assert slot_overlaps(records) == []
+    ranks = [record["ranks"][0] for record in records]
+    assert sorted(rank["hostname"] for rank in ranks) == ["hostA", "hostB"]
+    assert sorted(rank["slot"]["key"] for rank in ranks) == ["hostA/0", "hostB/0"]
+    # The hosts told their cores over ssh: each single slot has its host's whole share.
+    assert all(rank["slot"]["threads"] == available_cores() for rank in ranks)
+    nothing_left(sim)  # the study stopped the slots' engines on both hosts

@@ -44,8 +44,12 @@ def spans_overlap(first: dict, second: dict) -> bool:
 @pytest.mark.notebook
 @pytest.mark.distributed
 def test_a_packed_grid_runs_side_by_side_on_its_own_slots_and_equals_runs_one_at_a_time(
-    tmp_path, skin_dir
+    tmp_path, monkeypatch, skin_dir
 ):
+    """Also: a lost rank's run is retried on fresh engines for its slots, to the same result."""
+    # The first 2-rank run's rank 1 kills itself at the end of its only epoch, once (faults.py).
+    marker = tmp_path / "rank-1-was-killed"
+    monkeypatch.setenv("HIRESMED_INJECT_FAULT", f"kill-rank:1:0:{marker}")
     good = study.expand({**TINY, "MODE": ["distributed", "serial"], "SEEDS": [0, 1]})
     # A run that fails in its notebook (its data folder does not exist): the others go on.
     bad = study.expand({**TINY, "MODE": "serial", "SEEDS": [2], "DATA_DIR": str(tmp_path / "no")})
@@ -79,6 +83,12 @@ def test_a_packed_grid_runs_side_by_side_on_its_own_slots_and_equals_runs_one_at
     )
     assert any(line.startswith("slots  ") for line in lines)
     assert any(line.startswith("slot utilisation") for line in lines)
+    assert marker.exists()
+    [retried] = [record for record in records.values() if "retry" in record]
+    assert retried["retry"]["first_error"].startswith("RankLostError")
+    # The slots' first engines are 0, 1 and 2: the retry ran on replacements for its two slots.
+    assert min(rank["slot"]["engine"] for rank in retried["ranks"]) >= 3
+    monkeypatch.delenv("HIRESMED_INJECT_FAULT")
     # The same runs one at a time with the same thread share (on CPU the intra-op thread count
     # changes the order of floating-point sums, so the weights too): serial ones in a process
     # of their own, as in a notebook's kernel, distributed ones on that process's engines.
@@ -194,29 +204,6 @@ def test_ctrl_c_stops_every_packed_notebook_and_engine_and_a_rerun_resumes(tmp_p
     )
     assert set(result.skipped) == recorded
     assert len(executed) == 4 - len(result.skipped)
-
-
-@pytest.mark.notebook
-@pytest.mark.distributed
-def test_a_lost_rank_of_a_packed_run_is_retried_on_fresh_engines_for_its_slots(
-    tmp_path, monkeypatch, skin_dir
-):
-    # Rank 1 kills itself at the end of the last epoch, once (hiresmed_nb/faults.py).
-    marker = tmp_path / "rank-1-was-killed"
-    monkeypatch.setenv("HIRESMED_INJECT_FAULT", f"kill-rank:1:1:{marker}")
-    runs = study.expand({**TINY, "MODE": "distributed", "EPOCHS": 2, "SEEDS": [0]})
-    result = study.run_study(
-        runs, tmp_path, report=False, progress=False, slots=study.SlotRequest(slots=2)
-    )
-    assert result.ok, result.failed
-    assert marker.exists()
-    record = json.loads((tmp_path / "runs" / f"{runs[0].run_id}.json").read_text())
-    assert record["retry"]["first_error"].startswith("RankLostError")
-    # The slots' first engines are 0 and 1: the retry ran on their replacements.
-    engines = [rank["slot"]["engine"] for rank in record["ranks"]]
-    assert min(engines) >= 2
-    assert sorted(rank["slot"]["key"] for rank in record["ranks"]) == ["localhost/0", "localhost/1"]
-    assert processes_of_clusters_owned_by(os.getpid()) == []
 
 
 def test_the_packing_benchmark_judges_its_goals():

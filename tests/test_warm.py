@@ -87,11 +87,14 @@ def test_a_second_run_reuses_the_warm_engines_and_gives_the_record_of_a_fresh_cl
     assert len({rank["weights_digest"] for rank in first + second + fresh}) == 1
 
 
-def test_a_changed_placement_replaces_the_warm_cluster(tmp_path, skin_dir):
-    two = cluster.run_training(tiny_params(tmp_path / "two", EPOCHS=1))
-    one = cluster.run_training(tiny_params(tmp_path / "one", EPOCHS=1, N_RANKS=1))
-    assert len(one) == 1 and pids(one)[0] not in pids(two)
-    assert not any(psutil.pid_exists(pid) for pid in pids(two))  # the old cluster was stopped
+def test_a_changed_placement_replaces_the_warm_cluster():
+    pool, engine_pid = cluster.kernel_pool(), "__import__('os').getpid()"
+    two = pool.run(Placement(2), eval, engine_pid)
+    assert pool.run(Placement(2), eval, engine_pid) == two  # the same placement: warm engines
+    one = pool.run(Placement(1), eval, engine_pid)
+    assert len(one) == 1 and one[0] not in two
+    assert not any(psutil.pid_exists(pid) for pid in two)  # the old cluster was stopped
+    assert only_cluster(pool).engine_pids == one
 
 
 def test_a_failed_run_stops_the_warm_cluster_and_the_next_run_starts_a_new_one():

@@ -24,6 +24,7 @@ from hiresmed_nb.cluster import launchers
 from hiresmed_nb.cluster.devices import LOCAL_HOST, Slot, slot_environment
 from hiresmed_nb.cluster.engines import (
     REGISTRATION_SECONDS,
+    CONTROLLER_ARGS,
     SSH_POLL_SECONDS,
     _make_profile_private,
     private_files,
@@ -129,6 +130,7 @@ class SlotsCluster:
             shutdown_atexit=True,
             log_level=40,
             config=self._config(),
+            controller_args=list(CONTROLLER_ARGS),
         )
         with private_files():
             try:
