@@ -94,7 +94,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "bench",
         help="run the performance benchmarks",
         description="Run the benchmarks (launchers, pipeline, resolution, threads, allreduce, "
-        "scripts, tensorboard); write one JSON each and BENCHMARKS.md into --out.",
+        "scripts, tensorboard, packing); write one JSON each and BENCHMARKS.md into --out.",
     )
     level = bench.add_mutually_exclusive_group()
     level.add_argument(
@@ -111,7 +111,7 @@ def _build_parser() -> argparse.ArgumentParser:
         default="",
         metavar="NAMES",
         help="comma-separated subset: launchers,pipeline,resolution,threads,allreduce,scripts,"
-        "tensorboard",
+        "tensorboard,packing",
     )
     bench.add_argument(
         "--out",

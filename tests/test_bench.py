@@ -304,6 +304,38 @@ def test_markdown_shows_goals_figures_and_machine(tmp_path):
     assert "Machine:" in text and "imports" in text
 
 
+def test_packing_is_in_every_level_and_its_section_shows_its_figures_goals_and_notes(tmp_path):
+    from hiresmed_nb.bench import packing
+
+    assert "packing" in bench.BENCHMARKS
+    assert all({"slots", "seeds"} <= set(level["packing"]) for level in bench.LEVELS.values())
+    study = {
+        "runs": 6,
+        "slots": 4,
+        "study_seconds": 190.0,
+        "utilisation": 0.8,
+        "busy_slot_seconds": 544.0,
+        "packed_wall_seconds": 170.0,
+        "gaps_seconds": [0.001, 0.002, 1.5],
+        "max_gap_seconds": 1.5,
+        "slot_overlaps": [],
+        "summary": "slot utilisation 0.80",
+    }
+    bench.write_result(packing.payload_of(study, seeds=2, cores=2), tmp_path)
+    text = bench.render_markdown(bench.load_results(tmp_path))
+    assert "### 8. Packing a study on slots: utilisation and scheduling gaps" in text
+    assert "| packing | slot utilisation | 80.0% | >= 85.0% | **no** |" in text
+    assert (
+        "| packing | slot freed to next run started (max) | 1.50 s | <= 1.00 s | **no** |" in text
+    )
+    assert "| packing | runs sharing a slot at once (records) | 0 runs | <= 0 runs | yes |" in text
+    assert "| slot freed to next run started (every gap) | 0.002 | " in text  # all 3 gaps
+    assert "SYNTHETIC" in text and "4 CPU slots on 2 cores share the cores" in text
+    for slots, seeds in ((1, 2), (4, 1)):  # one slot; no slot freed and reused: no gap
+        with pytest.raises(HiresmedError, match="packing benchmark: s"):
+            packing.check_config(slots, seeds)
+
+
 def test_update_markdown_replaces_only_the_generated_block(tmp_path):
     path = tmp_path / "BENCHMARKS.md"
     bench.update_markdown(path, "first table\n")

@@ -1,5 +1,5 @@
 """Benchmarks: launchers, input pipeline, cost by resolution, ranks against threads, allreduce,
-a Horovod script under horovodrun and %horovodrun, TensorBoard logging.
+a Horovod script under horovodrun and %horovodrun, TensorBoard logging, packing a study on slots.
 
 ``python -m hiresmed_nb bench [--quick]`` runs each benchmark, writes one JSON per benchmark to
 ``outputs/bench/<name>.json`` and a Markdown summary beside them. Every JSON holds the machine
@@ -9,15 +9,14 @@ whether each was met. Timing never enters a test; the tests check the helpers he
 
 One module per benchmark (:mod:`.launchers`, :mod:`.pipeline`, :mod:`.resolution`,
 :mod:`.threads`, :mod:`.allreduce`, :mod:`.scripts`,
-:mod:`.tensorboard_cost`), each holding what is measured and
+:mod:`.tensorboard_cost`, :mod:`.packing`), each holding what is measured and
 how it is summarised; the launchers' warm engines and 2-host path in :mod:`.warm` and
 :mod:`.two_hosts`, what their ranks run in :mod:`.timed`; :mod:`.timing` (clocks, summaries),
 :mod:`.machine` (CPU, versions, contention), :mod:`.table` (goals, Markdown), :mod:`.suite`
 (levels, the run, the JSON files). The measured work runs in fresh processes (:mod:`.process`
 starts :mod:`.worker`), so peak RSS belongs to one config and TensorFlow's thread settings are
-fresh in each; the launch paths run it on ipyparallel engines. :mod:`.packing` (run on its own,
-``python -m hiresmed_nb.bench.packing``) measures a packed study's slot utilisation and
-scheduling gaps.
+fresh in each; the launch paths run it on ipyparallel engines, and :mod:`.packing` runs a
+packed study of tiny notebooks through the study runner.
 """
 
 from hiresmed_nb.bench.resolution import fit_memory, plan_batch_size

@@ -16,6 +16,7 @@ from typing import Any
 from hiresmed_nb.bench import (
     allreduce,
     launchers,
+    packing,
     pipeline,
     resolution,
     scripts,
@@ -35,6 +36,7 @@ BENCHMARKS = (
     "allreduce",
     "scripts",
     "tensorboard",
+    "packing",
 )
 DEFAULT_DIR = "outputs/bench"
 
@@ -57,6 +59,7 @@ LEVELS: dict[str, dict[str, Any]] = {
             "train": {"IMAGE_SIZE": 32, "IMAGES_PER_CLASS": 4, "EPOCHS": 2, "BATCH_SIZE": 4},
             "repeats": 2,
         },
+        "packing": {"slots": 2, "seeds": 1},
     },
     "quick": {
         "train": {"IMAGE_SIZE": 128, "IMAGES_PER_CLASS": 20, "EPOCHS": 4, "BATCH_SIZE": 8},
@@ -77,6 +80,7 @@ LEVELS: dict[str, dict[str, Any]] = {
             "train": {"IMAGE_SIZE": 128, "IMAGES_PER_CLASS": 20, "EPOCHS": 2, "BATCH_SIZE": 8},
             "repeats": 16,
         },
+        "packing": {"slots": 4, "seeds": 2},
     },
     "full": {
         "train": {"IMAGE_SIZE": 224, "IMAGES_PER_CLASS": 60, "EPOCHS": 4, "BATCH_SIZE": 8},
@@ -101,6 +105,7 @@ LEVELS: dict[str, dict[str, Any]] = {
             "train": {"IMAGE_SIZE": 224, "IMAGES_PER_CLASS": 60, "EPOCHS": 2, "BATCH_SIZE": 8},
             "repeats": 16,
         },
+        "packing": {"slots": 4, "seeds": 2},
     },
 }
 
@@ -147,6 +152,7 @@ def _measure(name: str, level: dict[str, Any], done: dict[str, dict[str, Any]]) 
         "allreduce": allreduce.measure,
         "scripts": scripts.measure,
         "tensorboard": tensorboard_cost.measure,
+        "packing": packing.measure,
     }[name](level)
 
 

@@ -69,7 +69,10 @@ def goals_frame(results: dict[str, dict[str, Any]]) -> Any:
 
 
 def _fmt(value: float, unit: str = "") -> str:
-    """A figure for the tables: img/s to 0.1, fractions as %, ratios to 0.001, GiB to 0.01."""
+    """A figure for the tables: img/s to 0.1, fractions as %, ratios to 0.001, GiB to 0.01,
+    counts of runs whole when they are."""
+    if unit == "runs" and float(value).is_integer():
+        return f"{value:.0f}"
     if unit == "img/s":
         return f"{value:.1f}"
     if unit == "":
