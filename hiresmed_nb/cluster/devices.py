@@ -173,7 +173,10 @@ def this_host() -> dict[str, object]:
     """What a host of ``--hosts`` tells the head over ssh: the GPUs its engines may use (its
     own ``CUDA_VISIBLE_DEVICES`` respected) and its cores, as JSON-ready values."""
     gpus = visible_gpus(installed_gpus(), os.environ)
-    return {"gpus": [[gpu.index, gpu.device, gpu.order] for gpu in gpus], "cores": available_cores()}
+    return {
+        "gpus": [[gpu.index, gpu.device, gpu.order] for gpu in gpus],
+        "cores": available_cores(),
+    }
 
 
 def host_answer(answer: Mapping[str, object]) -> tuple[list[Gpu], int]:

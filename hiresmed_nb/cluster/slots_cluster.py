@@ -23,8 +23,8 @@ from typing import Any
 from hiresmed_nb.cluster import launchers
 from hiresmed_nb.cluster.devices import LOCAL_HOST, Slot, slot_environment
 from hiresmed_nb.cluster.engines import (
-    REGISTRATION_SECONDS,
     CONTROLLER_ARGS,
+    REGISTRATION_SECONDS,
     SSH_POLL_SECONDS,
     _make_profile_private,
     private_files,
