@@ -10,7 +10,6 @@ hiresmed_nb bench --only packing`` runs it and writes ``packing.json``.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Any
 
 from hiresmed_nb.bench.table import goal
 from hiresmed_nb.bench.timing import summarize
+from hiresmed_nb.cluster.devices import available_cores
+from hiresmed_nb.cluster.ranks import threads_per_rank
 from hiresmed_nb.errors import HiresmedError
 
 UTILISATION_GOAL = 0.85
@@ -122,8 +123,9 @@ def payload_of(
 ) -> dict[str, Any]:
     """The suite's result for one packed study (``study_figures`` from :func:`packed_study`):
     its figures summarised, its goals and notes; ``cores`` defaults to this machine's."""
-    cores = cores or os.cpu_count() or 1
+    cores = cores or available_cores()
     slots = study_figures["slots"]
+    threads = threads_per_rank(cores, slots)  # as the slots were planned (devices.host_slots)
     figures = {
         "utilisation": summarize(
             [study_figures["utilisation"]], "", "slot utilisation: busy slot-s / (wall x slots)"
@@ -142,8 +144,9 @@ def payload_of(
         f"{study_figures['runs']} tiny runs of the SYNTHETIC skin dataset (compact CNN, "
         f"{TINY['IMAGE_SIZE']} px, {TINY['IMAGES_PER_CLASS']} images per class, "
         f"{TINY['EPOCHS']} epoch, batch {TINY['BATCH_SIZE']}): per seed one 2-rank run and two "
-        f"serial runs, {seeds} seed(s), packed by the study runner on {slots} CPU slots of one "
-        "thread each; one study, so utilisation and overlaps are single values (n = 1).",
+        f"serial runs, {seeds} seed(s), packed by the study runner on {slots} CPU slots of "
+        f"{threads} thread(s) each; one study, so utilisation and overlaps are single values "
+        "(n = 1).",
         "A slot is busy from its run's start to its end as the runner sees them (the notebook's "
         "kernel start and checks included); a gap is the runner's own delay from a run ending "
         "to the next run being handed its slot, not the next notebook's start-up. Busy: "
