@@ -30,6 +30,7 @@ from hiresmed_nb.cluster.engines import (
 )
 from hiresmed_nb.cluster.errors import RankLostError, as_rank_failure
 from hiresmed_nb.cluster.hosts import ask_hosts, head_address
+from hiresmed_nb.cluster.lifecycle import Started
 from hiresmed_nb.cluster.memory import EngineMemory, resident_bytes
 from hiresmed_nb.cluster.processes import (
     detached_cluster_id,
@@ -77,7 +78,7 @@ def _plan(slots: list[RankSlot]) -> list[Any]:
     ]
 
 
-class HorovodCluster:
+class HorovodCluster(Started):
     """``with HorovodCluster(n) as cluster: results = cluster.run(fn, *args)``.
 
     ``run`` calls ``fn`` on every rank at once and returns the ranks' results in rank order; it
@@ -126,17 +127,6 @@ class HorovodCluster:
         self.engines: Engines | None = None
         self._undertaker: subprocess.Popen | None = None
         self._polls = 0
-
-    def __enter__(self) -> HorovodCluster:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     @property
     def cluster_file(self) -> str:

@@ -33,6 +33,7 @@ from hiresmed_nb.cluster.engines import (
 )
 from hiresmed_nb.cluster.horovod_cluster import IPP_PROFILE_DIR
 from hiresmed_nb.cluster.hosts import SSH_OPTIONS, ask_hosts, head_address
+from hiresmed_nb.cluster.lifecycle import Started
 from hiresmed_nb.cluster.processes import (
     marker_environment,
     owned_cluster_id,
@@ -61,7 +62,7 @@ def slot_hosts(slots: Sequence[Slot]) -> list[HostSlots]:
     return [HostSlots(host, count) for host, count in counts.items()]
 
 
-class SlotsCluster:
+class SlotsCluster(Started):
     """``with SlotsCluster(slots) as cluster: cluster.engine_ids(some_slots)``.
 
     Started and owned by this process (stopped on every host when it stops, and by its
@@ -90,17 +91,6 @@ class SlotsCluster:
         self._client: Any = None
         self._undertaker: subprocess.Popen | None = None
         self._lock = threading.Lock()
-
-    def __enter__(self) -> SlotsCluster:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     @property
     def cluster_file(self) -> str:

@@ -28,6 +28,7 @@ from hiresmed_nb.cluster.devices import (
     plan_this_machine,
 )
 from hiresmed_nb.cluster.hosts import ask_devices
+from hiresmed_nb.cluster.lifecycle import start_or_stop
 from hiresmed_nb.cluster.slots_cluster import SlotsCluster
 from hiresmed_nb.study.grid import Run
 from hiresmed_nb.study.packed import PackedResult, ThreadedRuns, run_packed
@@ -89,13 +90,7 @@ def start_slot_engines(request: SlotRequest, slots: list[Slot] | None) -> SlotEn
         return AttachedSlots(request.cluster_file)
     if slots is None:
         raise ValueError("no slots to start engines for")
-    engines = SlotsCluster(slots)
-    try:
-        engines.start()
-    except BaseException:
-        engines.stop()
-        raise
-    return engines
+    return start_or_stop(SlotsCluster(slots))
 
 
 class RunOnSlots:
