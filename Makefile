@@ -66,7 +66,8 @@ $(BYTECODE_STAMP): $(STAMP)
 	touch $@
 
 bytecode:
-	$(PY) -m compileall -q -j 0 $$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+	$(PY) -m compileall -q -j 0 $$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") \
+		|| echo "compileall: some files did not compile; Python compiles those in memory on import"
 
 $(HOROVOD_STAMP): requirements-horovod.txt
 	rm -f $(VENV)/.horovod-*
