@@ -377,3 +377,22 @@ def test_a_stopped_rendezvous_server_no_longer_listens():
     cluster.stop_rendezvous(server)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_engines_sharing_a_launch_id_find_their_own_output_by_pid(tmp_path):
+    """A packed study starts each slot's engine as an engine set of its own: every one is
+    launch '0'; the tail must still come from the engine asked about."""
+    from hiresmed_nb.cluster.engines import EngineLaunch, Engines
+    from hiresmed_nb.cluster.ranks import EngineFacts
+
+    launches, facts = [], []
+    for engine_id, pid in enumerate((4001, 4002)):
+        output = tmp_path / f"engine-{pid}.log"
+        output.write_text(f"engine with pid {pid} says goodbye\n")
+        launches.append(EngineLaunch("0", pid, output_file=str(output)))
+        facts.append(
+            EngineFacts(engine_id, "vm", pid, "0", "127.0.0.1", "lo", (), (), 2, slot_threads=1)
+        )
+    engines = Engines(None, [0, 1], None, True, "c", tmp_path, launches, facts)
+    assert "pid 4002 says" in engines.output_tail(1)
+    assert "pid 4001 says" in engines.output_tail(0)

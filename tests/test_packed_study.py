@@ -2,13 +2,11 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 
-import psutil
 import pytest
-from test_warm import kernel_processes, processes_of_clusters_owned_by
+from test_warm import interrupt_after_first_run, processes_of_clusters_owned_by
 
 from hiresmed_nb import study
 from hiresmed_nb.__main__ import main
@@ -156,37 +154,10 @@ def test_the_command_line_names_a_bad_slot_count(tmp_path, capsys):
     assert "--slots 0" in capsys.readouterr().err
 
 
-INTERRUPTED_STUDY = """
-import sys
-from pathlib import Path
-from hiresmed_nb import study
-runs = study.expand({config!r})
-study.run_study(
-    runs, Path(sys.argv[1]), report=False, progress=False, slots=study.SlotRequest(slots=2)
-)
-"""
-
-
 @pytest.mark.notebook
 def test_ctrl_c_stops_every_packed_notebook_and_engine_and_a_rerun_resumes(tmp_path, skin_dir):
     config = {**TINY, "MODE": "serial", "SEEDS": [0, 1, 2, 3]}
-    kernels_before = {p.pid for p in kernel_processes()}
-    runner = subprocess.Popen(
-        [sys.executable, "-u", "-c", INTERRUPTED_STUDY.format(config=config), str(tmp_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    for line in runner.stdout:  # one line per finished run
-        if line.startswith("done"):
-            break
-    runner.send_signal(signal.SIGINT)  # Ctrl-C while the other slot's run and the next train
-    runner.communicate(timeout=300)
-    assert runner.returncode != 0
-    leftovers = processes_of_clusters_owned_by(runner.pid)
-    leftovers += [p for p in kernel_processes() if p.pid not in kernels_before]
-    _, alive = psutil.wait_procs(leftovers, timeout=30)
-    assert alive == []
+    interrupt_after_first_run(config, tmp_path, slots=2)
     recorded = {
         path.name.removesuffix(".json")
         for path in (tmp_path / "runs").glob("*.json")
@@ -204,6 +175,26 @@ def test_ctrl_c_stops_every_packed_notebook_and_engine_and_a_rerun_resumes(tmp_p
     )
     assert set(result.skipped) == recorded
     assert len(executed) == 4 - len(result.skipped)
+
+
+@pytest.mark.distributed
+def test_a_slot_engine_grown_past_the_memory_bound_gets_a_fresh_engine(monkeypatch):
+    from hiresmed_nb.cluster import memory
+    from hiresmed_nb.cluster.devices import plan_this_machine
+    from hiresmed_nb.cluster.slots_cluster import SlotsCluster
+
+    slots = plan_this_machine(2, {}, [], cores=2)
+    with SlotsCluster(slots) as engines:
+        first = engines.engine_ids(slots)
+        assert engines.recycle_outgrown(slots) is None  # the first readings are the baselines
+        assert engines.engine_ids(slots) == first
+        monkeypatch.setattr(memory, "RECYCLE_GROWTH_BYTES", -(10**12))  # any reading outgrows
+        replaced = engines.recycle_outgrown(slots[:1])
+        assert replaced.startswith("slots  localhost/0: engine memory grew by")
+        assert replaced.endswith(", replaced")
+        now = engines.engine_ids(slots)
+        assert now[0] not in first and now[1] == first[1]
+    assert processes_of_clusters_owned_by(os.getpid()) == []
 
 
 def test_the_packing_benchmark_judges_its_goals():

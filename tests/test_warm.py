@@ -211,16 +211,19 @@ import sys
 from pathlib import Path
 from hiresmed_nb import study
 runs = study.expand({config!r})
-study.run_study(runs, Path(sys.argv[1]), report=False, progress=False)
+slots = study.SlotRequest(slots={slots!r})  # None: one run at a time
+study.run_study(runs, Path(sys.argv[1]), report=False, progress=False, slots=slots)
 """
 
 
-@pytest.mark.notebook
-def test_an_interrupted_study_leaves_nothing_running(tmp_path, skin_dir):
-    config = {**SMOKE_DISTRIBUTED, "EPOCHS": 1, "SEEDS": [0, 1, 2]}
+def interrupt_after_first_run(config: dict, folder, slots: int | None = None) -> None:
+    """Run a study of ``config`` (on ``slots`` CPU slots) in a process of its own, press Ctrl-C
+    there once its first run is done, and check that it failed and left no kernel or engine of
+    its own running."""
     kernels_before = {p.pid for p in kernel_processes()}
+    script = INTERRUPTED_STUDY.format(config=config, slots=slots)
     runner = subprocess.Popen(
-        [sys.executable, "-u", "-c", INTERRUPTED_STUDY.format(config=config), str(tmp_path)],
+        [sys.executable, "-u", "-c", script, str(folder)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -228,13 +231,18 @@ def test_an_interrupted_study_leaves_nothing_running(tmp_path, skin_dir):
     for line in runner.stdout:  # the runner prints one line per finished run
         if line.startswith("done"):
             break
-    runner.send_signal(signal.SIGINT)  # Ctrl-C, in the middle of the second run
+    runner.send_signal(signal.SIGINT)  # Ctrl-C, while the next runs train
     runner.communicate(timeout=300)
     assert runner.returncode != 0
     leftovers = processes_of_clusters_owned_by(runner.pid)
     leftovers += [p for p in kernel_processes() if p.pid not in kernels_before]
     _, alive = psutil.wait_procs(leftovers, timeout=30)
     assert alive == []
+
+
+@pytest.mark.notebook
+def test_an_interrupted_study_leaves_nothing_running(tmp_path, skin_dir):
+    interrupt_after_first_run({**SMOKE_DISTRIBUTED, "EPOCHS": 1, "SEEDS": [0, 1, 2]}, tmp_path)
     assert (tmp_path / "runs").is_dir() and len(list((tmp_path / "runs").glob("*.json"))) >= 1
 
 

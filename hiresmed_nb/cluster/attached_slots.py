@@ -67,6 +67,10 @@ class AttachedSlots:
     def replace(self, slots: Sequence[Slot]) -> None:
         """Nothing: engines of a cluster we did not start are not ours to replace."""
 
+    def recycle_outgrown(self, slots: Sequence[Slot]) -> str | None:
+        """An attached cluster's engines are not this study's to replace, whatever their memory."""
+        return None
+
     def stop(self) -> None:
         """Let the cluster go (it keeps running)."""
         self._cluster.stop()

@@ -143,12 +143,19 @@ class Engines:
         return described
 
     def launch_of(self, index: int) -> EngineLaunch | None:
-        """The launch record of engine ``index`` (by its launch id, else by pid), or None."""
+        """The launch record of engine ``index`` (by its launch id, else by pid), or None.
+
+        A packed study's engines are each an engine set of its own, so several share a launch
+        id ('0'): among those, the pid tells."""
         facts = self.facts[index]
-        for launch in self.launches:
-            if launch.identifier == facts.launch_id and facts.launch_id:
-                return launch
-        for launch in self.launches:
+        named = [
+            launch
+            for launch in self.launches
+            if facts.launch_id and launch.identifier == facts.launch_id
+        ]
+        if len(named) == 1:
+            return named[0]
+        for launch in named or self.launches:
             if launch.pid == facts.pid and (launch.location or facts.machine == "localhost"):
                 return launch
         return None

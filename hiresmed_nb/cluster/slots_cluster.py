@@ -34,6 +34,7 @@ from hiresmed_nb.cluster.engines import (
 from hiresmed_nb.cluster.horovod_cluster import IPP_PROFILE_DIR
 from hiresmed_nb.cluster.hosts import SSH_OPTIONS, ask_hosts, head_address
 from hiresmed_nb.cluster.lifecycle import Started
+from hiresmed_nb.cluster.memory import EngineMemory, resident_bytes
 from hiresmed_nb.cluster.processes import (
     marker_environment,
     owned_cluster_id,
@@ -86,6 +87,7 @@ class SlotsCluster(Started):
         self.engine_of: dict[str, int] = {}  # slot key -> its engine's id
         self.replaced = 0  # engines replaced after failures
         self._sets: dict[str, str] = {}  # slot key -> its engine set id
+        self._memory: dict[int, EngineMemory] = {}  # engine id -> its memory since its first run
         self._seen: set[int] = set()
         self._cluster: Any = None
         self._client: Any = None
@@ -199,13 +201,35 @@ class SlotsCluster(Started):
 
     def replace(self, slots: Sequence[Slot]) -> None:
         """Give ``slots`` fresh engines (after a rank failure: the old ones may be stuck or
-        gone). Same slots, same environment, new engine ids."""
+        gone; or grown too large). Same slots, same environment, new engine ids."""
         with self._lock:
             for slot in slots:
+                self._memory.pop(self.engine_of[slot.key], None)
                 self._cluster.stop_engines_sync(self._sets.pop(slot.key))
                 self._start_engine(slot)
             self._await_engines(slots)
             self.replaced += len(slots)
+
+    def recycle_outgrown(self, slots: Sequence[Slot]) -> str | None:
+        """After a run on ``slots``: read their engines' memory (an engine's first reading is its
+        baseline) and give fresh engines to the slots whose engine has grown past the bound of
+        :mod:`.memory`, as the pool does for a warm cluster. Returns the console line saying
+        which were replaced, or None."""
+        with self._lock:
+            engine_ids = [self.engine_of[slot.key] for slot in slots]
+            rss = self._client[engine_ids].apply_sync(resident_bytes)
+        outgrown: list[tuple[Slot, EngineMemory]] = []
+        for slot, engine_id, now in zip(slots, engine_ids, rss, strict=True):
+            memory = self._memory.setdefault(engine_id, EngineMemory())
+            memory.observe([now])
+            if memory.outgrown():
+                outgrown.append((slot, memory))
+        if not outgrown:
+            return None
+        self.replace([slot for slot, _ in outgrown])
+        return "; ".join(
+            f"slots  {slot.key}: {memory.describe()}, replaced" for slot, memory in outgrown
+        )
 
     def stop(self) -> None:
         """Stop the controller and every slot's engine, on every host; leave no file behind."""

@@ -50,6 +50,8 @@ class SlotEngines(Protocol):
 
     def replace(self, slots: Sequence[Slot]) -> None: ...
 
+    def recycle_outgrown(self, slots: Sequence[Slot]) -> str | None: ...
+
     def stop(self) -> None: ...
 
 
@@ -136,6 +138,9 @@ def run_on_slots(
     def execute_on(run: Run, slots: tuple[Slot, ...]) -> None:
         if not execute(run, RunOnSlots(engines, slots)):
             raise RunFailed(run.run_id)
+        replaced = engines.recycle_outgrown(slots)  # before the slots go to the next run
+        if replaced:
+            locked_echo(replaced)
 
     echo(describe_slots(engines.slots, {LOCAL_HOST: available_cores()}))
     with ThreadedRuns(execute_on, len(engines.slots), poll_seconds=0.2) as threaded:
