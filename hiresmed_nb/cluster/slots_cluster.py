@@ -24,6 +24,7 @@ from hiresmed_nb.cluster import launchers
 from hiresmed_nb.cluster.devices import LOCAL_HOST, Slot, slot_environment
 from hiresmed_nb.cluster.engines import (
     CONTROLLER_ARGS,
+    PROBE_SECONDS,
     REGISTRATION_SECONDS,
     SSH_POLL_SECONDS,
     _make_profile_private,
@@ -47,6 +48,7 @@ from hiresmed_nb.params import resolve_path
 from hiresmed_nb.placement import HostSlots
 
 POLL_SECONDS = 0.2
+MEMORY_READ_SECONDS = 10  # an idle engine answers in milliseconds
 
 
 def engine_slot_key() -> str:
@@ -184,7 +186,7 @@ class SlotsCluster(Started):
         deadline = time.monotonic() + REGISTRATION_SECONDS
         while waiting:
             for engine_id in sorted(set(self._client.ids) - self._seen):
-                key = self._client[engine_id].apply_sync(engine_slot_key)
+                key = self._client[engine_id].apply_async(engine_slot_key).get(PROBE_SECONDS)
                 self._seen.add(engine_id)
                 if key in waiting:
                     self.engine_of[key] = engine_id
@@ -216,8 +218,14 @@ class SlotsCluster(Started):
         :mod:`.memory`, as the pool does for a warm cluster. Returns the console line saying
         which were replaced, or None."""
         with self._lock:
+            if self._client is None:  # stopped (Ctrl-C): nothing to read or replace
+                return None
             engine_ids = [self.engine_of[slot.key] for slot in slots]
-            rss = self._client[engine_ids].apply_sync(resident_bytes)
+            reading = self._client[engine_ids].apply_async(resident_bytes)
+        try:  # bounded: a study stopped meanwhile must not leave this thread waiting forever
+            rss = reading.get(timeout=MEMORY_READ_SECONDS)
+        except Exception:  # engines stopped or unreachable: no reading, nothing replaced
+            return None
         outgrown: list[tuple[Slot, EngineMemory]] = []
         for slot, engine_id, now in zip(slots, engine_ids, rss, strict=True):
             memory = self._memory.setdefault(engine_id, EngineMemory())
