@@ -207,7 +207,10 @@ def test_a_study_retries_a_lost_rank_on_a_restarted_cluster_and_shares_it_with_t
 
 
 INTERRUPTED_STUDY = """
-import sys
+import signal, sys
+# As at a terminal, whatever SIGINT disposition the test process inherited (a background job's
+# is "ignore"): Ctrl-C raises KeyboardInterrupt.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from pathlib import Path
 from hiresmed_nb import study
 runs = study.expand({config!r})
