@@ -7,6 +7,7 @@ the parameter.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import typing
@@ -136,8 +137,10 @@ class RunConfig(Mapping[str, Any]):
 
     @property
     def placement(self) -> Placement:
-        """Where the ranks of a distributed run go (:mod:`hiresmed_nb.placement`)."""
-        return Placement.from_params(self)
+        """Where the run's ranks go (:mod:`hiresmed_nb.placement`): a serial run is one rank on
+        one engine of this machine (or of the attached cluster), ``HOSTS`` apart."""
+        placement = Placement.from_params(self)
+        return placement if self.distributed else dataclasses.replace(placement, hosts=())
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values (lists, not tuples), as papermill and JSON records take them."""

@@ -14,6 +14,8 @@ from typing import Any
 
 from hiresmed_nb.errors import HiresmedError
 
+# A rank's TensorFlow thread count, set by its cluster (``cluster.ranks.threads_per_rank``).
+THREADS_VARIABLE = "HIRESMED_THREADS"
 _HOST_NAME = re.compile(r"^[A-Za-z0-9_.@\[\]:-]+$")
 
 

@@ -17,11 +17,20 @@ NOTEBOOK = project_root() / "notebooks" / "01_train.ipynb"
 TINY = {"IMAGE_SIZE": 32, "IMAGES_PER_CLASS": 4, "EPOCHS": 1, "BATCH_SIZE": 4}
 
 
+# Appended to the notebook as its last cell: asks the kernel what it imported.
+ASK_THE_KERNEL = 'import sys\nprint("TENSORFLOW IN KERNEL:", "tensorflow" in sys.modules)'
+
+
 def execute(tmp_path, **parameters):
+    """Execute 01_train (and a last cell that asks its kernel whether it imported TensorFlow)."""
     out = tmp_path / "executed.ipynb"
+    notebook = nbformat.read(str(NOTEBOOK), as_version=4)
+    notebook.cells.append(nbformat.v4.new_code_cell(ASK_THE_KERNEL))
+    asking = tmp_path / "01_train_asking.ipynb"
+    nbformat.write(notebook, str(asking))
     parameters = {**TINY, "RESULTS_DIR": str(tmp_path / "runs"), **parameters}
     pm.execute_notebook(
-        str(NOTEBOOK),
+        str(asking),
         str(out),
         parameters=parameters,
         kernel_name="hiresmed",
@@ -30,6 +39,16 @@ def execute(tmp_path, **parameters):
     )
     [record_file] = (tmp_path / "runs").glob("*.json")
     return json.loads(record_file.read_text()), out
+
+
+def kernel_imported_tensorflow(executed) -> bool:
+    """What the kernel of an :func:`execute` run answered."""
+    [answer] = [
+        output["text"]
+        for output in nbformat.read(str(executed), as_version=4).cells[-1].outputs
+        if "TENSORFLOW IN KERNEL" in output.get("text", "")
+    ]
+    return answer.split(":")[1].strip() == "True"
 
 
 def processes_of_this_projects_clusters_after(seconds: float) -> list[str]:
@@ -79,7 +98,9 @@ def test_serial_run_writes_and_glues_a_complete_record(tmp_path, skin_dir):
     assert record["data_locality"]["images_opened_per_rank"] == [16]
     assert record["data_locality"]["ok"]
     run_logs = assert_logs_match_record(tmp_path / "runs", record)
-    assert writer_pids(run_logs) == {record["ranks"][0]["pid"]}  # the kernel, rank 0 of 1
+    assert writer_pids(run_logs) == {record["ranks"][0]["pid"]}  # its engine, rank 0 of 1
+    # It trained on an engine: the kernel only orchestrated, without TensorFlow.
+    assert not kernel_imported_tensorflow(executed)
 
 
 @pytest.mark.notebook
@@ -104,6 +125,7 @@ def test_two_rank_run_reads_disjoint_shards_and_ends_with_equal_weights(tmp_path
     assert "[stdout:0]" in streamed and "Epoch 2/2" in streamed  # rank 0's progress, live
     run_logs = assert_logs_match_record(tmp_path / "runs", record)
     assert writer_pids(run_logs) == {record["ranks"][0]["pid"]}  # rank 0 alone writes logs
+    assert not kernel_imported_tensorflow(executed)
     assert processes_of_this_projects_clusters_after(30) == []
 
 

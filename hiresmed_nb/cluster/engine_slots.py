@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hiresmed_nb.cluster.devices import Slot, installed_gpus, visible_gpus
+from hiresmed_nb.cluster.ranks import threads_per_rank
 from hiresmed_nb.errors import HiresmedError
 
 
@@ -50,7 +51,7 @@ def _thread_share(engine: EngineDevices, neighbours: Sequence[EngineDevices]) ->
     """The engine's CPUs divided between the engines of its machine that may run on them too
     (engines bound to their own CPUs, as Slurm binds tasks, keep all of theirs)."""
     sharing = sum(1 for other in neighbours if other.cpus & engine.cpus)
-    return max(1, len(engine.cpus) // max(1, sharing))
+    return threads_per_rank(len(engine.cpus), sharing)
 
 
 def slots_of_engines(engines: Sequence[EngineDevices], hosts: Sequence[str]) -> dict[int, Slot]:

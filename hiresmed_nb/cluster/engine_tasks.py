@@ -61,8 +61,10 @@ def own_addresses() -> list[str]:
 
 
 def describe_engine(rendezvous_addr: str) -> dict[str, Any]:
-    """The engine's host name, pid, launch id, addresses, and its route and interface towards
-    the rendezvous address."""
+    """The engine's host name, pid, launch id, addresses, the cores it may run on, and its route
+    and interface towards the rendezvous address."""
+    from hiresmed_nb.cluster.devices import available_cores
+
     hostname = socket.gethostname()
     try:
         address = route_address(rendezvous_addr)
@@ -76,7 +78,7 @@ def describe_engine(rendezvous_addr: str) -> dict[str, Any]:
         "interface": interface_of(address) if address else "",
         "hostname_addresses": hostname_addresses(hostname),
         "addresses": own_addresses(),
-        "cpu_count": os.cpu_count() or 1,
+        "cpu_count": available_cores(),
         "slot_threads": int(os.environ.get("HIRESMED_SLOT_THREADS") or 0),
     }
 

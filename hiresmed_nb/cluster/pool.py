@@ -111,12 +111,13 @@ class Pool:
 
     def attach_parameters(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
         """A study's notebook parameters set to run on the pool's cluster of their placement
-        (started if needed): its file goes in ``POOL_CLUSTER_FILE``, while the placement the run
-        asked for (``HOSTS``, ``N_RANKS``) stays as given, for its record. Serial runs, and runs
-        that name their own cluster file, are returned unchanged."""
-        if parameters["MODE"] != "distributed" or parameters["IPP_CLUSTER_FILE"]:
+        (started if needed; a serial run's is one engine): its file goes in
+        ``POOL_CLUSTER_FILE``, while the placement the run asked for (``HOSTS``, ``N_RANKS``)
+        stays as given, for its record. Runs that name their own cluster file are returned
+        unchanged."""
+        if parameters["IPP_CLUSTER_FILE"]:
             return dict(parameters)
-        cluster = self.cluster(Placement.from_params(parameters))
+        cluster = self.cluster(_study_placement(parameters))
         cluster.runs += 1  # the notebook runs on it: read its memory before the next hand-out
         return {**parameters, "POOL_CLUSTER_FILE": cluster.cluster_file}
 
@@ -142,8 +143,8 @@ class Pool:
 
     def retire_parameters(self, parameters: Mapping[str, Any]) -> None:
         """Retire the cluster a study's notebook with these (original) parameters ran on."""
-        if parameters["MODE"] == "distributed" and not parameters["IPP_CLUSTER_FILE"]:
-            self.retire(Placement.from_params(parameters))
+        if not parameters["IPP_CLUSTER_FILE"]:
+            self.retire(_study_placement(parameters))
 
     @property
     def current(self) -> HorovodCluster | None:
@@ -168,6 +169,14 @@ class Pool:
             self._held.pop().stop()
 
 
+def _study_placement(parameters: Mapping[str, Any]) -> Placement:
+    """The placement of a study's run (parameters as the grid gives them): a serial run is
+    one engine of this machine."""
+    if parameters["MODE"] == "distributed":
+        return Placement.from_params(parameters)
+    return Placement(1)
+
+
 _kernel_pool: Pool | None = None
 
 
@@ -181,8 +190,9 @@ def kernel_pool() -> Pool:
 
 
 def run_training(config: RunConfig, split: Any = None) -> list[dict[str, Any]]:
-    """What ``01_train``'s training cell does, for scripts, benchmarks and tests: train serially
-    in this process, or on the run's Horovod ranks in the kernel's pool; results in rank order.
+    """What ``01_train``'s training cell does, for scripts, benchmarks and tests: train on the
+    run's engines in this process's pool (one for a serial run, one per Horovod rank);
+    results in rank order. This process never imports TensorFlow for it.
 
     The split is made here once (if not given) and sent to the ranks as file lists, so no rank
     opens a file outside its own shard of the training set (rank 0 also reads the test set).
@@ -191,8 +201,6 @@ def run_training(config: RunConfig, split: Any = None) -> list[dict[str, Any]]:
 
     if not config.SITE_DIRS:
         split = split or training.make_split(config)
-    if not config.distributed:
-        return [training.train(config, split=split)]
     pool = kernel_pool()
     pool.cluster(config.placement).check_results_dir(resolve_path(config.RESULTS_DIR))
     return pool.run(config.placement, training.train, config, (), split)

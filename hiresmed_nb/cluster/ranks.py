@@ -6,6 +6,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from hiresmed_nb.placement import THREADS_VARIABLE
+
 GLOO_TIMEOUT_SECONDS = 60
 
 
@@ -121,10 +123,14 @@ def horovod_environment(
         "HOROVOD_GLOO_TIMEOUT_SECONDS": str(GLOO_TIMEOUT_SECONDS),
         "NCCL_SOCKET_IFNAME": network_interface,
         "OMP_NUM_THREADS": str(threads),
+        THREADS_VARIABLE: str(threads),
         "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
     }
 
 
 def threads_per_rank(cpu_count: int, local_size: int) -> int:
-    """Split a host's cores evenly between its ranks, at least one each."""
+    """The one rule for a rank's TensorFlow threads: the cores it may run on (its CPU affinity)
+    split evenly between the engines that share them, at least one each. A slot's engine
+    gets its share when the slot is planned, any other engine when its cluster places ranks;
+    the rank receives it as ``HIRESMED_THREADS``."""
     return max(1, cpu_count // max(1, local_size))

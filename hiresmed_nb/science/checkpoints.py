@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
-
-import tensorflow as tf
+from typing import TYPE_CHECKING, Any
 
 from hiresmed_nb.params import PLACEMENT_PARAMETERS, resolve_path, run_id
 from hiresmed_nb.science.records import write_json_atomic
+
+if TYPE_CHECKING:  # TensorFlow is imported where a checkpoint is written or read: a kernel
+    import tensorflow as tf  # that only clears checkpoints never imports it
 
 STATE_FILE = "state.json"
 
@@ -42,6 +43,8 @@ def load_state(directory: Path, params: dict[str, Any]) -> dict[str, Any] | None
 
 
 def _tracked(model: tf.keras.Model, optimizer: Any) -> tf.train.Checkpoint:
+    import tensorflow as tf
+
     return tf.train.Checkpoint(model=model, optimizer=optimizer)
 
 
@@ -89,25 +92,3 @@ def restore(directory: Path, state: dict[str, Any], model: tf.keras.Model, optim
 def clear(directory: Path) -> None:
     """Remove a finished run's checkpoints."""
     shutil.rmtree(directory, ignore_errors=True)
-
-
-class EpochCheckpoint(tf.keras.callbacks.Callback):
-    """Checkpoint after every epoch (on rank 0 only), continuing ``history`` from a resume."""
-
-    def __init__(
-        self,
-        directory: Path,
-        optimizer: Any,
-        params: dict[str, Any],
-        history: dict[str, list[float]],
-    ):
-        super().__init__()
-        self.directory = directory
-        self.optimizer = optimizer
-        self.run_params = params
-        self.history = {key: list(values) for key, values in history.items()}
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        for key, value in (logs or {}).items():
-            self.history.setdefault(key, []).append(float(value))
-        save(self.directory, self.model, self.optimizer, self.run_params, epoch + 1, self.history)

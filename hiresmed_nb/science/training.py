@@ -23,6 +23,7 @@ import numpy as np
 
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.params import SYNTHETIC_DATASETS, RunConfig, resolve_path
+from hiresmed_nb.placement import THREADS_VARIABLE
 from hiresmed_nb.science import data, epochs, models
 
 
@@ -252,9 +253,10 @@ def join_ranks(distributed: bool) -> RankInfo:
         )
     else:
         ranks = RankInfo(0, 1, 0, 1, horovod_host(), False)
-    # A packed study's slot engine sees only its own GPU and has its share of the cores.
-    slot_threads = int(os.environ.get("HIRESMED_SLOT_THREADS") or 0)
-    configure_threads(slot_threads or max(1, (os.cpu_count() or 1) // ranks.local_size))
+    # The rank's share of the cores, as its cluster gave it (the same rule for every engine).
+    threads = int(os.environ.get(THREADS_VARIABLE) or 0)
+    if threads:
+        configure_threads(threads)
     # Horovod: one GPU per process, chosen by local rank (on a slot: its one visible GPU).
     pin_gpu(0 if "HIRESMED_SLOT" in os.environ else ranks.local_rank)
     return ranks
@@ -347,6 +349,7 @@ def resume(
     checkpoints every epoch and keeps the learning curves (None on the other ranks).
     """
     from hiresmed_nb.science import checkpoints
+    from hiresmed_nb.science.epoch_checkpoint import EpochCheckpoint
 
     checkpoint_dir = checkpoints.checkpoint_dir(params)
     state = checkpoints.load_state(checkpoint_dir, params) if ranks.rank == 0 else None
@@ -364,7 +367,7 @@ def resume(
         hvd_tf.broadcast_variables([*model.variables, *optimizer.variables], root_rank=0)
     checkpointer = None
     if ranks.rank == 0:
-        checkpointer = checkpoints.EpochCheckpoint(
+        checkpointer = EpochCheckpoint(
             checkpoint_dir, optimizer, params, state["history"] if state else {}
         )
     return (state["epoch"] if state else 0), checkpointer
