@@ -87,47 +87,42 @@ def test_a_packed_grid_runs_side_by_side_on_its_own_slots_and_equals_runs_one_at
     # The slots' first engines are 0, 1 and 2: the retry ran on replacements for its two slots.
     assert min(rank["slot"]["engine"] for rank in retried["ranks"]) >= 3
     monkeypatch.delenv("HIRESMED_INJECT_FAULT")
-    # The same runs one at a time with the same thread share (on CPU the intra-op thread count
-    # changes the order of floating-point sums, so the weights too): serial ones in a process
-    # of their own, as in a notebook's kernel, distributed ones on that process's engines.
+    # The same grid as a plain study, one run at a time, as a user runs it on one core
+    # (`taskset -c 0`): every run on engines with one thread each, the packed slots' share on
+    # this machine. Nothing else differs: no variable is set for it.
     threads = {rank["slot"]["threads"] for record in records.values() for rank in record["ranks"]}
-    assert len(threads) == 1
-    alone = runs_alone(good, tmp_path / "alone", threads.pop())
-    for run in good:
-        packed = records[run.run_id]
-        assert alone[run.run_id]["digests"] == [r["weights_digest"] for r in packed["ranks"]]
-        assert alone[run.run_id]["metrics"] == {k: packed[k] for k in SAME_RESULT}
+    assert threads == {1}
+    alone = plain_study_on_one_core(tmp_path, {**TINY, "MODE": ["distributed", "serial"]}, [0, 1])
+    assert sorted(alone) == sorted(records)
+    for run_id, packed in records.items():
+        assert [r["weights_digest"] for r in alone[run_id]["ranks"]] == [
+            r["weights_digest"] for r in packed["ranks"]
+        ]
+        assert {k: alone[run_id][k] for k in SAME_RESULT} == {k: packed[k] for k in SAME_RESULT}
 
 
-ALONE = """
-import json, sys
-from hiresmed_nb.cluster import run_training
-from hiresmed_nb.params import validate
-results = {}
-for parameters in json.loads(sys.argv[1]):
-    config = validate(parameters)
-    ranks = run_training(config)
-    results[config.run_id] = {
-        "digests": [rank["weights_digest"] for rank in ranks],
-        "metrics": {key: ranks[0][key] for key in json.loads(sys.argv[2])},
-    }
-print("RESULTS " + json.dumps(results))
-"""
+def plain_study_on_one_core(tmp_path, grid: dict, seeds: list[int]) -> dict[str, dict]:
+    """Run ``grid`` as ``taskset -c 0 python -m hiresmed_nb run grid.yaml`` (one run at a time,
+    no slots); its records by run id."""
+    import yaml
 
-
-def runs_alone(runs: list, results_dir, threads: int) -> dict:
-    """Train ``runs`` one after another in a fresh process with ``threads`` intra-op threads."""
-    parameters = [{**run.params, "RESULTS_DIR": str(results_dir)} for run in runs]
-    done = subprocess.run(
-        [sys.executable, "-c", ALONE, json.dumps(parameters), json.dumps(SAME_RESULT)],
-        env={**os.environ, "HIRESMED_SLOT_THREADS": str(threads)},
+    grid_file = tmp_path / "alone.yaml"
+    grid_file.write_text(yaml.safe_dump({**grid, "STUDY": "alone", "SEEDS": seeds}))
+    outputs = tmp_path / "alone-outputs"
+    command = ["taskset", "-c", "0", sys.executable, "-m", "hiresmed_nb", "run", str(grid_file)]
+    subprocess.run(
+        [*command, "--no-report", "--outputs", str(outputs)],
+        env={k: v for k, v in os.environ.items() if k != "HIRESMED_INJECT_FAULT"},
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
         check=True,
     )
-    line = next(line for line in done.stdout.splitlines() if line.startswith("RESULTS "))
-    return json.loads(line.removeprefix("RESULTS "))
+    return {
+        path.stem: json.loads(path.read_text())
+        for path in (outputs / "alone" / "runs").glob("*.json")
+        if not path.name.endswith(".failed.json")
+    }
 
 
 def test_a_run_wider_than_the_slots_is_one_error_before_anything_starts(tmp_path):
