@@ -559,7 +559,7 @@ def test_quick_grid_has_serial_distributed_and_accumulated_arms_at_equal_effecti
     assert effective == {"serial": {8}, "distributed": {16}, "accumulated": {16}}
 
 
-def test_the_runner_keeps_clusters_only_for_distributed_runs_without_their_own_cluster_file(
+def test_the_runner_keeps_a_warm_cluster_per_placement_for_runs_without_their_own_cluster_file(
     tmp_path, monkeypatch
 ):
     from hiresmed_nb.cluster import pool as pool_module
@@ -589,19 +589,23 @@ def test_the_runner_keeps_clusters_only_for_distributed_runs_without_their_own_c
     monkeypatch.setattr(pool_module, "HorovodCluster", StandIn)
     pool = Pool()
     serial = P.validate({"MODE": "serial"})
-    assert pool.attach_parameters(serial) == dict(serial)  # nothing started for a serial run
+    # A serial run trains on one engine of the runner's, kept warm for the next serial run.
+    on_one_engine = pool.attach_parameters(serial)
+    assert started == [cluster.Placement(1)] and on_one_engine["POOL_CLUSTER_FILE"] == "pool-0.json"
+    assert P.validate(on_one_engine).placement == cluster.Placement(1, cluster_file="pool-0.json")
     cluster_file = tmp_path / "cluster.json"
     cluster_file.write_text(json.dumps({"engines": {"sets": {"1": {"n": 2}}}}))
     own = P.validate({"MODE": "distributed", "IPP_CLUSTER_FILE": str(cluster_file)})
     assert own["N_RANKS"] == 2 and pool.attach_parameters(own) == dict(own)  # its own cluster
     with_hosts = P.validate({"MODE": "distributed", "HOSTS": "a:2,b:1"})
     attached = pool.attach_parameters(with_hosts)
-    assert [(h.host, h.slots) for h in started[0].hosts] == [("a", 2), ("b", 1)]
+    assert [(h.host, h.slots) for h in started[1].hosts] == [("a", 2), ("b", 1)]
     # The run attaches to the pool's cluster; the placement it asked for stays for its record.
-    assert attached["POOL_CLUSTER_FILE"] == "pool-0.json" and attached["HOSTS"] == "a:2,b:1"
-    assert P.validate(attached).placement == cluster.Placement(3, cluster_file="pool-0.json")
-    assert pool.attach_parameters(with_hosts)["POOL_CLUSTER_FILE"] == "pool-0.json"  # reused
-    assert len(started) == 1
+    assert attached["POOL_CLUSTER_FILE"] == "pool-1.json" and attached["HOSTS"] == "a:2,b:1"
+    assert P.validate(attached).placement == cluster.Placement(3, cluster_file="pool-1.json")
+    assert pool.attach_parameters(with_hosts)["POOL_CLUSTER_FILE"] == "pool-1.json"  # reused
+    assert pool.attach_parameters(serial)["POOL_CLUSTER_FILE"] == "pool-0.json"  # reused
+    assert len(started) == 2
 
 
 def test_only_a_rank_failure_counts_as_one_for_the_retry():
