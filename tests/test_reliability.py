@@ -7,6 +7,7 @@ import stat
 import string
 import subprocess
 import sys
+import time
 
 import numpy as np
 import psutil
@@ -51,15 +52,28 @@ def test_a_rank_killed_before_joining_is_named_and_nothing_is_left(skin_dir):
 
 
 @pytest.mark.distributed
-def test_an_interrupt_stops_every_rank_and_the_next_cluster_is_undisturbed(monkeypatch):
-    def interrupted(self, futures):
+def test_an_interrupt_stops_every_rank_and_the_next_cluster_is_undisturbed(monkeypatch, tmp_path):
+    # Each rank says it started, then waits for ever: only an interrupt ends its task.
+    wait_for_ever = (
+        f"[open({str(tmp_path)!r} + '/started-' + __import__('os').environ['HOROVOD_RANK'], 'w')"
+        ".close(), __import__('threading').Event().wait()]"
+    )
+
+    def interrupted_once_every_rank_runs(self, futures):  # Ctrl-C while both ranks are busy
+        deadline = time.monotonic() + 120
+        while len(list(tmp_path.glob("started-*"))) < 2:
+            assert time.monotonic() < deadline, "the ranks never started their task"
+            time.sleep(0.05)
         raise KeyboardInterrupt
 
-    with monkeypatch.context() as patch:
-        patch.setattr(HorovodCluster, "_wait", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            with HorovodCluster(2) as first:
-                first.run(eval, JOIN_HOROVOD)
+    with HorovodCluster(2) as first:
+        with monkeypatch.context() as patch:
+            patch.setattr(HorovodCluster, "_wait", interrupted_once_every_rank_runs)
+            with pytest.raises(KeyboardInterrupt):
+                first.run(eval, wait_for_ever)
+        # The interrupt ended every rank's task: each engine, still running, takes new work.
+        answered = [view.apply_async(os.getpid).get(timeout=30) for view in first.engines.views]
+        assert answered == first.engine_pids
     assert cluster.cluster_processes(first.cluster_id) == []
     assert not any(psutil.pid_exists(pid) for pid in first.engine_pids)
     with HorovodCluster(2) as second:
