@@ -845,7 +845,9 @@ def test_a_malformed_retry_is_named(tmp_path):
 
 def test_overall_verdict_over_several_comparisons():
     def diff(verdict: str) -> report.Difference:
-        return report.Difference(0.1 if verdict != report.LOWER else -0.1, 0.05, 3, verdict)
+        # a mean of +-10 points whose interval (+-5, or +-20 for noise) agrees with the verdict
+        half = 0.2 if verdict == report.NOISE else 0.05
+        return report.Difference(0.1 if verdict != report.LOWER else -0.1, half, 3, verdict)
 
     higher, lower, noise = diff(report.HIGHER), diff(report.LOWER), diff(report.NOISE)
     single = report.Difference(0.1, None, 1, report.ONE_SEED)

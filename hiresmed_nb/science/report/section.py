@@ -14,6 +14,7 @@ from hiresmed_nb.science.report.answers import (
     q3_best_resolution,
 )
 from hiresmed_nb.science.report.decomposition import decompose, decomposition_table
+from hiresmed_nb.science.report.family import ADJUSTMENT_SENTENCE
 from hiresmed_nb.science.report.load import is_synthetic
 from hiresmed_nb.science.report.optimum import (
     lr_sentences,
@@ -67,10 +68,11 @@ def _evidence(table: pd.DataFrame, title: str, synthetic: bool = False) -> str:
 def answers_html(
     records: pd.DataFrame, metric: str = "accuracy", paper: pd.DataFrame | None = None
 ) -> str:
-    """The Answers section's body: per question, the paper's wording, our verdict, the paper's
-    own answer (its text, its whole Table 2 read by the same rules, where the two disagree, and
-    ours beside them), and the evidence tables (numbers on one line, constant columns folded into
-    the caption)."""
+    """The Answers section's body: one sentence on which intervals are adjusted and how
+    (:data:`.family.ADJUSTMENT_SENTENCE`), then per question, the paper's wording, our verdict,
+    the paper's own answer (its text, its whole Table 2 read by the same rules, where the two
+    disagree, and ours beside them), and the evidence tables (numbers on one line, constant
+    columns folded into the caption)."""
     if records.empty:
         return "<p>No records yet: nothing to answer.</p>"
     pairs = q1_pairs(records, metric)
@@ -119,7 +121,7 @@ def answers_html(
         ),
     }
     synthetic = ", synthetic data" if label else ""
-    parts = []
+    parts = [f"<p>{html.escape(ADJUSTMENT_SENTENCE)}</p>"]
     for key, (short, question) in QUESTIONS.items():
         items = "".join(f"<li>{html.escape(s)}</li>" for s in ours[key])
         paper_items = "".join(f"<li>{html.escape(s)}</li>" for s in theirs[key])
