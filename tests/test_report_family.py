@@ -13,6 +13,7 @@ from scipy import stats
 from test_report import records, seeds
 
 from hiresmed_nb.science import report
+from hiresmed_nb.science.report import decomposition
 
 SIZES = (32, 64, 128, 256)
 IMAGES = (10, 20, 40)  # with SIZES: 6 x 3 = 18 Q1 comparisons in one arm
@@ -183,3 +184,38 @@ def test_the_answers_say_which_intervals_are_adjusted_and_how():
     text = report.answers_html(single_pairs_study([per_seed_at(0.035), *NOISE_PAIRS]))
     assert text.startswith(f"<p>{report.ADJUSTMENT_SENTENCE}</p>".replace("'", "&#x27;"))
     assert "Holm" in report.ADJUSTMENT_SENTENCE and "unadjusted" in report.ADJUSTMENT_SENTENCE
+
+
+def decomposed_cells(per_cell: list[tuple[list[float], list[float]]]) -> pd.DataFrame:
+    """Cells run serially, serial-accumulated and distributed whose per-seed b − d and b + d
+    (batch part b, distribution part d) are the given ones."""
+    serial = [0.50, 0.56, 0.52]
+    rows = []
+    for index, (minus, plus) in enumerate(per_cell):
+        cell = {"image_size": 32 * (index + 1)}
+        batch = [(x + y) / 2 for x, y in zip(minus, plus, strict=True)]
+        spread = [(y - x) / 2 for x, y in zip(minus, plus, strict=True)]
+        accumulated = [s + b for s, b in zip(serial, batch, strict=True)]
+        distributed = [a + d for a, d in zip(accumulated, spread, strict=True)]
+        rows += seeds(serial, **cell)
+        rows += seeds(accumulated, mode="serial-accumulated", accumulation_steps=2, **cell)
+        rows += seeds(distributed, mode="distributed", **cell)
+    return report.decompose(report.q2_comparisons(records(*rows)))
+
+
+def test_a_part_named_in_one_cell_alone_is_not_named_among_noise_cells():
+    # b − d and b + d each at p = 0.015: both 97.5% intervals exclude zero, the batch part is
+    # the larger in that cell alone; among four cells of noise, Holm keeps no cell
+    claim = (per_seed_at(0.015), per_seed_at(0.015))
+    [alone] = decomposed_cells([claim]).itertuples()
+    assert alone.larger == decomposition.BATCH
+    assert alone.holm_p == pytest.approx(0.03)
+    noise = [(NOISE_PAIRS[i], NOISE_PAIRS[i + 4]) for i in range(4)]
+    parts = decomposed_cells([claim, *noise])
+    assert parts["batch_minus"].iloc[0].verdict == report.HIGHER
+    assert parts["total"].iloc[0].verdict == report.HIGHER
+    assert parts["holm_p"].iloc[0] == pytest.approx(0.15)
+    assert decomposition.BATCH not in set(parts["larger"])
+    assert decomposition.DISTRIBUTION not in set(parts["larger"])
+    sentence = report.decomposition_sentence(parts)
+    assert "the cells are adjusted together by Holm's procedure" in sentence
