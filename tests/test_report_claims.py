@@ -5,16 +5,18 @@ whole by the same rules."""
 
 from __future__ import annotations
 
+import fnmatch
+import tomllib
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from test_report import records, seeds
 
+from hiresmed_nb.params import project_root
 from hiresmed_nb.science import report
 from hiresmed_nb.science.report import decomposition
 
-PAPER_TEXT_FILE = Path("/work/shared/paper/data-efficient-hires-medical.md")
 NAMED = ("larger in magnitude: the batch part", "larger in magnitude: the distribution part")
 
 
@@ -290,9 +292,19 @@ def test_agreement_is_computed_from_the_table_not_assumed():
     assert answers["Q2"][-1].startswith("Its text and its Table 2 disagree in direction")
 
 
-@pytest.mark.skipif(not PAPER_TEXT_FILE.exists(), reason="the paper's text is not on this machine")
 def test_the_paper_is_quoted_word_for_word():
-    text = " ".join(PAPER_TEXT_FILE.read_text().split())
+    text = " ".join(report.PAPER_TEXT_FILE.read_text().split())
+    assert text.startswith("# Data-Efficient Training of High-Resolution Images in Medical Domain")
     for _, quotes in report.PAPER_TEXT.values():
         for quote in quotes:
             assert quote in text
+
+
+def test_the_papers_text_and_table_are_package_data():
+    globs = tomllib.loads((project_root() / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["hiresmed_nb"]
+    package = Path(report.__file__).parents[2]
+    for path in (report.PAPER_TEXT_FILE, report.PAPER_TABLE):
+        relative = path.relative_to(package).as_posix()
+        assert any(fnmatch.fnmatch(relative, glob) for glob in globs), relative

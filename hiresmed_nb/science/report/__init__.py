@@ -82,7 +82,7 @@ from hiresmed_nb.science.report.optimum import (
     q3_sentence,
     resolution_sentences,
 )
-from hiresmed_nb.science.report.paper import PAPER_TEXT, paper_answers
+from hiresmed_nb.science.report.paper import PAPER_TEXT, PAPER_TEXT_FILE, paper_answers
 from hiresmed_nb.science.report.section import answers_html
 from hiresmed_nb.science.report.stats import (
     HIGHER,
@@ -130,6 +130,7 @@ __all__ = [
     "OPTIONAL_COLUMNS",
     "PAPER_TABLE",
     "PAPER_TEXT",
+    "PAPER_TEXT_FILE",
     "QUESTIONS",
     "RECORD_COLUMNS",
     "SETTING",
