@@ -219,3 +219,38 @@ def test_a_part_named_in_one_cell_alone_is_not_named_among_noise_cells():
     assert decomposition.DISTRIBUTION not in set(parts["larger"])
     sentence = report.decomposition_sentence(parts)
     assert "the cells are adjusted together by Holm's procedure" in sentence
+
+
+def resolution_settings(interior_gains: list[list[float] | None]) -> pd.DataFrame:
+    """One setting per entry (its own data size), run at 32, 64 and 128 px with three seeds: a
+    list of per-seed gains puts 64 px that far above the two edges; None gives three sizes of
+    seed noise around the same level."""
+    base = [0.50, 0.56, 0.52]
+    rows = []
+    for index, gains in enumerate(interior_gains):
+        cell = {"images_per_class": 10 * (index + 1)}
+        if gains is None:
+            scatter = [NOISE_PAIRS[index], NOISE_PAIRS[index + 1], NOISE_PAIRS[index + 2]]
+            levels = [
+                [b + e + 0.001 * k for b, e in zip(base, s, strict=True)]
+                for k, s in enumerate(scatter)
+            ]
+        else:
+            levels = [base, [b + g for b, g in zip(base, gains, strict=True)], base]
+        for size, values in zip((32, 64, 128), levels, strict=True):
+            rows += seeds(values, image_size=size, **cell)
+    return records(*rows)
+
+
+def test_an_optimum_bracketed_alone_is_not_bracketed_among_settings_of_noise():
+    alone = report.q3_best_resolution(resolution_settings([per_seed_at(0.02)]))
+    [row] = alone.itertuples()
+    assert row.vs_smallest.p == pytest.approx(0.02) and row.vs_largest.p == pytest.approx(0.02)
+    assert row.bracketed and row.separated
+    assert report.q3_headline(alone) == "yes, inside the grid"
+    best = report.q3_best_resolution(resolution_settings([per_seed_at(0.02), None, None, None]))
+    first = best.iloc[0]
+    assert first["vs_smallest"].verdict == first["vs_largest"].verdict == report.HIGHER
+    assert not best["bracketed"].any() and not best["separated"].any()
+    assert report.q3_headline(best) == "no optimum is bracketed within this grid"
+    assert "beyond seed noise in 0 of 4" in report.q3_sentence(best)

@@ -23,7 +23,7 @@ import itertools
 
 import pandas as pd
 
-from hiresmed_nb.science.report.family import adjusted_verdicts, holm_p_values
+from hiresmed_nb.science.report.family import FAMILY_LEVEL, adjusted_verdicts, holm_p_values
 from hiresmed_nb.science.report.load import MODES, base_rates, check_metric, has_lr_axis
 from hiresmed_nb.science.report.stats import (
     HIGHER,
@@ -77,6 +77,10 @@ Q3_COLUMNS = [
     "tried",
     "vs_smallest",
     "vs_largest",
+    "separated",
+    "bracketed",
+    "holm_p",
+    "bracket_holm_p",
 ]
 LR_COLUMNS = [
     "dataset",
@@ -94,6 +98,10 @@ LR_COLUMNS = [
     "tried",
     "vs_smallest",
     "vs_largest",
+    "separated",
+    "bracketed",
+    "holm_p",
+    "bracket_holm_p",
 ]
 Q1_WORDS = {HIGHER: "yes", LOWER: "no"}
 
@@ -245,13 +253,37 @@ def _best_of(by_value: dict, values: list) -> tuple:
     return best, mean, half, n, runner_up, diff, position, len(values), *edges
 
 
+def _adjust_optimum(best: pd.DataFrame) -> pd.DataFrame:
+    """Add the claims of a frame of optima, adjusted together as one family by Holm's procedure
+    (:mod:`.family`): ``separated`` (the highest mean beats the runner-up: the p-value of
+    best − runner-up) and ``bracketed`` (an interior highest beats both the smallest and the
+    largest value tried: an intersection-union test, whose p-value is the larger of the two),
+    with their adjusted p-values ``holm_p`` and ``bracket_holm_p`` (NaN where there is no test).
+    """
+    nan = float("nan")
+    separate = [nan if d is None else d.p for d in best["diff"]]
+    bracket = [
+        max(r.vs_smallest.p, r.vs_largest.p)
+        if r.position == "interior" and not any(pd.isna([r.vs_smallest.p, r.vs_largest.p]))
+        else nan
+        for r in best.itertuples()
+    ]
+    adjusted = holm_p_values(separate + bracket)
+    best["holm_p"] = pd.Series(adjusted[: len(best)], index=best.index, dtype=float)
+    best["bracket_holm_p"] = pd.Series(adjusted[len(best) :], index=best.index, dtype=float)
+    best["separated"] = best["holm_p"] <= FAMILY_LEVEL
+    best["bracketed"] = best["bracket_holm_p"] <= FAMILY_LEVEL
+    return best
+
+
 def q3_best_resolution(records: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
     """Q3: per dataset, arch, arm, images per class (and swept lr), the resolution with the
     highest mean metric over seeds; its mean, 95% half-width (None for one seed) and seeds; the
     next best size and the paired :class:`Difference` best - next; ``position`` says whether the
     highest mean is at an interior size, the largest or smallest size tried, the only size, or
     tied; ``tried`` counts the sizes; ``vs_smallest``/``vs_largest`` are best - smallest and
-    best - largest size (None where the best is that size)."""
+    best - largest size (None where the best is that size); ``separated``, ``bracketed`` and
+    their Holm-adjusted p-values over all settings' claims (:func:`_adjust_optimum`)."""
     check_metric(metric)
     data = prepare(records)
     rows = []
@@ -259,14 +291,15 @@ def q3_best_resolution(records: pd.DataFrame, metric: str = "accuracy") -> pd.Da
     for setting, group in data.groupby(keys):
         by_size = {size: _per_seed(cell, metric) for size, cell in group.groupby("image_size")}
         rows.append([*setting, *_best_of(by_size, sorted(by_size))])
-    return pd.DataFrame(rows, columns=Q3_COLUMNS)
+    return _adjust_optimum(pd.DataFrame(rows, columns=Q3_COLUMNS[:-4]))
 
 
 def best_learning_rates(records: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
     """Q2, when the study sweeps LEARNING_RATE: per dataset, arch, arm, images per class and
     image size, the rate (the LEARNING_RATE parameter, before LR_SCALING) with the highest mean
     metric; its mean, half-width and seeds, the runner-up rate, best - runner-up, and whether the
-    best is interior or the largest/smallest rate tried. Empty without a learning-rate axis."""
+    best is interior or the largest/smallest rate tried, and the claims adjusted over all rows
+    as in :func:`q3_best_resolution`. Empty without a learning-rate axis."""
     check_metric(metric)
     if not has_lr_axis(records):
         return pd.DataFrame(columns=LR_COLUMNS)
@@ -277,4 +310,4 @@ def best_learning_rates(records: pd.DataFrame, metric: str = "accuracy") -> pd.D
     for setting, group in data.groupby(keys):
         by_rate = {rate: _per_seed(cell, metric) for rate, cell in group.groupby("rate")}
         rows.append([*setting, *_best_of(by_rate, sorted(by_rate))])
-    return pd.DataFrame(rows, columns=LR_COLUMNS)
+    return _adjust_optimum(pd.DataFrame(rows, columns=LR_COLUMNS[:-4]))

@@ -15,9 +15,11 @@ it needs no model of that dependence. Comparisons without an interval (one seed,
 difference in every seed) are not tested and do not count in m.
 
 The families: Q1's pairs; Q2's arm comparisons in the metric (distributed − serial, distributed
-− serial-accumulated and serial-accumulated − serial, over all cells); Q2's decomposed cells; the
-lever comparisons of one study. Each row keeps its own 95% interval, shown and labelled as
-unadjusted (what that cell alone shows), beside its verdict, which is the adjusted one.
+− serial-accumulated and serial-accumulated − serial, over all cells); Q2's decomposed cells;
+Q2's highest-mean learning rates (separated from the runner-up, bracketed); Q3's highest-mean
+resolutions (likewise); the lever comparisons of one study. Each row keeps its own 95% interval,
+shown and labelled as unadjusted (what that cell alone shows), beside its verdict, which is the
+adjusted one.
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ from hiresmed_nb.science.report.stats import HIGHER, LOWER, NO_INTERVAL, NOISE, 
 FAMILY_LEVEL = 0.05  # family-wise error: the chance that a family of noise names any side
 ADJUSTMENT_SENTENCE = (
     "Verdicts and headlines are adjusted for the number of comparisons they summarise: the "
-    "comparisons of one question (Q1's pairs, Q2's arm comparisons, Q2's decomposed cells) and "
-    "the lever comparisons are each tested together by Holm's step-down procedure, so that pure "
-    "seed noise names a side in at most 5% of studies, while the intervals shown in the rows are "
-    "each comparison's own 95% interval, unadjusted."
+    "comparisons of one question (Q1's pairs; Q2's arm comparisons, its decomposed cells, its "
+    "learning rates; Q3's resolutions) and the lever comparisons are each tested together by "
+    "Holm's step-down procedure, so that pure seed noise names a side in at most 5% of studies, "
+    "while the intervals shown in the rows are each comparison's own interval, unadjusted."
 )
 UNADJUSTED = "own 95% CI, unadjusted"
 

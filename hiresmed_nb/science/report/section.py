@@ -109,14 +109,14 @@ def answers_html(
         + _evidence(
             lr_table(rates, metric),
             "Q2: highest-mean LEARNING_RATE per size and arm; separated: it beats the runner-up "
-            "beyond seed noise",
+            "beyond seed noise (Holm over the rows)",
             label,
         ),
         "Q3": _evidence(
             q3_table(best, metric),
             "Q3 evidence: the size with the highest mean per setting; separated: it beats the "
             "next highest beyond seed noise; bracketed: it beats both the smallest and the "
-            "largest size tried beyond seed noise",
+            "largest size tried beyond seed noise (both claims Holm-adjusted over the settings)",
             label,
         ),
     }
