@@ -254,3 +254,17 @@ def test_an_optimum_bracketed_alone_is_not_bracketed_among_settings_of_noise():
     assert not best["bracketed"].any() and not best["separated"].any()
     assert report.q3_headline(best) == "no optimum is bracketed within this grid"
     assert "beyond seed noise in 0 of 4" in report.q3_sentence(best)
+
+
+def test_a_part_beyond_seed_noise_is_counted_within_q2s_family():
+    # the batch part of the first cell is at p = 0.01 on its own (d = 0, so b − d = b + d = b);
+    # alone, its family is b and b + d (d has no spread): Holm keeps it at 0.02
+    gain = per_seed_at(0.01)
+    noise = [(NOISE_PAIRS[i], NOISE_PAIRS[i + 4]) for i in range(4)]
+    parts = decomposed_cells([(gain, gain), *noise])
+    assert parts["batch"].iloc[0].verdict == report.HIGHER
+    assert parts["batch_adjusted"].iloc[0] == report.NOISE
+    sentence = report.decomposition_sentence(parts)
+    assert "has mean" in sentence and "beyond seed noise in 0 of 5 cells" in sentence
+    alone = report.decomposition_sentence(decomposed_cells([(gain, gain)]))
+    assert "beyond seed noise in 1 of 1 cell;" in alone

@@ -54,7 +54,18 @@ BATCH, DISTRIBUTION, NOT_DISTINGUISHABLE, TIE = (
     "a tie",
 )
 KEYS = ["dataset", "arch", "image_size", "images_per_class", "lr"]
-COLUMNS = [*KEYS, "arm", "batch", "distribution", "batch_minus", "total", "larger", "holm_p"]
+COLUMNS = [
+    *KEYS,
+    "arm",
+    "batch",
+    "distribution",
+    "batch_minus",
+    "total",
+    "batch_adjusted",
+    "distribution_adjusted",
+    "larger",
+    "holm_p",
+]
 SURE = (HIGHER, LOWER)
 
 
@@ -91,8 +102,9 @@ def decompose(comparisons: pd.DataFrame) -> pd.DataFrame:
     """Per cell and distributed arm that also ran serial and serial-accumulated: the batch part
     and the distribution part (paired :class:`Difference` at 95%, over their own seeds),
     ``batch_minus`` (b − d) and ``total`` (b + d, distributed − serial) at 97.5% over the seeds
-    of all three arms, ``larger`` (:func:`larger_part`, with the cells adjusted together by
-    Holm's procedure) and ``holm_p``, the cell's adjusted p-value for naming a part.
+    of all three arms, the two parts' verdicts within Q2's family (``batch_adjusted``,
+    ``distribution_adjusted``), ``larger`` (:func:`larger_part`, with the cells adjusted together
+    by Holm's procedure) and ``holm_p``, the cell's adjusted p-value for naming a part.
     ``comparisons`` is :func:`.answers.q2_comparisons`' frame."""
     rows = []
     if comparisons.empty:
@@ -110,10 +122,22 @@ def decompose(comparisons: pd.DataFrame) -> pd.DataFrame:
             total = paired_difference(b["per_seed"], -d.per_seed, JOINT_CONFIDENCE)
             if minus is None or total is None:
                 continue
-            rows.append([*cell, d.first, b["diff"], d.diff, minus, total])
-    adjusted = holm_p_values([claim_p(r[-2], r[-1]) for r in rows])
+            rows.append(
+                {
+                    **dict(zip(KEYS, cell, strict=True)),
+                    "arm": d.first,
+                    "batch": b["diff"],
+                    "distribution": d.diff,
+                    "batch_minus": minus,
+                    "total": total,
+                    "batch_adjusted": b["adjusted"],
+                    "distribution_adjusted": d.adjusted,
+                }
+            )
+    adjusted = holm_p_values([claim_p(row["batch_minus"], row["total"]) for row in rows])
     for row, p in zip(rows, adjusted, strict=True):
-        row += [larger_part(row[-2], row[-1], named=p <= FAMILY_LEVEL), p]
+        named = p <= FAMILY_LEVEL
+        row.update(larger=larger_part(row["batch_minus"], row["total"], named), holm_p=p)
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -145,8 +169,9 @@ def decomposition_sentence(parts: pd.DataFrame) -> str | None:
         return None
     larger = list(parts["larger"])
     batch, spread = list(parts["batch"]), list(parts["distribution"])
-    sure_b = sum(d.verdict in SURE for d in batch)
-    sure_d = sum(d.verdict in SURE for d in spread)
+    # whether each part is beyond seed noise: its verdict within Q2's family of comparisons
+    sure_b = sum(v in SURE for v in parts["batch_adjusted"])
+    sure_d = sum(v in SURE for v in parts["distribution_adjusted"])
     cells = len(parts)
     headline = _headline(larger)
     if sure_b == sure_d == 0 and headline.startswith("neither"):
