@@ -10,7 +10,7 @@ procedure (:func:`.answers._adjust_optimum`, :mod:`.family`): the frame's ``sepa
 ``bracketed`` are the adjusted claims, and the intervals shown are each comparison's own,
 unadjusted. The value compared is the one with the highest mean, chosen from the same seeds, and
 no correction is made for that choice (in 200 studies of pure noise over 6 settings of 4 sizes
-and 3 seeds, none had a separated or bracketed highest; read one interval at a time, 20 had one).
+and 3 seeds, 1 had a separated or bracketed highest; read one interval at a time, 20 had one).
 Without intervals (one seed, or the paper's one run per cell) positions are counted by direction
 only.
 """
