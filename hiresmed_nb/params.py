@@ -27,7 +27,10 @@ LR_SCALINGS = ("none", "linear")
 LAUNCHERS = ("local", "mpi", "ssh", "slurm")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 COMPRESSIONS = ("none", "fp16")
-# Where the ranks run: these parameters place a run, they do not change its result.
+# Where the ranks run: these parameters place a run and leave what it computes alone, but not
+# always its digits: on CPU a placement sets each rank's thread count (the cores of its host over
+# its ranks there), and the intra-op thread count changes the order of floating-point sums, so
+# the same run placed otherwise can end with other weights and metrics (README, the packed study).
 PLACEMENT_PARAMETERS = (
     "HOSTS",
     "REMOTE_PYTHON",

@@ -1,8 +1,10 @@
 """Where a run's ranks run: the ``HOSTS`` syntax and the :class:`Placement` of a run.
 
 A placement is what the placement parameters (``PLACEMENT_PARAMETERS``: ``N_RANKS``, ``HOSTS``,
-``IPP_CLUSTER_FILE``, ...) describe; it never changes a run's result, only where it trains. Two
-runs with equal placements can share one warm cluster.
+``IPP_CLUSTER_FILE``, ...) describe: where a run trains, not what it computes. On CPU it also sets
+each rank's thread count, which changes the order of floating-point sums, so a run placed
+otherwise may end with other weights and metrics. Two runs with equal placements can share one
+warm cluster.
 """
 
 from __future__ import annotations

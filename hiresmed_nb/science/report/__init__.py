@@ -6,18 +6,20 @@ fractions, everything shown is in percent. One module per concern:
 - :mod:`.load`: records, failures, retried runs, the paper's Table 2
 - :mod:`.stats`: seed means, t-intervals, paired differences
 - :mod:`.answers`: the evidence for the paper's three questions
+- :mod:`.family`: comparisons of one family tested together (Holm's step-down)
 - :mod:`.verdicts`: one verdict per question, evidence as display tables
 - :mod:`.decomposition`: Q2's batch part against distribution part
 - :mod:`.optimum`: the best resolution (Q3) and learning rate, by intervals
 - :mod:`.paper`: the paper's text and its whole Table 2 read by the same rules
 - :mod:`.section`: the Answers section, with the paper's own answers
-
-Every comparative word (higher, beats, best, larger) comes from a paired 95% interval that
-excludes zero; without intervals (one seed, the paper's one run per cell) directions are counted
-and said to be directions only.
 - :mod:`.tables`: the Table 2 replica, tables whose numbers never wrap
 - :mod:`.figures`: the Figure 2 replica and the heat maps
 - :mod:`.findings`: plain sentences, data locality, cost, retries
+
+Every comparative word (higher, beats, best, larger) comes from a paired 95% interval that
+excludes zero, and where a headline summarises several comparisons, from their verdicts adjusted
+together so that it holds at 95% for the whole family; without intervals (one seed, the paper's
+one run per cell) directions are counted and said to be directions only.
 
 Everything is re-exported here:
 ``from hiresmed_nb.science import report; report.load_records(...)``.
@@ -35,6 +37,12 @@ from hiresmed_nb.science.report.decomposition import (
     decomposition_sentence,
     decomposition_table,
     larger_part,
+)
+from hiresmed_nb.science.report.family import (
+    ADJUSTMENT_SENTENCE,
+    FAMILY_LEVEL,
+    adjusted_verdicts,
+    holm_p_values,
 )
 from hiresmed_nb.science.report.figures import heatmap_tables, plot_figure2, plot_heatmaps
 from hiresmed_nb.science.report.findings import (
@@ -74,7 +82,7 @@ from hiresmed_nb.science.report.optimum import (
     q3_sentence,
     resolution_sentences,
 )
-from hiresmed_nb.science.report.paper import PAPER_TEXT, paper_answers
+from hiresmed_nb.science.report.paper import PAPER_TEXT, PAPER_TEXT_FILE, paper_answers
 from hiresmed_nb.science.report.section import answers_html
 from hiresmed_nb.science.report.stats import (
     HIGHER,
@@ -108,6 +116,8 @@ from hiresmed_nb.science.report.verdicts import (
 )
 
 __all__ = [
+    "ADJUSTMENT_SENTENCE",
+    "FAMILY_LEVEL",
     "CELL",
     "HIGHER",
     "LOWER",
@@ -120,11 +130,13 @@ __all__ = [
     "OPTIONAL_COLUMNS",
     "PAPER_TABLE",
     "PAPER_TEXT",
+    "PAPER_TEXT_FILE",
     "QUESTIONS",
     "RECORD_COLUMNS",
     "SETTING",
     "SYNTHETIC_WARNING",
     "Difference",
+    "adjusted_verdicts",
     "answers_html",
     "arm",
     "banner_html",
@@ -143,6 +155,7 @@ __all__ = [
     "frame_html",
     "has_lr_axis",
     "heatmap_tables",
+    "holm_p_values",
     "is_synthetic",
     "larger_part",
     "lever_comparisons",

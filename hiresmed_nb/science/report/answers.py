@@ -9,7 +9,9 @@
 - Q3 :func:`q3_best_resolution`: the best resolution per architecture, arm and data size.
 
 Every comparison pairs seeds (same seed: same split and initialisation) and gives the mean
-difference with its 95% t-interval (:class:`.stats.Difference`). The same
+difference with its own 95% t-interval (:class:`.stats.Difference`); the comparisons of one
+question form a family, and each row's ``adjusted`` verdict and ``holm_p`` come from testing the
+family together (:mod:`.family`). The same
 functions answer from the paper's Table 2 through :func:`.load.paper_records`
 (one run per cell, so no interval). Lever variants (``+bfloat16``, ``+fp16-allreduce``) are left
 out here; the findings compare them with their plain arm.
@@ -21,6 +23,7 @@ import itertools
 
 import pandas as pd
 
+from hiresmed_nb.science.report.family import FAMILY_LEVEL, adjusted_verdicts, holm_p_values
 from hiresmed_nb.science.report.load import MODES, base_rates, check_metric, has_lr_axis
 from hiresmed_nb.science.report.stats import (
     HIGHER,
@@ -30,7 +33,18 @@ from hiresmed_nb.science.report.stats import (
 )
 from hiresmed_nb.science.report.tables import format_lr
 
-Q1_COLUMNS = ["dataset", "arch", "arm", "lr", "fewer", "more", "diff", "verdict"]
+Q1_COLUMNS = [
+    "dataset",
+    "arch",
+    "arm",
+    "lr",
+    "fewer",
+    "more",
+    "diff",
+    "verdict",
+    "adjusted",
+    "holm_p",
+]
 Q2_COLUMNS = [
     "dataset",
     "arch",
@@ -44,6 +58,8 @@ Q2_COLUMNS = [
     "second_seconds",
     "time_diff",
     "per_seed",
+    "adjusted",
+    "holm_p",
 ]
 Q3_COLUMNS = [
     "dataset",
@@ -61,6 +77,10 @@ Q3_COLUMNS = [
     "tried",
     "vs_smallest",
     "vs_largest",
+    "separated",
+    "bracketed",
+    "holm_p",
+    "bracket_holm_p",
 ]
 LR_COLUMNS = [
     "dataset",
@@ -78,6 +98,10 @@ LR_COLUMNS = [
     "tried",
     "vs_smallest",
     "vs_largest",
+    "separated",
+    "bracketed",
+    "holm_p",
+    "bracket_holm_p",
 ]
 Q1_WORDS = {HIGHER: "yes", LOWER: "no"}
 
@@ -124,9 +148,11 @@ def q1_pairs(records: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
 
     One row per pair of cells in the same dataset, arch, arm (and swept learning rate) with
     size_a > size_b and images_a < images_b that share at least one seed. ``fewer``/``more`` are
-    (image size, images per class); ``diff`` is the paired :class:`Difference` fewer - more;
-    ``verdict`` is 'yes' (interval above 0), 'no' (below 0), or the stats verdict for noise or
-    one seed.
+    (image size, images per class); ``diff`` is the paired :class:`Difference` fewer - more,
+    with its own (unadjusted) interval. All rows are one family: ``adjusted`` is the stats
+    verdict of Holm's procedure over them, ``holm_p`` the adjusted p-value (NaN without an
+    interval), and ``verdict`` the adjusted one in words: 'yes' (fewer higher), 'no' (lower), or
+    the stats verdict for noise or no interval.
     """
     check_metric(metric)
     data = prepare(records)
@@ -140,9 +166,21 @@ def q1_pairs(records: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
             if high > low and fewer < more:
                 diff = paired_difference(cells[(high, fewer)], cells[(low, more)])
                 if diff is not None:
-                    verdict = Q1_WORDS.get(diff.verdict, diff.verdict)
-                    rows.append([dataset, arch, arm, lr, (high, fewer), (low, more), diff, verdict])
-    return pd.DataFrame(rows, columns=Q1_COLUMNS)
+                    rows.append([dataset, arch, arm, lr, (high, fewer), (low, more), diff])
+    pairs = pd.DataFrame(rows, columns=Q1_COLUMNS[:7])
+    _adjust(pairs)
+    pairs["verdict"] = pairs["adjusted"].map(lambda v: Q1_WORDS.get(v, v))
+    return pairs[Q1_COLUMNS]
+
+
+def _adjust(family: pd.DataFrame) -> None:
+    """Add ``adjusted`` (the verdict of Holm's procedure over all rows' ``diff``) and
+    ``holm_p`` to a frame whose rows are one family."""
+    diffs = list(family["diff"])
+    family["adjusted"] = pd.Series(adjusted_verdicts(diffs), index=family.index, dtype=object)
+    family["holm_p"] = pd.Series(
+        holm_p_values([d.p for d in diffs]), index=family.index, dtype=float
+    )
 
 
 def q2_comparisons(records: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
@@ -154,7 +192,8 @@ def q2_comparisons(records: pd.DataFrame, metric: str = "accuracy") -> pd.DataFr
     per run (None when no seed has whole-run times on both sides); ``*_seconds`` are the mean
     training seconds per run of each side (NaN when unknown); ``per_seed`` holds the metric's
     ``first - second`` per seed (index: seed), from which the batch and distribution parts are
-    compared seed by seed.
+    compared seed by seed. All rows are one family (the metric's comparisons; the times are
+    reported, not tested): ``adjusted`` and ``holm_p`` as in :func:`q1_pairs`.
     """
     check_metric(metric)
     data = prepare(records)
@@ -180,7 +219,9 @@ def q2_comparisons(records: pd.DataFrame, metric: str = "accuracy") -> pd.DataFr
             per_seed = seed_differences(_per_seed(a, metric), _per_seed(b, metric))
             seconds = [a["seconds"].mean(), b["seconds"].mean()]
             rows.append([*cell, first, second, diff, *seconds, time_diff, per_seed])
-    return pd.DataFrame(rows, columns=Q2_COLUMNS)
+    comparisons = pd.DataFrame(rows, columns=Q2_COLUMNS[:-2])
+    _adjust(comparisons)
+    return comparisons
 
 
 def _best_of(by_value: dict, values: list) -> tuple:
@@ -212,13 +253,37 @@ def _best_of(by_value: dict, values: list) -> tuple:
     return best, mean, half, n, runner_up, diff, position, len(values), *edges
 
 
+def _adjust_optimum(best: pd.DataFrame) -> pd.DataFrame:
+    """Add the claims of a frame of optima, adjusted together as one family by Holm's procedure
+    (:mod:`.family`): ``separated`` (the highest mean beats the runner-up: the p-value of
+    best − runner-up) and ``bracketed`` (an interior highest beats both the smallest and the
+    largest value tried: an intersection-union test, whose p-value is the larger of the two),
+    with their adjusted p-values ``holm_p`` and ``bracket_holm_p`` (NaN where there is no test).
+    """
+    nan = float("nan")
+    separate = [nan if d is None else d.p for d in best["diff"]]
+    bracket = [
+        max(r.vs_smallest.p, r.vs_largest.p)
+        if r.position == "interior" and not any(pd.isna([r.vs_smallest.p, r.vs_largest.p]))
+        else nan
+        for r in best.itertuples()
+    ]
+    adjusted = holm_p_values(separate + bracket)
+    best["holm_p"] = pd.Series(adjusted[: len(best)], index=best.index, dtype=float)
+    best["bracket_holm_p"] = pd.Series(adjusted[len(best) :], index=best.index, dtype=float)
+    best["separated"] = best["holm_p"] <= FAMILY_LEVEL
+    best["bracketed"] = best["bracket_holm_p"] <= FAMILY_LEVEL
+    return best
+
+
 def q3_best_resolution(records: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
     """Q3: per dataset, arch, arm, images per class (and swept lr), the resolution with the
     highest mean metric over seeds; its mean, 95% half-width (None for one seed) and seeds; the
     next best size and the paired :class:`Difference` best - next; ``position`` says whether the
     highest mean is at an interior size, the largest or smallest size tried, the only size, or
     tied; ``tried`` counts the sizes; ``vs_smallest``/``vs_largest`` are best - smallest and
-    best - largest size (None where the best is that size)."""
+    best - largest size (None where the best is that size); ``separated``, ``bracketed`` and
+    their Holm-adjusted p-values over all settings' claims (:func:`_adjust_optimum`)."""
     check_metric(metric)
     data = prepare(records)
     rows = []
@@ -226,14 +291,15 @@ def q3_best_resolution(records: pd.DataFrame, metric: str = "accuracy") -> pd.Da
     for setting, group in data.groupby(keys):
         by_size = {size: _per_seed(cell, metric) for size, cell in group.groupby("image_size")}
         rows.append([*setting, *_best_of(by_size, sorted(by_size))])
-    return pd.DataFrame(rows, columns=Q3_COLUMNS)
+    return _adjust_optimum(pd.DataFrame(rows, columns=Q3_COLUMNS[:-4]))
 
 
 def best_learning_rates(records: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
     """Q2, when the study sweeps LEARNING_RATE: per dataset, arch, arm, images per class and
     image size, the rate (the LEARNING_RATE parameter, before LR_SCALING) with the highest mean
     metric; its mean, half-width and seeds, the runner-up rate, best - runner-up, and whether the
-    best is interior or the largest/smallest rate tried. Empty without a learning-rate axis."""
+    best is interior or the largest/smallest rate tried, and the claims adjusted over all rows
+    as in :func:`q3_best_resolution`. Empty without a learning-rate axis."""
     check_metric(metric)
     if not has_lr_axis(records):
         return pd.DataFrame(columns=LR_COLUMNS)
@@ -244,4 +310,4 @@ def best_learning_rates(records: pd.DataFrame, metric: str = "accuracy") -> pd.D
     for setting, group in data.groupby(keys):
         by_rate = {rate: _per_seed(cell, metric) for rate, cell in group.groupby("rate")}
         rows.append([*setting, *_best_of(by_rate, sorted(by_rate))])
-    return pd.DataFrame(rows, columns=LR_COLUMNS)
+    return _adjust_optimum(pd.DataFrame(rows, columns=LR_COLUMNS[:-4]))

@@ -11,9 +11,17 @@ parts can point in opposite directions (a larger batch helps, spreading it hurts
 ``b² − d² = (b − d)(b + d)``, the batch part is the larger in magnitude exactly when ``b − d`` and
 ``b + d`` have the same sign, the distribution part when their signs differ. A part is named only
 when the t-intervals of both ``b − d`` and ``b + d`` exclude zero; each interval is at 97.5% so
-that the two hold together at 95% at least (Bonferroni). Otherwise the parts are not
-distinguishable from each other; a mean ``b − d`` of exactly zero is a tie, and one seed (or the
-same ``b − d`` in every seed) gives no interval and no verdict.
+that the two hold together at 95% at least (Bonferroni). Over several cells, the cells form one
+family (:mod:`.family`): a cell's claim has the p-value ``2 · max(p(b − d), p(b + d))`` (both
+97.5% intervals exclude zero exactly when it is below 0.05), and a part is named only in the cells
+that Holm's step-down procedure keeps over all decomposed cells, so that seed noise names a part
+in at most 5% of studies however many cells there are. In one cell this is the rule above.
+
+Otherwise the parts are not distinguishable from each other, unless they are shown equal: a tie
+is the verdict only where the whole 97.5% interval of ``b − d`` lies within ±:data:`TIE_TOLERANCE`
+(one point of the metric), which bounds ``| |b| − |d| |`` too. A mean ``b − d`` of zero with a
+wide interval is no tie. One seed (or the same ``b − d`` in every seed) gives no interval and no
+verdict.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import math
 
 import pandas as pd
 
+from hiresmed_nb.science.report.family import FAMILY_LEVEL, format_p, holm_p_values
 from hiresmed_nb.science.report.stats import (
     HIGHER,
     LOWER,
@@ -35,6 +44,9 @@ from hiresmed_nb.science.report.stats import (
 
 # Each of the two intervals behind a "larger" verdict, so that both hold at 95% together.
 JOINT_CONFIDENCE = 0.975
+# The parts tie when the whole interval of b − d lies within this distance of zero (in the
+# metric's units: one percentage point of accuracy).
+TIE_TOLERANCE = 0.01
 BATCH, DISTRIBUTION, NOT_DISTINGUISHABLE, TIE = (
     "the batch part",
     "the distribution part",
@@ -42,7 +54,18 @@ BATCH, DISTRIBUTION, NOT_DISTINGUISHABLE, TIE = (
     "a tie",
 )
 KEYS = ["dataset", "arch", "image_size", "images_per_class", "lr"]
-COLUMNS = [*KEYS, "arm", "batch", "distribution", "batch_minus", "total", "larger"]
+COLUMNS = [
+    *KEYS,
+    "arm",
+    "batch",
+    "distribution",
+    "batch_minus",
+    "total",
+    "batch_adjusted",
+    "distribution_adjusted",
+    "larger",
+    "holm_p",
+]
 SURE = (HIGHER, LOWER)
 
 
@@ -50,19 +73,28 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def larger_part(batch_minus: Difference, total: Difference) -> str:
+def claim_p(batch_minus: Difference, total: Difference) -> float:
+    """The p-value of naming a part in one cell: ``2 · max`` of the two tests' p-values, below
+    0.05 exactly when both 97.5% intervals exclude zero; NaN without intervals."""
+    ps = (batch_minus.p, total.p)
+    return math.nan if any(math.isnan(p) for p in ps) else min(1.0, 2 * max(ps))
+
+
+def larger_part(batch_minus: Difference, total: Difference, named: bool | None = None) -> str:
     """Which part is larger in magnitude, from ``b − d`` and ``b + d`` (see the module's rule):
     :data:`BATCH`, :data:`DISTRIBUTION`, :data:`NOT_DISTINGUISHABLE`, :data:`TIE`, or the stats
-    verdict saying why there is no interval."""
+    verdict saying why there is no interval. ``named`` says whether the family's procedure keeps
+    this cell's claim (default: the cell alone, both intervals excluding zero)."""
     if ONE_SEED in (batch_minus.verdict, total.verdict):
         return ONE_SEED
-    if abs(batch_minus.mean) < 1e-12:  # equal parts on average, up to float rounding
-        return TIE
     for diff in (batch_minus, total):
         if diff.verdict == NO_SPREAD:
             return NO_SPREAD
-    if batch_minus.verdict in SURE and total.verdict in SURE:
+    sure = batch_minus.verdict in SURE and total.verdict in SURE
+    if sure and (named is None or named):
         return BATCH if batch_minus.verdict == total.verdict else DISTRIBUTION
+    if -TIE_TOLERANCE <= batch_minus.low and batch_minus.high <= TIE_TOLERANCE:
+        return TIE
     return NOT_DISTINGUISHABLE
 
 
@@ -70,8 +102,10 @@ def decompose(comparisons: pd.DataFrame) -> pd.DataFrame:
     """Per cell and distributed arm that also ran serial and serial-accumulated: the batch part
     and the distribution part (paired :class:`Difference` at 95%, over their own seeds),
     ``batch_minus`` (b − d) and ``total`` (b + d, distributed − serial) at 97.5% over the seeds
-    of all three arms, and ``larger`` (:func:`larger_part`). ``comparisons`` is
-    :func:`.answers.q2_comparisons`' frame."""
+    of all three arms, the two parts' verdicts within Q2's family (``batch_adjusted``,
+    ``distribution_adjusted``), ``larger`` (:func:`larger_part`, with the cells adjusted together
+    by Holm's procedure) and ``holm_p``, the cell's adjusted p-value for naming a part.
+    ``comparisons`` is :func:`.answers.q2_comparisons`' frame."""
     rows = []
     if comparisons.empty:
         return pd.DataFrame(columns=COLUMNS)
@@ -88,8 +122,22 @@ def decompose(comparisons: pd.DataFrame) -> pd.DataFrame:
             total = paired_difference(b["per_seed"], -d.per_seed, JOINT_CONFIDENCE)
             if minus is None or total is None:
                 continue
-            larger = larger_part(minus, total)
-            rows.append([*cell, d.first, b["diff"], d.diff, minus, total, larger])
+            rows.append(
+                {
+                    **dict(zip(KEYS, cell, strict=True)),
+                    "arm": d.first,
+                    "batch": b["diff"],
+                    "distribution": d.diff,
+                    "batch_minus": minus,
+                    "total": total,
+                    "batch_adjusted": b["adjusted"],
+                    "distribution_adjusted": d.adjusted,
+                }
+            )
+    adjusted = holm_p_values([claim_p(row["batch_minus"], row["total"]) for row in rows])
+    for row, p in zip(rows, adjusted, strict=True):
+        named = p <= FAMILY_LEVEL
+        row.update(larger=larger_part(row["batch_minus"], row["total"], named), holm_p=p)
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -121,8 +169,9 @@ def decomposition_sentence(parts: pd.DataFrame) -> str | None:
         return None
     larger = list(parts["larger"])
     batch, spread = list(parts["batch"]), list(parts["distribution"])
-    sure_b = sum(d.verdict in SURE for d in batch)
-    sure_d = sum(d.verdict in SURE for d in spread)
+    # whether each part is beyond seed noise: its verdict within Q2's family of comparisons
+    sure_b = sum(v in SURE for v in parts["batch_adjusted"])
+    sure_d = sum(v in SURE for v in parts["distribution_adjusted"])
     cells = len(parts)
     headline = _headline(larger)
     if sure_b == sure_d == 0 and headline.startswith("neither"):
@@ -144,16 +193,23 @@ def decomposition_sentence(parts: pd.DataFrame) -> str | None:
     no_interval = sum(v in NO_INTERVAL for v in larger)
     if no_interval:
         text += f", no interval in {no_interval}"
+    family = (
+        ""
+        if sum(not math.isnan(p) for p in parts["holm_p"]) < 2
+        else ", and the cells are adjusted together by Holm's procedure"
+    )
     return (
         text + " (a part is named only where the 97.5% intervals of batch − distribution part "
-        "and of distributed − serial both exclude zero, together 95%)."
+        f"and of distributed − serial both exclude zero, together 95%{family}; a tie only where "
+        f"the interval of batch − distribution part lies within ±{100 * TIE_TOLERANCE:g} point)."
     )
 
 
 def decomposition_table(parts: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
-    """The decomposition's evidence: one row per cell and distributed arm; the parts' means, and
-    the two 97.5% intervals behind the verdict (the parts' own intervals are in :func:`q2_table`
-    of :mod:`.verdicts`, which keeps this table narrow)."""
+    """The decomposition's evidence: one row per cell and distributed arm; the parts' means,
+    the two 97.5% intervals behind the verdict (each cell's own, unadjusted), the cell's
+    Holm-adjusted p-value for naming a part, and the verdict (the parts' own intervals are in
+    :func:`q2_table` of :mod:`.verdicts`, which keeps this table narrow)."""
     if parts.empty:
         return pd.DataFrame()
     return pd.DataFrame(
@@ -166,9 +222,12 @@ def decomposition_table(parts: pd.DataFrame, metric: str = "accuracy") -> pd.Dat
             "arm": parts["arm"],
             f"batch part, {metric} (mean, points)": parts["batch"].map(_mean_points_of),
             "distribution part (mean)": parts["distribution"].map(_mean_points_of),
-            "batch − distribution part": parts["batch_minus"].map(format_points),
-            "distributed − serial": parts["total"].map(format_points),
-            "larger in magnitude": parts["larger"].map(_larger_text),
+            "batch − distribution part (own 97.5% CI, unadjusted)": parts["batch_minus"].map(
+                format_points
+            ),
+            "distributed − serial (own 97.5% CI, unadjusted)": parts["total"].map(format_points),
+            "Holm p": parts["holm_p"].map(format_p),
+            "larger in magnitude (Holm over the cells)": parts["larger"].map(_larger_text),
         }
     )
 

@@ -1,6 +1,6 @@
 """Findings in plain sentences: per-setting best resolution, arm against arm beyond seed noise
-(paired 95% intervals), lever variants, the data-locality check, the cost of the study and
-retried runs."""
+(paired 95% intervals, the comparisons of one list adjusted together by Holm's procedure), lever
+variants, the data-locality check, the cost of the study and retried runs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import dataclasses
 import pandas as pd
 
 from hiresmed_nb.science.report.answers import q3_best_resolution
+from hiresmed_nb.science.report.family import adjusted_verdicts, family_size
 from hiresmed_nb.science.report.load import (
     base_rates,
     check_metric,
@@ -36,25 +37,16 @@ def best_resolution(records: pd.DataFrame, metric: str = "accuracy") -> list[str
     return resolution_sentences(q3_best_resolution(records, metric))
 
 
-def distributed_vs_serial(
-    records: pd.DataFrame,
-    metric: str = "accuracy",
-    baseline: str = "serial",
-    contender: str = "distributed",
-) -> list[str]:
-    """One sentence per cell run both ways: does ``contender`` beat ``baseline``?
-
-    ``baseline`` is e.g. ``serial`` or ``serial-accumulated`` (one device at the effective batch
-    of several ranks); ``contender`` an arm such as ``distributed`` or a lever variant. The seeds
-    are paired (same seed: same split and initialisation) and one side beats the other only when
-    the 95% t-interval of the per-seed differences excludes zero; with one seed, or the same
-    difference in every seed, no verdict is given.
-    """
+def _arm_comparisons(
+    records: pd.DataFrame, metric: str, baseline: str, contender: str
+) -> list[tuple[str, Difference | None]]:
+    """Per cell run both ways, the start of its sentence and the paired difference contender -
+    baseline (None when no seed ran both)."""
     check_metric(metric)
     data = records.assign(_lr=base_rates(records).map(format_lr))
     keys = ["dataset", "arch", "image_size", "images_per_class", "_lr"]
     lr_axis = has_lr_axis(records)
-    sentences = []
+    found = []
     for (dataset, arch, size, ipc, rate), group in data.groupby(keys):
         serial = group[group["mode"] == baseline]
         distributed = group[group["mode"] == contender]
@@ -71,33 +63,76 @@ def distributed_vs_serial(
             f"{contender} ({ranks}) {100 * distributed[metric].mean():.1f}% vs {baseline} "
             f"{100 * serial[metric].mean():.1f}%"
         )
-        sentences.append(f"{where}: {numbers}; {_beats(diff, contender, baseline)}.")
+        found.append((f"{where}: {numbers}", diff))
+    return found
+
+
+def _family_sentences(
+    found: list[tuple[str, Difference | None, str, str]],
+) -> list[str]:
+    """One sentence per comparison (its start, difference, contender and baseline), with the
+    verdicts adjusted over all of them together (Holm's procedure, :mod:`.family`)."""
+    tested = [diff for _, diff, _, _ in found if diff is not None]
+    verdicts = iter(adjusted_verdicts(tested))
+    m = family_size(tested)
+    sentences = []
+    for start, diff, contender, baseline in found:
+        verdict = None if diff is None else next(verdicts)
+        sentences.append(f"{start}; {_beats(diff, verdict, m, contender, baseline)}.")
     return sentences
 
 
-def _beats(diff: Difference | None, contender: str, baseline: str) -> str:
-    """Who beats whom, from the paired interval of contender - baseline."""
+def distributed_vs_serial(
+    records: pd.DataFrame,
+    metric: str = "accuracy",
+    baseline: str = "serial",
+    contender: str = "distributed",
+) -> list[str]:
+    """One sentence per cell run both ways: does ``contender`` beat ``baseline``?
+
+    ``baseline`` is e.g. ``serial`` or ``serial-accumulated`` (one device at the effective batch
+    of several ranks); ``contender`` an arm such as ``distributed`` or a lever variant. The seeds
+    are paired (same seed: same split and initialisation); the cells are one family, and one side
+    beats the other only where Holm's procedure over the cells names it (in one cell: where the
+    95% t-interval of the per-seed differences excludes zero). Each sentence shows the cell's own
+    interval, labelled unadjusted when there are several; with one seed, or the same difference
+    in every seed, no verdict is given.
+    """
+    found = _arm_comparisons(records, metric, baseline, contender)
+    return _family_sentences([(start, diff, contender, baseline) for start, diff in found])
+
+
+def _beats(
+    diff: Difference | None, verdict: str | None, m: int, contender: str, baseline: str
+) -> str:
+    """Who beats whom, from the ``verdict`` of contender - baseline adjusted over a family of
+    ``m`` tested comparisons; the interval shown is the comparison's own."""
     if diff is None:
         return "no seed ran both, so no paired comparison"
-    points = format_points(diff, unit=" points")
-    if diff.verdict == HIGHER:
+    own = "" if m < 2 else f" (its own interval, unadjusted; verdict by Holm over {m} comparisons)"
+    points = format_points(diff, unit=" points") + own
+    if verdict == HIGHER:
         return f"{contender} beats {baseline} by {points}"
-    if diff.verdict == LOWER:
+    if verdict == LOWER:
         flipped = dataclasses.replace(diff, mean=-diff.mean)
-        return f"{baseline} beats {contender} by {format_points(flipped, unit=' points')}"
-    if diff.verdict == NOISE:
+        return f"{baseline} beats {contender} by {format_points(flipped, unit=' points')}{own}"
+    if verdict == NOISE:
         return f"the difference, {points}, is within seed noise, so neither beats the other"
     return f"the difference is {points}, so no verdict is given"
 
 
 def lever_comparisons(records: pd.DataFrame, metric: str = "accuracy") -> list[str]:
-    """Each lever variant (e.g. ``distributed+fp16-allreduce``) against its plain arm."""
-    sentences = []
+    """Each lever variant (e.g. ``distributed+fp16-allreduce``) against its plain arm, in every
+    cell: all of them one family, adjusted together (Holm's procedure)."""
+    found = []
     for variant in ordered_modes(records["mode"]):
         if "+" in variant:
             base = variant.split("+")[0]
-            sentences += distributed_vs_serial(records, metric, baseline=base, contender=variant)
-    return sentences
+            found += [
+                (start, diff, variant, base)
+                for start, diff in _arm_comparisons(records, metric, base, variant)
+            ]
+    return _family_sentences(found)
 
 
 def data_locality(records: pd.DataFrame) -> str:

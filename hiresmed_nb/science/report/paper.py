@@ -9,6 +9,7 @@ comparison has an interval: its answers count directions only and claim no signi
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import pandas as pd
 
@@ -27,6 +28,9 @@ from hiresmed_nb.science.report.verdicts import (
     q2_sentences,
 )
 
+# The paper's text, kept with the package (Markdown, as transcribed): the quotations below are
+# checked against it word for word.
+PAPER_TEXT_FILE = Path(__file__).parent.parent / "reference" / "data-efficient-hires-medical.md"
 # What the paper's text answers, in its own words: where, and the quotations.
 PAPER_TEXT = {
     "Q1": (

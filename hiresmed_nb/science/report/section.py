@@ -14,6 +14,7 @@ from hiresmed_nb.science.report.answers import (
     q3_best_resolution,
 )
 from hiresmed_nb.science.report.decomposition import decompose, decomposition_table
+from hiresmed_nb.science.report.family import ADJUSTMENT_SENTENCE
 from hiresmed_nb.science.report.load import is_synthetic
 from hiresmed_nb.science.report.optimum import (
     lr_sentences,
@@ -67,10 +68,11 @@ def _evidence(table: pd.DataFrame, title: str, synthetic: bool = False) -> str:
 def answers_html(
     records: pd.DataFrame, metric: str = "accuracy", paper: pd.DataFrame | None = None
 ) -> str:
-    """The Answers section's body: per question, the paper's wording, our verdict, the paper's
-    own answer (its text, its whole Table 2 read by the same rules, where the two disagree, and
-    ours beside them), and the evidence tables (numbers on one line, constant columns folded into
-    the caption)."""
+    """The Answers section's body: one sentence on which intervals are adjusted and how
+    (:data:`.family.ADJUSTMENT_SENTENCE`), then per question, the paper's wording, our verdict,
+    the paper's own answer (its text, its whole Table 2 read by the same rules, where the two
+    disagree, and ours beside them), and the evidence tables (numbers on one line, constant
+    columns folded into the caption)."""
     if records.empty:
         return "<p>No records yet: nothing to answer.</p>"
     pairs = q1_pairs(records, metric)
@@ -107,19 +109,19 @@ def answers_html(
         + _evidence(
             lr_table(rates, metric),
             "Q2: highest-mean LEARNING_RATE per size and arm; separated: it beats the runner-up "
-            "beyond seed noise",
+            "beyond seed noise (Holm over the rows)",
             label,
         ),
         "Q3": _evidence(
             q3_table(best, metric),
             "Q3 evidence: the size with the highest mean per setting; separated: it beats the "
             "next highest beyond seed noise; bracketed: it beats both the smallest and the "
-            "largest size tried beyond seed noise",
+            "largest size tried beyond seed noise (both claims Holm-adjusted over the settings)",
             label,
         ),
     }
     synthetic = ", synthetic data" if label else ""
-    parts = []
+    parts = [f"<p>{html.escape(ADJUSTMENT_SENTENCE)}</p>"]
     for key, (short, question) in QUESTIONS.items():
         items = "".join(f"<li>{html.escape(s)}</li>" for s in ours[key])
         paper_items = "".join(f"<li>{html.escape(s)}</li>" for s in theirs[key])

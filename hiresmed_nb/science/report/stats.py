@@ -103,6 +103,19 @@ class Difference:
     def high(self) -> float:
         return math.nan if self.half is None else self.mean + self.half
 
+    @property
+    def p(self) -> float:
+        """The two-sided p-value of the paired t-test of ``mean == 0`` that the interval
+        inverts (the interval holds zero exactly when ``p >= 1 - confidence``); NaN without an
+        interval (one seed, or the same difference in every seed)."""
+        from scipy import stats
+
+        if self.half is None or self.verdict == NO_SPREAD:
+            return math.nan
+        critical = float(stats.t.ppf(0.5 + self.confidence / 2, self.n - 1))
+        t = self.mean / (self.half / critical)
+        return float(2 * stats.t.sf(abs(t), self.n - 1))
+
 
 def paired_difference(a: pd.Series, b: pd.Series, confidence: float = 0.95) -> Difference | None:
     """The paired difference ``a - b`` of two per-seed series (index: seed; NaNs dropped), with

@@ -1,5 +1,10 @@
 """The verdicts of the Answers section: one short answer per question of the paper from the
-evidence frames of :mod:`.answers`, and the evidence as display tables."""
+evidence frames of :mod:`.answers`, and the evidence as display tables.
+
+A headline names a side only from verdicts adjusted over the family of comparisons it summarises
+(Holm's step-down, :mod:`.family`); the tables show each row's own interval, labelled as
+unadjusted, beside its adjusted verdict.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,12 @@ from hiresmed_nb.science.report.decomposition import (
     decompose,
     decomposition_sentence,
     time_sentence,
+)
+from hiresmed_nb.science.report.family import (
+    UNADJUSTED,
+    adjusted_verdicts,
+    family_size,
+    format_p,
 )
 from hiresmed_nb.science.report.stats import (
     HIGHER,
@@ -43,23 +54,31 @@ QUESTIONS = {
 # --- counting verdicts -----------------------------------------------------------------------
 
 
-def tally(diffs: list[Difference]) -> dict[str, int]:
-    """How many differences are higher, lower, within seed noise, or without an interval."""
+def tally(verdicts: list[str]) -> dict[str, int]:
+    """How many verdicts are higher, lower, within seed noise, or without an interval."""
     counts = {HIGHER: 0, LOWER: 0, NOISE: 0, ONE_SEED: 0, NO_SPREAD: 0}
-    for diff in diffs:
-        counts[diff.verdict] += 1
+    for verdict in verdicts:
+        counts[verdict] += 1
     return counts
 
 
-def overall(diffs: list[Difference], yes: str, no: str, single: str = "one seed") -> str:
-    """One phrase for a set of comparisons: ``yes``/``no`` when every interval agrees, 'not
-    distinguishable from seed noise' when every interval holds zero, '<yes> or not
-    distinguishable' (likewise for ``no``) when the others hold zero, 'mixed' when some say yes
-    and some no; 'no interval can be computed (one seed per cell)' when no comparison has two
-    seeds."""
+def overall(
+    diffs: list[Difference],
+    yes: str,
+    no: str,
+    single: str = "one seed",
+    adjusted: list[str] | None = None,
+) -> str:
+    """One phrase for a family of comparisons, from their verdicts adjusted together by Holm's
+    procedure (:mod:`.family`; ``adjusted`` gives them when ``diffs`` are part of a larger
+    family): ``yes``/``no`` when every adjusted verdict agrees, 'not distinguishable from seed
+    noise' when none names a side, '<yes> or not distinguishable' (likewise for ``no``) when the
+    others name none, 'mixed' when some say yes and some no; 'no interval can be computed (one
+    seed per cell)' when no comparison has two seeds. Pure noise names a side at most 5% of the
+    time, however many comparisons there are."""
     if not diffs:
         return "not answerable"
-    counts = tally(diffs)
+    counts = tally(adjusted_verdicts(diffs) if adjusted is None else adjusted)
     with_interval = len(diffs) - counts[ONE_SEED] - counts[NO_SPREAD]
     if with_interval == 0:
         why = f"{single} per cell" if counts[ONE_SEED] else "no spread over seeds"
@@ -72,11 +91,17 @@ def overall(diffs: list[Difference], yes: str, no: str, single: str = "one seed"
     return f"{yes if counts[HIGHER] else no} or not distinguishable from seed noise"
 
 
-def count_text(diffs: list[Difference], higher: str = "higher", lower: str = "lower") -> str:
-    """'higher in 2 of 3, lower in 0, not distinguishable from seed noise in 1'; by the sign of
-    the mean alone, and saying so, when no comparison has an interval ('by direction only, no
-    significance: higher in 4 of 5, lower in 1')."""
-    counts = tally(diffs)
+def count_text(
+    diffs: list[Difference],
+    higher: str = "higher",
+    lower: str = "lower",
+    adjusted: list[str] | None = None,
+) -> str:
+    """'higher in 2 of 3, lower in 0, not distinguishable from seed noise in 1' by the verdicts
+    adjusted over the family (as in :func:`overall`); by the sign of the mean alone, and saying
+    so, when no comparison has an interval ('by direction only, no significance: higher in 4 of
+    5, lower in 1')."""
+    counts = tally(adjusted_verdicts(diffs) if adjusted is None else adjusted)
     total = len(diffs)
     if counts[ONE_SEED] + counts[NO_SPREAD] == total:
         up, down = sum(d.mean > 0 for d in diffs), sum(d.mean < 0 for d in diffs)
@@ -91,6 +116,21 @@ def count_text(diffs: list[Difference], higher: str = "higher", lower: str = "lo
     if counts[NO_SPREAD]:
         text += f", the same difference in every seed (no interval) in {counts[NO_SPREAD]}"
     return text
+
+
+def family_text(m: int, what: str) -> str:
+    """' (verdicts adjusted together over the 12 comparisons of Q1 with an interval, Holm)', or
+    nothing for a family of one, where Holm's procedure changes nothing."""
+    if m < 2:
+        return ""
+    return (
+        f" (verdicts adjusted together over the {m} comparisons of {what} with an interval, Holm)"
+    )
+
+
+def verdict_header(m: int) -> str:
+    """The header of an adjusted verdict column."""
+    return "verdict" if m < 2 else f"verdict (Holm, family of {m})"
 
 
 def capitalised(text: str) -> str:
@@ -131,10 +171,12 @@ def q1_sentence(pairs: pd.DataFrame, single: str = "one seed") -> str:
         )
     diffs = list(pairs["diff"])
     top = pairs.loc[pairs["diff"].map(lambda d: d.mean).idxmax()]
+    own = "" if family_size(diffs) < 2 else " (its own interval, unadjusted)"
     return (
         f"{capitalised(q1_headline(pairs, single))}. Fewer images at a higher resolution "
         f"against more images at a lower one, {_plural(len(diffs), 'comparison')}: "
-        f"{count_text(diffs)}. Highest mean difference: "
+        f"{count_text(diffs, adjusted=list(pairs['adjusted']))}"
+        f"{family_text(family_size(diffs), 'Q1')}. Highest mean difference{own}: "
         f"{format_points(top['diff'], unit=' points', single=single)}, "
         f"{_cell_text(top['fewer'])} against {_cell_text(top['more'])} ({top['arch']}, "
         f"{top['arm']})."
@@ -145,13 +187,15 @@ def q1_headline(pairs: pd.DataFrame, single: str = "one seed") -> str:
     """Q1 in a few words: yes / no / not distinguishable from seed noise / mixed / no interval."""
     if pairs.empty:
         return "not answerable"
-    return overall(list(pairs["diff"]), "yes", "no", single)
+    return overall(list(pairs["diff"]), "yes", "no", single, adjusted=list(pairs["adjusted"]))
 
 
 def q1_table(pairs: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
-    """The Q1 evidence: one row per pair, the paired difference and the verdict."""
+    """The Q1 evidence: one row per pair, the paired difference with its own (unadjusted)
+    interval, and the verdict and p-value adjusted over all pairs (Holm)."""
     if pairs.empty:
         return pd.DataFrame()
+    m = family_size(list(pairs["diff"]))
     return pd.DataFrame(
         {
             "dataset": pairs["dataset"],
@@ -160,8 +204,9 @@ def q1_table(pairs: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
             "LEARNING_RATE": pairs["lr"],
             "fewer, higher res.": pairs["fewer"].map(_cell_text),
             "more, lower res.": pairs["more"].map(_cell_text),
-            f"{metric} difference (points)": pairs["diff"].map(format_points),
-            "verdict": pairs["verdict"],
+            f"{metric} difference, points ({UNADJUSTED})": pairs["diff"].map(format_points),
+            "Holm p": pairs["holm_p"].map(format_p),
+            verdict_header(m): pairs["verdict"],
         }
     )
 
@@ -189,6 +234,7 @@ def q2_sentences(comparisons: pd.DataFrame, single: str = "one seed") -> list[st
     them (:mod:`.decomposition`)."""
     if comparisons.empty:
         return ["Not answerable: no cell was run both distributed and serially."]
+    family = family_size(list(comparisons["diff"]))
     sentences = []
     for second in ("serial", "serial-accumulated"):
         rows = _rows(comparisons, "distributed", second)
@@ -199,12 +245,13 @@ def q2_sentences(comparisons: pd.DataFrame, single: str = "one seed") -> list[st
                     "from the distribution."
                 )
             continue
-        diffs = list(rows["diff"])
+        diffs, adjusted = list(rows["diff"]), list(rows["adjusted"])
         mean = 100 * sum(d.mean for d in diffs) / len(diffs)
         text = (
             f"Distributed − {second}, {_plural(len(diffs), 'cell')}: "
-            f"{overall(diffs, 'distributed higher', f'{second} higher', single)}; "
-            f"{count_text(diffs)}; mean {mean:+.1f} points"
+            f"{overall(diffs, 'distributed higher', f'{second} higher', single, adjusted)}; "
+            f"{count_text(diffs, adjusted=adjusted)}{family_text(family, 'Q2')}; "
+            f"mean {mean:+.1f} points"
         )
         seconds = _seconds(rows)
         if seconds:
@@ -222,17 +269,22 @@ def q2_sentences(comparisons: pd.DataFrame, single: str = "one seed") -> list[st
 
 
 def q2_headline(comparisons: pd.DataFrame, single: str = "one seed") -> str:
-    """Q2 in a few words: distributed − serial at the same batch per rank, by the intervals."""
+    """Q2 in a few words: distributed − serial at the same batch per rank, by the verdicts
+    adjusted over all of Q2's comparisons."""
     rows = _rows(comparisons, "distributed", "serial") if not comparisons.empty else comparisons
     if rows.empty:
         return "not answerable"
-    return overall(list(rows["diff"]), "distributed higher", "serial higher", single)
+    diffs, adjusted = list(rows["diff"]), list(rows["adjusted"])
+    return overall(diffs, "distributed higher", "serial higher", single, adjusted)
 
 
 def q2_table(comparisons: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
-    """The Q2 evidence: one row per cell and comparison, metric and wall time."""
+    """The Q2 evidence: one row per cell and comparison, the metric's difference with its own
+    (unadjusted) interval, the verdict and p-value adjusted over all rows (Holm), and wall
+    time."""
     if comparisons.empty:
         return pd.DataFrame()
+    m = family_size(list(comparisons["diff"]))
 
     def seconds(row: pd.Series) -> str:
         if math.isnan(row["first_seconds"]) or math.isnan(row["second_seconds"]):
@@ -241,11 +293,11 @@ def q2_table(comparisons: pd.DataFrame, metric: str = "accuracy") -> pd.DataFram
         return f"{row['first_seconds']:.0f} vs {row['second_seconds']:.0f} (×{ratio:.2f})"
 
     def verdict(row: pd.Series) -> str:
-        if row["diff"].verdict == HIGHER:
+        if row["adjusted"] == HIGHER:
             return f"{row['first']} higher"
-        if row["diff"].verdict == LOWER:
+        if row["adjusted"] == LOWER:
             return f"{row['second']} higher"
-        return row["diff"].verdict
+        return row["adjusted"]
 
     return pd.DataFrame(
         {
@@ -255,8 +307,9 @@ def q2_table(comparisons: pd.DataFrame, metric: str = "accuracy") -> pd.DataFram
             "images/class": comparisons["images_per_class"],
             "LEARNING_RATE": comparisons["lr"],
             "comparison": comparisons["first"] + " − " + comparisons["second"],
-            f"{metric} (points)": comparisons["diff"].map(format_points),
-            "verdict": comparisons.apply(verdict, axis=1),
+            f"{metric}, points ({UNADJUSTED})": comparisons["diff"].map(format_points),
+            "Holm p": comparisons["holm_p"].map(format_p),
+            verdict_header(m): comparisons.apply(verdict, axis=1),
             "train s per run": comparisons.apply(seconds, axis=1),
         }
     )
