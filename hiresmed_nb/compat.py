@@ -29,16 +29,23 @@ KERNEL_MANAGER_HOOKS = (
 )
 
 
+RENDEZVOUS_POLL_SECONDS = 0.02
+
+
 def bind_rendezvous_server(server: Any, addr: str) -> int:
     """Start Horovod's Gloo rendezvous ``server`` listening on ``addr`` only; returns its port.
 
     ``RendezvousServer.start`` binds every interface; the same handler is bound to one address
-    through the attributes ``start`` itself sets (``_httpd``, ``_listen_thread``)."""
+    through the attributes ``start`` itself sets (``_httpd``, ``_listen_thread``). Its loop
+    checks for a stop every :data:`RENDEZVOUS_POLL_SECONDS` (the standard library's 0.5 s made
+    every run wait that long for the server to stop)."""
     from horovod.runner.http.http_server import RendezvousHandler, RendezvousHTTPServer
     from horovod.runner.util.threads import in_thread
 
     server._httpd = RendezvousHTTPServer((addr, 0), RendezvousHandler, 0)
-    server._listen_thread = in_thread(target=server._httpd.serve_forever)
+    server._listen_thread = in_thread(
+        target=server._httpd.serve_forever, args=(RENDEZVOUS_POLL_SECONDS,)
+    )
     return int(server._httpd.server_address[1])
 
 
