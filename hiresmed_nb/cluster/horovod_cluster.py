@@ -111,7 +111,8 @@ class HorovodCluster(Started):
         self.profile_dir = resolve_path(profile_dir)
         self.detached = detached
         token = secrets.token_hex(4)
-        # The owner's pid in the id lets a later cluster reap this one if its kernel is killed.
+        # The owner's identity in the id lets a later cluster on this host remove this one's files
+        # if its kernel is killed.
         self.cluster_id = (
             detached_cluster_id(token) if detached else owned_cluster_id(os.getpid(), token)
         )
