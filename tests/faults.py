@@ -24,9 +24,8 @@ import tensorflow as tf
 
 from hiresmed_nb.cluster.processes import (
     CLUSTER_ID_VARIABLE,
-    OWNER_VARIABLE,
     cluster_processes,
-    parse_identity,
+    marked_owner,
 )
 
 
@@ -95,7 +94,7 @@ class KillRunOnce(tf.keras.callbacks.Callback):
                     process.kill()
                 except psutil.NoSuchProcess:
                     pass
-            owner = parse_identity(os.environ.get(OWNER_VARIABLE, ""))
+            owner = marked_owner(dict(os.environ))
             if owner is not None and owner.here:
                 os.kill(owner.pid, signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)

@@ -3,10 +3,13 @@
 On simulated hosts that each have their own process table (tests/simhosts.py), as real nodes do,
 a second head on another host (a second notebook or a batch job of the same user, with the same
 shared home) reaps orphans before it starts its own cluster. The engines this head keeps on that
-host, and this head's files in the shared profile folder, are not orphans of that host.
+host, and this head's files in the shared profile folder, are not orphans of that host. When this
+head's kernel is killed, a later head on this host stops its engines there.
 """
 
 import shlex
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +17,9 @@ import pytest
 from simhosts import HostSpec
 from test_multihost import nothing_left, on_path
 
-from hiresmed_nb.cluster import HorovodCluster, Placement, parse_hosts
+from hiresmed_nb.cluster import HorovodCluster, Placement, parse_hosts, processes
+from hiresmed_nb.cluster.engines import remote_profile_dir
+from hiresmed_nb.cluster.undertaker import reap_orphans
 
 pytestmark = pytest.mark.multihost
 
@@ -24,7 +29,7 @@ ENGINE_PID = "__import__('os').getpid()"
 def reap_orphans_on(sim, alias: str, profile_dir: Path) -> str:
     """Run ``reap_orphans(profile_dir)`` on a host, as a head starting there does; its output."""
     code = (
-        "from pathlib import Path; from hiresmed_nb.cluster.processes import reap_orphans; "
+        "from pathlib import Path; from hiresmed_nb.cluster.undertaker import reap_orphans; "
         f"print(reap_orphans(Path({str(profile_dir)!r})))"
     )
     return sim.run(alias, shlex.join([sys.executable, "-c", code]), timeout=120).stdout
@@ -53,3 +58,45 @@ def test_a_head_on_another_host_spares_this_heads_engines_and_files_there(
         assert running.run(eval, ENGINE_PID) == running.engine_pids  # the engine still answers
         assert [path for path in files if not path.exists()] == []
     nothing_left(sim)
+
+
+KERNEL = """
+import sys
+from hiresmed_nb.cluster import HorovodCluster, Placement, parse_hosts
+placement = Placement(1, hosts=tuple(parse_hosts("hostB:1")))
+cluster = HorovodCluster(placement=placement, profile_dir=sys.argv[1])
+cluster.start()
+print(cluster.cluster_id, flush=True)
+sys.stdin.read()  # hold the cluster until this process is killed
+"""
+
+
+def test_a_killed_kernels_engines_on_other_hosts_are_stopped_by_the_next_head_of_its_host(
+    simulated_hosts, monkeypatch, tmp_path
+):
+    sim = simulated_hosts(HostSpec("hostB"))
+    on_path(monkeypatch, sim)
+    profile = tmp_path / "profile"
+    kernel = subprocess.Popen(
+        [sys.executable, "-c", KERNEL, str(profile)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        orphan_id = kernel.stdout.readline().strip()
+        assert orphan_id and sim.leftover_processes("hostB"), "its engine should run on hostB"
+        folder = remote_profile_dir(orphan_id)
+        assert sim.run("hostB", f"test -d {folder} && echo made").stdout == "made\n"
+        for process in processes.cluster_processes(orphan_id):  # its undertaker dies with it
+            if processes.describe_process(process).startswith("undertaker"):
+                process.send_signal(signal.SIGKILL)
+    finally:
+        kernel.kill()  # like the OOM killer: no clean-up runs
+        kernel.wait()
+    assert orphan_id in reap_orphans(profile)
+    nothing_left(sim)  # its engine on hostB was stopped from here, the owner's host
+    folder = remote_profile_dir(orphan_id)  # the engine's folder in hostB's own /tmp
+    assert sim.run("hostB", f"test -e {folder} && echo left || echo removed").stdout == "removed\n"
+    assert processes.cluster_processes(orphan_id) == []
+    assert cluster_files(profile, orphan_id) == []

@@ -14,6 +14,7 @@ import pytest
 
 from hiresmed_nb.cluster import processes
 from hiresmed_nb.cluster.horovod_cluster import IPP_PROFILE_DIR
+from hiresmed_nb.cluster.undertaker import reap_orphans
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.params import resolve_path
 
@@ -102,7 +103,7 @@ def test_only_files_of_clusters_whose_owner_this_host_finds_gone_are_removed(tmp
         for name in paths:
             (tmp_path / name).parent.mkdir(exist_ok=True)
             (tmp_path / name).write_text("{}")
-    processes.reap_orphans(tmp_path)
+    reap_orphans(tmp_path)
     left = {
         cluster_id: [(tmp_path / n).exists() for n in paths] for cluster_id, paths in names.items()
     }
@@ -112,6 +113,31 @@ def test_only_files_of_clusters_whose_owner_this_host_finds_gone_are_removed(tmp
         dead_elsewhere: [True, True],
         CLUSTER_ID: [True, True],
     }
+
+
+def test_a_marked_process_names_its_owner_and_one_without_the_owners_host_is_never_reaped():
+    me = processes.process_identity()
+    assert str(processes.marked_owner(processes.marker_environment(CLUSTER_ID, me))) == me
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead_owner = f"{socket.gethostname()}/{gone.pid}@1.000"
+    orphan, unjudged = CLUSTER_ID + "1", CLUSTER_ID + "2"
+    without_host = processes.marker_environment(unjudged, dead_owner)
+    del without_host[processes.OWNER_HOST_VARIABLE]  # as an earlier version marked its processes
+    children = [
+        subprocess.Popen(["tail", "-f", "/dev/null"], env={"PATH": "/usr/bin:/bin", **env})
+        for env in (processes.marker_environment(orphan, dead_owner), without_host)
+    ]
+    try:
+        found = processes.orphaned_cluster_ids()
+        assert orphan in found and unjudged not in found
+        assert orphan in reap_orphans()
+        assert children[0].wait(timeout=60) is not None
+        assert children[1].poll() is None  # never judged: its owner's host is unknown
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
 
 
 def test_an_undertaker_refuses_an_owner_of_another_host():

@@ -36,7 +36,6 @@ from hiresmed_nb.cluster.processes import (
     detached_cluster_id,
     owned_cluster_id,
     process_identity,
-    reap_orphans,
 )
 from hiresmed_nb.cluster.ranks import (
     RankSlot,
@@ -45,7 +44,7 @@ from hiresmed_nb.cluster.ranks import (
     host_identities,
     threads_per_rank,
 )
-from hiresmed_nb.cluster.undertaker import start_undertaker
+from hiresmed_nb.cluster.undertaker import reap_orphans, start_undertaker
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.params import resolve_path
 from hiresmed_nb.placement import Placement

@@ -2,11 +2,12 @@
 
 Every process the project starts for a cluster (its controller, its engines and what they start,
 such as their nannies, and the undertaker) carries ``HIRESMED_CLUSTER_ID`` in its environment;
-those of a cluster owned by a kernel also carry ``HIRESMED_CLUSTER_OWNER``, the owner's identity:
-its host, pid and start time (``host/pid@start``). A cluster's processes are the processes of this
-user whose environment (``/proc/PID/environ``) holds its id. Command lines are never matched: a
-``tail -f`` of the cluster's log, or the shell that runs ``cluster stop FILE``, mentions the id but
-is not ours. The calling process and its ancestors are never signalled.
+those of a cluster owned by a kernel also carry its owner's identity, its host, pid and start time
+(``HIRESMED_CLUSTER_OWNER_HOST`` and ``HIRESMED_CLUSTER_OWNER``, ``pid@start``). A cluster's
+processes are the processes of this user whose environment (``/proc/PID/environ``) holds its id.
+Command lines are never matched: a ``tail -f`` of the cluster's log, or the shell that runs
+``cluster stop FILE``, mentions the id but is not ours. The calling process and its ancestors
+are never signalled.
 
 Engines started over ssh carry their owner's identity to other hosts, and a profile folder in a
 shared home holds the files of clusters owned on several hosts. Only the owner's own host can tell
@@ -30,7 +31,11 @@ from typing import Any
 
 CLUSTER_PREFIX = "hiresmed-"
 CLUSTER_ID_VARIABLE = "HIRESMED_CLUSTER_ID"
+# The owner's ``pid@start`` and its host, in two variables: an earlier version of this package,
+# still running in a kernel started before an upgrade, reads the first alone and reaps a cluster
+# whose owner it cannot read.
 OWNER_VARIABLE = "HIRESMED_CLUSTER_OWNER"
+OWNER_HOST_VARIABLE = "HIRESMED_CLUSTER_OWNER_HOST"
 STOP_GRACE_SECONDS = 10
 
 
@@ -134,9 +139,17 @@ def marker_environment(cluster_id: str, owner: str = "") -> dict[str, str]:
     """The variables that mark a process as started for ``cluster_id`` (``owner``: the
     :func:`process_identity` of the process that owns the cluster; '' when detached)."""
     marker = {CLUSTER_ID_VARIABLE: cluster_id}
-    if owner:
-        marker[OWNER_VARIABLE] = owner
+    parsed = parse_identity(owner)
+    if parsed is not None:
+        marker[OWNER_VARIABLE] = f"{parsed.pid}@{parsed.started}"
+        marker[OWNER_HOST_VARIABLE] = parsed.host
     return marker
+
+
+def marked_owner(environment: dict[str, str]) -> ProcessIdentity | None:
+    """The owner a marked process's environment names, or None (detached, or unreadable)."""
+    host = environment.get(OWNER_HOST_VARIABLE, "")
+    return parse_identity(f"{host}/{environment.get(OWNER_VARIABLE, '')}") if host else None
 
 
 def _spared_pids() -> set[int]:
@@ -232,28 +245,24 @@ def reap_processes(cluster_id: str, grace_seconds: float = STOP_GRACE_SECONDS) -
     return ended
 
 
-def reap_orphans(profile_dir: Path | None = None) -> list[str]:
-    """Stop clusters left behind by a kernel of this host that was killed (papermill, OOM,
-    kill -9).
-
-    A process of an owned cluster carries its owner's identity; the clusters whose owner this
-    host finds gone are reaped, and (given ``profile_dir``) the logs and connection files of such
-    clusters are removed. Processes and files whose owner is of another host are left alone, as
-    are detached clusters (``cluster start``), which have no owner. Returns the ids reaped.
-    """
+def orphaned_cluster_ids(profile_dir: Path | None = None) -> set[str]:
+    """Ids of owned clusters whose owner this host finds gone: from this host's marked processes,
+    and (given ``profile_dir``) from the cluster files there. Another host's clusters and
+    detached ones (no owner) are never among them."""
     orphaned = {
         environment[CLUSTER_ID_VARIABLE]
         for _, environment in _marked_processes()
-        if owner_gone(environment.get(OWNER_VARIABLE, ""))
+        if owner_gone(str(marked_owner(environment)))
     }
-    for cluster_id in sorted(orphaned):
-        reap_processes(cluster_id)
     if profile_dir is not None:
-        _remove_orphaned_files(profile_dir)
-    return sorted(orphaned)
+        for path in (profile_dir / "security").glob(f"cluster-{CLUSTER_PREFIX}*.json"):
+            owner = local_owner_in_name(path.name)
+            if owner is not None and owner_gone(str(owner)):
+                orphaned.add(path.stem.removeprefix("cluster-"))
+    return orphaned
 
 
-def _remove_orphaned_files(profile_dir: Path) -> None:
+def remove_orphaned_files(profile_dir: Path) -> None:
     """Remove the log and connection files of owned clusters whose owner, a process of this
     host, is gone."""
     for folder in ("log", "security"):
