@@ -118,6 +118,8 @@ def test_only_files_of_clusters_whose_owner_this_host_finds_gone_are_removed(tmp
 def test_a_marked_process_names_its_owner_and_one_without_the_owners_host_is_never_reaped():
     me = processes.process_identity()
     assert str(processes.marked_owner(processes.marker_environment(CLUSTER_ID, me))) == me
+    with pytest.raises(HiresmedError, match="owner: '123@1.000'"):
+        processes.marker_environment(CLUSTER_ID, "123@1.000")  # without its host
     gone = subprocess.Popen(["true"])
     gone.wait()
     dead_owner = f"{socket.gethostname()}/{gone.pid}@1.000"

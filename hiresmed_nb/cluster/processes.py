@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hiresmed_nb.errors import HiresmedError
+
 CLUSTER_PREFIX = "hiresmed-"
 CLUSTER_ID_VARIABLE = "HIRESMED_CLUSTER_ID"
 # The owner's ``pid@start`` and its host, in two variables: an earlier version of this package,
@@ -140,6 +142,8 @@ def marker_environment(cluster_id: str, owner: str = "") -> dict[str, str]:
     :func:`process_identity` of the process that owns the cluster; '' when detached)."""
     marker = {CLUSTER_ID_VARIABLE: cluster_id}
     parsed = parse_identity(owner)
+    if owner and parsed is None:
+        raise HiresmedError(f"owner: {owner!r} is not a process identity (HOST/PID@START)")
     if parsed is not None:
         marker[OWNER_VARIABLE] = f"{parsed.pid}@{parsed.started}"
         marker[OWNER_HOST_VARIABLE] = parsed.host
