@@ -49,8 +49,11 @@ def _simhosts_unavailable() -> str | None:
     return simhosts.unavailable_reason()
 
 
-def _simhosts_factory(request: pytest.FixtureRequest, unavailable: str | None):
-    """Yield ``build(*specs) -> SimHosts``; every instance built is torn down afterwards."""
+def _simhosts_factory(request: pytest.FixtureRequest, unavailable: str | None, tmp_path_factory):
+    """Yield ``build(*specs) -> SimHosts``; every instance built is torn down afterwards.
+
+    The hosts have their own /tmp but share the test session's temporary folder, as nodes share
+    a home or scratch file system: a test's ``tmp_path`` is at the same path on every host."""
     import simhosts
 
     if request.node.get_closest_marker("multihost") is None:  # so `-m "not multihost"` works
@@ -61,6 +64,7 @@ def _simhosts_factory(request: pytest.FixtureRequest, unavailable: str | None):
     built: list[simhosts.SimHosts] = []
 
     def build(*specs: simhosts.HostSpec, **options) -> simhosts.SimHosts:
+        options.setdefault("shared_dirs", (tmp_path_factory.getbasetemp(),))
         hosts = simhosts.SimHosts(specs, **options)
         built.append(hosts)
         return hosts.start()
@@ -77,14 +81,14 @@ def _simhosts_factory(request: pytest.FixtureRequest, unavailable: str | None):
 
 
 @pytest.fixture
-def simulated_hosts(request, _simhosts_unavailable):
+def simulated_hosts(request, _simhosts_unavailable, tmp_path_factory):
     """Factory: ``simulated_hosts(HostSpec("hostA"), HostSpec("hostB"))`` -> started SimHosts,
     torn down after the test whatever its outcome. Skips (naming what is missing) where simulated
     hosts cannot be built. Tests using it must be marked ``@pytest.mark.multihost``."""
-    yield from _simhosts_factory(request, _simhosts_unavailable)
+    yield from _simhosts_factory(request, _simhosts_unavailable, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
-def simulated_hosts_module(request, _simhosts_unavailable):
+def simulated_hosts_module(request, _simhosts_unavailable, tmp_path_factory):
     """Like ``simulated_hosts``, shared by a module's tests and torn down after the last one."""
-    yield from _simhosts_factory(request, _simhosts_unavailable)
+    yield from _simhosts_factory(request, _simhosts_unavailable, tmp_path_factory)

@@ -22,7 +22,11 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from hiresmed_nb.cluster.processes import CLUSTER_ID_VARIABLE, OWNER_VARIABLE, cluster_processes
+from hiresmed_nb.cluster.processes import (
+    CLUSTER_ID_VARIABLE,
+    cluster_processes,
+    marked_owner,
+)
 
 
 class KillRankAtEpoch(tf.keras.callbacks.Callback):
@@ -90,9 +94,9 @@ class KillRunOnce(tf.keras.callbacks.Callback):
                     process.kill()
                 except psutil.NoSuchProcess:
                     pass
-            owner = os.environ.get(OWNER_VARIABLE, "").partition("@")[0]
-            if owner.isdigit():
-                os.kill(int(owner), signal.SIGKILL)
+            owner = marked_owner(dict(os.environ))
+            if owner is not None and owner.here:
+                os.kill(owner.pid, signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
 
 

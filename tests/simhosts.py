@@ -3,8 +3,12 @@
 Each host is a network namespace joined to a Linux bridge in the root namespace by a veth pair
 (the head node holds ``.1`` of a private /24 on the bridge). Its sshd runs under the host's own
 hostname (``unshare --uts``) with its own ``/etc/hosts`` (``/etc/netns/<ns>/hosts``, which
-``ip netns exec`` bind-mounts for sshd and everything it starts). The root filesystem is shared,
-so the project's ``.venv`` is at the same path on every host. Needs root, ``ip netns``, ``unshare``
+``ip netns exec`` bind-mounts for sshd and everything it starts). By default a host also has its
+own process table (``unshare --pid --fork --mount-proc``: sshd is the namespace's init) and its
+own ``/tmp`` (a tmpfs), as a real node has; the rest of the root filesystem is shared, so the
+project's ``.venv`` is at the same path on every host. Folders under ``/tmp`` that the hosts must
+share (the instance's keys and sshd config, a test's temporary folder) are bound into each host's
+``/tmp`` at the same path. Needs root, ``ip netns``, ``unshare``
 and ``/usr/sbin/sshd``; :func:`unavailable_reason` says which one is missing.
 
 Names carry the creating pid (``hmt<pid><n>...``) so a later session can remove what a crashed
@@ -35,6 +39,7 @@ from hiresmed_nb.errors import HiresmedError
 
 PREFIX = "hmt"
 SSHD = "/usr/sbin/sshd"
+TMP = Path("/tmp")
 NETNS_ETC = Path("/etc/netns")
 LOCK_FILE = Path("/run/lock/hiresmed-simhosts.lock")
 SUBNETS = ipaddress.ip_network("10.213.0.0/16")  # candidate /24s; the first unused one is taken
@@ -83,7 +88,8 @@ class HostSpec:
     the alias; two hosts may share one). ``hosts_file``: ``"own"`` maps its hostname to its bridge
     address, ``"debian"`` to 127.0.1.1 (Debian's default); both map localhost and the other hosts'
     names and aliases. ``knows_head`` adds the head's hostname -> its bridge address. Names not
-    in the file do not resolve (the host has no DNS).
+    in the file do not resolve (the host has no DNS). ``own_processes_and_tmp``: the host has its
+    own process table and its own ``/tmp``, as a real node (False: it shares the head's).
     """
 
     alias: str
@@ -91,6 +97,7 @@ class HostSpec:
     hosts_file: Literal["own", "debian"] = "own"
     interface: str = "eth0"
     knows_head: bool = False
+    own_processes_and_tmp: bool = True
 
     @property
     def name(self) -> str:
@@ -104,14 +111,20 @@ class _Host:
     netns: str
     address: str
     veth: str  # root-namespace end, a port of the bridge
-    sshd: subprocess.Popen | None = None
+    sshd: subprocess.Popen | None = None  # with its own process table: the `unshare --fork` parent
 
 
 def unavailable_reason() -> str | None:
     """Return why simulated hosts cannot be built here (the exact missing thing), or None."""
     if os.geteuid() != 0:
         return "simulated hosts need root (network namespaces, bridges, sshd)"
-    for tool, package in [("ip", "iproute2"), ("unshare", "util-linux"), ("ssh", "openssh-client")]:
+    for tool, package in [
+        ("ip", "iproute2"),
+        ("unshare", "util-linux"),
+        ("nsenter", "util-linux"),
+        ("mount", "mount"),
+        ("ssh", "openssh-client"),
+    ]:
         if shutil.which(tool) is None:
             return f"no `{tool}` on PATH (Debian: apt-get install {package})"
     if shutil.which("ssh-keygen") is None:
@@ -178,9 +191,18 @@ class SimHosts:
     A failed ``start()`` tears down what it built before raising.
     """
 
-    def __init__(self, specs: Sequence[HostSpec], *, startup_timeout: float = 15.0) -> None:
+    def __init__(
+        self,
+        specs: Sequence[HostSpec],
+        *,
+        startup_timeout: float = 15.0,
+        shared_dirs: Sequence[str | Path] = (),
+    ) -> None:
+        """``shared_dirs``: folders under /tmp that hosts with their own /tmp see too (the
+        instance's own folder always is)."""
         self.specs = _checked(specs)
         self.startup_timeout = startup_timeout
+        self.shared_dirs = tuple(Path(folder) for folder in shared_dirs)
         self._base = f"{PREFIX}{os.getpid()}{_letters(next(_instances))}"
         self.bridge = self._base + "br"  # the head's interface on the simulated network
         self.head_address = ""
@@ -366,6 +388,17 @@ class SimHosts:
             grew = bool(extra)
         return {pid: _cmdline(pid) for pid in pids if pid not in sshd}
 
+    def head_pid(self, alias: str, pid: int) -> int:
+        """The head's pid of the process that the host knows as ``pid`` (the same number on a
+        host that shares the head's process table)."""
+        host = self._host(alias)
+        if not host.spec.own_processes_and_tmp:
+            return pid
+        for candidate in _namespace_pids(host.netns):
+            if _pid_in_namespace(candidate) == pid and _init_pid(host) in _lineage(candidate):
+                return candidate
+        raise HiresmedError(f"pid: no process {pid} runs on {alias}")
+
     def wait_for_no_leftovers(self, alias: str, timeout: float = 15.0) -> dict[int, str]:
         """Poll :meth:`leftover_processes` until it is empty or ``timeout`` passes; return it."""
         return _poll(lambda: self.leftover_processes(alias), timeout)
@@ -376,6 +409,11 @@ class SimHosts:
         """Remove everything this instance built; raise RuntimeError naming what remains."""
         hosts = list(self._hosts.values())
         namespaces = [h.netns for h in hosts]
+        for host in hosts:  # ending a pid namespace's init ends every process in it
+            init = _init_pid(host)
+            if init is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(init, signal.SIGKILL)
         survivors = _kill_namespace_processes(namespaces, self._children)
         for child in self._children:
             with contextlib.suppress(ProcessLookupError):
@@ -419,12 +457,65 @@ class SimHosts:
         return self._hosts[alias]
 
     def _spawn(self, host: _Host, argv: list[str], **popen: object) -> subprocess.Popen:
-        # `ip netns exec` execs (no fork), then unshare, then sh: the Popen pid is argv's pid.
-        script = 'hostname "$1" && shift && exec "$@"'
-        wrapped = ["ip", "netns", "exec", host.netns, "unshare", "--uts", "sh", "-c", script, "sh"]
-        process = subprocess.Popen([*wrapped, host.spec.name, *argv], **popen)  # type: ignore[call-overload]
+        if host.spec.own_processes_and_tmp and host.sshd is None:
+            wrapped = self._new_host_command(host)
+        elif host.spec.own_processes_and_tmp:  # join the running host's namespaces
+            init = _init_pid(host)
+            if init is None:
+                raise RuntimeError(f"host {host.spec.alias}: its sshd (the namespace's init) ended")
+            # nsenter forks, so that the program runs inside the host's pid namespace.
+            wrapped = ["nsenter", "-t", str(init), "--net", "--uts", "--mount", "--pid", "--"]
+        else:
+            # `ip netns exec` execs (no fork), then unshare, then sh: the Popen pid is argv's pid.
+            script = 'hostname "$1" && shift && exec "$@"'
+            unshare = ["unshare", "--uts", "sh", "-c", script, "sh", host.spec.name]
+            wrapped = ["ip", "netns", "exec", host.netns, *unshare]
+        process = subprocess.Popen([*wrapped, *argv], **popen)  # type: ignore[call-overload]
         self._children.append(process)
         return process
+
+    def _new_host_command(self, host: _Host) -> list[str]:
+        """The command that starts a host's first process (its sshd) as the init of a new pid
+        namespace, with the host's name and a tmpfs on /tmp into which the shared folders are
+        bound back (each opened before the tmpfs hides it). The Popen pid is unshare's: the
+        namespace's init is its one child."""
+        shared = [self.directory, *self.shared_dirs]
+        under_tmp = [f for f in dict.fromkeys(shared) if f.is_relative_to(TMP) and f != TMP]
+        steps = ['hostname "$1"', "shift"]
+        steps += [f"exec {3 + i}<{shlex.quote(str(f))}" for i, f in enumerate(under_tmp)]
+        steps.append(f"mount -t tmpfs -o mode=1777 tmpfs {TMP}")
+        for i, folder in enumerate(under_tmp):
+            quoted = shlex.quote(str(folder))
+            steps.append(f"mkdir -p {quoted}")
+            steps.append(f"mount -c --bind /proc/self/fd/{3 + i} {quoted}")
+            steps.append(f"exec {3 + i}<&-")
+        script = " && ".join([*steps, 'exec "$@"'])
+        unshare = ["unshare", "--uts", "--pid", "--fork", "--mount-proc"]
+        return [
+            "ip",
+            "netns",
+            "exec",
+            host.netns,
+            *unshare,
+            "sh",
+            "-c",
+            script,
+            "sh",
+            host.spec.name,
+        ]
+
+
+def _init_pid(host: _Host) -> int | None:
+    """The init of a host's own pid namespace (the one child of the unshare we started), or
+    None when it has none or it has ended."""
+    if host.sshd is None or not host.spec.own_processes_and_tmp or host.sshd.poll() is not None:
+        return None
+    pid = host.sshd.pid
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    return int(children[0]) if children else None
 
 
 def _checked(specs: Sequence[HostSpec]) -> tuple[HostSpec, ...]:
@@ -544,6 +635,24 @@ def _ppid(pid: int) -> int:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, IndexError, ValueError):
         return -1
+
+
+def _pid_in_namespace(pid: int) -> int:
+    """The pid that the innermost pid namespace of ``pid`` knows it by, or -1."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return -1
+    found = re.search(r"^NSpid:\s+(.*)$", status, re.MULTILINE)
+    return int(found.group(1).split()[-1]) if found else -1
+
+
+def _lineage(pid: int) -> list[int]:
+    """``pid`` and its ancestors, up to the head's init."""
+    chain = [pid]
+    while chain[-1] > 1 and len(chain) < 100:
+        chain.append(_ppid(chain[-1]))
+    return chain
 
 
 def _exe(pid: int) -> str:

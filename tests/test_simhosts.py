@@ -1,5 +1,6 @@
 """The simulated-hosts fixture: hostnames, name resolution, reachability and a clean teardown."""
 
+import os
 import shlex
 import socket
 import subprocess
@@ -160,7 +161,7 @@ def test_teardown_removes_namespaces_links_folders_and_every_process(simulated_h
     sim = simulated_hosts(HostSpec("hostA"), HostSpec("hostB", hosts_file="debian"))
     # A process that detaches from its ssh session still lives in the namespace.
     detached = ssh(sim, "hostA", "setsid sleep 600 </dev/null >/dev/null 2>&1 & echo $!")
-    stray = int(detached)
+    stray = sim.head_pid("hostA", int(detached))  # the head's pid for it
     assert stray in sim.leftover_processes("hostA")
     namespaces = [sim.netns(alias) for alias in sim.aliases]
     links = [sim.bridge] + [f"{ns}r" for ns in namespaces]
@@ -218,3 +219,31 @@ def test_leftovers_of_a_crashed_session_are_removed_and_live_ones_kept(simulated
     assert not (simhosts.NETNS_ETC / (base + "0")).exists()
     assert live.netns("hostA") in netns_names()
     assert ssh(live, "hostA", "hostname") == "hostA\n"
+
+
+@pytest.mark.multihost
+def test_each_host_has_its_own_process_table_and_tmp_but_shares_the_test_folder(
+    simulated_hosts, tmp_path
+):
+    sim = simulated_hosts(HostSpec("hostA"), HostSpec("hostB"))
+    head = os.getpid()
+    mine = f"/tmp/{sim.bridge}-only-on-hostA"
+    ssh(sim, "hostA", f"echo A > {mine} && echo shared > {tmp_path}/from-hostA")
+    assert ssh(sim, "hostA", f"test -e /proc/{head} && echo seen || echo unseen") == "unseen\n"
+    assert ssh(sim, "hostA", "cat /proc/1/comm") == "sshd\n"  # sshd is the host's init
+    assert ssh(sim, "hostB", f"test -e {mine} && echo seen || echo unseen") == "unseen\n"
+    assert not Path(mine).exists()
+    assert (tmp_path / "from-hostA").read_text() == "shared\n"
+
+
+@pytest.mark.multihost
+def test_a_host_may_share_the_heads_process_table_and_tmp(simulated_hosts):
+    sim = simulated_hosts(HostSpec("hostA", own_processes_and_tmp=False))
+    head = os.getpid()
+    assert ssh(sim, "hostA", f"test -e /proc/{head} && echo seen || echo unseen") == "seen\n"
+    mine = Path(f"/tmp/{sim.bridge}-from-hostA")  # outside the shared test folder
+    try:
+        ssh(sim, "hostA", f"echo A > {mine}")
+        assert mine.read_text() == "A\n"
+    finally:
+        mine.unlink(missing_ok=True)

@@ -3,7 +3,9 @@ caller of ``cluster stop`` (under ``timeout`` or a shell), not a bystander that 
 cluster (a ``tail -f`` of its file or of an engine's log)."""
 
 import json
+import os
 import shlex
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,8 @@ import pytest
 
 from hiresmed_nb.cluster import processes
 from hiresmed_nb.cluster.horovod_cluster import IPP_PROFILE_DIR
+from hiresmed_nb.cluster.undertaker import reap_orphans
+from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.params import resolve_path
 
 CLUSTER_ID = "hiresmed-detached-0badc0de"
@@ -52,10 +56,99 @@ def test_only_marked_processes_belong_to_a_cluster_never_the_caller_or_its_paren
 
 def test_a_process_identity_tells_a_reused_pid_from_the_owner():
     me = processes.process_identity()
-    assert processes.identity_alive(me)
-    pid, started = me.split("@")
-    assert not processes.identity_alive(f"{pid}@{float(started) - 1:.3f}")
-    assert not processes.identity_alive("not-an-identity")
+    assert not processes.owner_gone(me)
+    host, _, rest = me.partition("/")
+    pid, started = rest.split("@")
+    assert host == socket.gethostname() and int(pid) == os.getpid()
+    assert processes.owner_gone(f"{host}/{pid}@{float(started) - 1:.3f}")  # another process
+
+
+def test_only_the_owners_own_host_may_find_it_gone():
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    here = processes.process_identity()
+    pid, started = here.partition("/")[2].split("@")
+    assert processes.owner_gone(f"{socket.gethostname()}/{gone.pid}@{started}")
+    # Not in this host's process table, but of another host: only that host can say.
+    assert not processes.owner_gone(f"another-host/{gone.pid}@{started}")
+    # An identity without its host (or unreadable) is never judged gone.
+    assert not processes.owner_gone(f"{gone.pid}@{started}")
+    assert not processes.owner_gone("not-an-identity")
+
+
+@pytest.mark.parametrize("host", ["vm", "node-12", "n-1-2.345", "gpu07.cluster.example", "a_b"])
+def test_an_owned_cluster_id_names_its_owner_to_its_host_only(monkeypatch, host):
+    monkeypatch.setattr(processes.socket, "gethostname", lambda: host)
+    cluster_id = processes.owned_cluster_id(os.getpid(), "0badc0de")
+    owner = processes.local_owner_in_name(f"ipengine-{cluster_id}-1733-0.log")
+    assert str(owner) == processes.process_identity()
+    assert owner is not None and owner.host == host and owner.pid == os.getpid()
+    assert processes.local_owner_in_name(CLUSTER_ID) is None  # a detached cluster has no owner
+    monkeypatch.setattr(processes.socket, "gethostname", lambda: host[:-1] or "other")
+    assert processes.local_owner_in_name(f"ipengine-{cluster_id}-1733-0.log") is None
+
+
+def test_only_files_of_clusters_whose_owner_this_host_finds_gone_are_removed(tmp_path):
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    here = processes.owned_cluster_id(os.getpid(), "0000000a")
+    started = here.split("_")[-2]
+    dead_here = f"hiresmed-{socket.gethostname()}_{gone.pid}_{started}_0000000b"
+    dead_elsewhere = f"hiresmed-another-host_{gone.pid}_{started}_0000000c"
+    names = {
+        cluster_id: [f"security/ipcontroller-{cluster_id}-client.json", f"log/{cluster_id}.log"]
+        for cluster_id in (here, dead_here, dead_elsewhere, CLUSTER_ID)
+    }
+    for paths in names.values():
+        for name in paths:
+            (tmp_path / name).parent.mkdir(exist_ok=True)
+            (tmp_path / name).write_text("{}")
+    reap_orphans(tmp_path)
+    left = {
+        cluster_id: [(tmp_path / n).exists() for n in paths] for cluster_id, paths in names.items()
+    }
+    assert left == {
+        here: [True, True],
+        dead_here: [False, False],
+        dead_elsewhere: [True, True],
+        CLUSTER_ID: [True, True],
+    }
+
+
+def test_a_marked_process_names_its_owner_and_one_without_the_owners_host_is_never_reaped():
+    me = processes.process_identity()
+    assert str(processes.marked_owner(processes.marker_environment(CLUSTER_ID, me))) == me
+    with pytest.raises(HiresmedError, match="owner: '123@1.000'"):
+        processes.marker_environment(CLUSTER_ID, "123@1.000")  # without its host
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead_owner = f"{socket.gethostname()}/{gone.pid}@1.000"
+    orphan, unjudged = CLUSTER_ID + "1", CLUSTER_ID + "2"
+    without_host = processes.marker_environment(unjudged, dead_owner)
+    del without_host[processes.OWNER_HOST_VARIABLE]  # as an earlier version marked its processes
+    children = [
+        subprocess.Popen(["tail", "-f", "/dev/null"], env={"PATH": "/usr/bin:/bin", **env})
+        for env in (processes.marker_environment(orphan, dead_owner), without_host)
+    ]
+    try:
+        found = processes.orphaned_cluster_ids()
+        assert orphan in found and unjudged not in found
+        assert orphan in reap_orphans()
+        assert children[0].wait(timeout=60) is not None
+        assert children[1].poll() is None  # never judged: its owner's host is unknown
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+
+
+def test_an_undertaker_refuses_an_owner_of_another_host():
+    from hiresmed_nb.cluster.undertaker import start_undertaker
+
+    mine = processes.process_identity()
+    foreign = "another-host/" + mine.partition("/")[2]
+    with pytest.raises(HiresmedError, match="owner: .*another-host"):
+        start_undertaker(foreign, CLUSTER_ID, "/nonexistent/cluster.json")
 
 
 def start_cluster_from_the_command_line() -> tuple[str, str]:

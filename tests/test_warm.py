@@ -13,7 +13,7 @@ from test_tensorboard_logs import assert_logs_match_record
 
 from hiresmed_nb import cluster, study
 from hiresmed_nb.cluster import Placement, RankFailedError, command, memory
-from hiresmed_nb.cluster.processes import OWNER_VARIABLE
+from hiresmed_nb.cluster.processes import marked_owner
 from hiresmed_nb.params import project_root, validate
 from hiresmed_nb.science import checkpoints
 
@@ -46,11 +46,11 @@ def pids(ranks: list[dict]) -> list[int]:
 
 
 def processes_of_clusters_owned_by(pid: int) -> list[psutil.Process]:
-    prefix = f"{pid}@"
     found = []
     for process in psutil.process_iter():
         try:
-            if process.environ().get(OWNER_VARIABLE, "").startswith(prefix):
+            owner = marked_owner(process.environ())
+            if owner is not None and owner.here and owner.pid == pid:
                 found.append(process)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue

@@ -34,7 +34,6 @@ from hiresmed_nb.cluster.pool import Pool, kernel_pool, run_training
 from hiresmed_nb.cluster.processes import (
     cluster_processes,
     describe_process,
-    reap_orphans,
     reap_processes,
 )
 from hiresmed_nb.cluster.ranks import (
@@ -45,6 +44,7 @@ from hiresmed_nb.cluster.ranks import (
     host_identities,
     threads_per_rank,
 )
+from hiresmed_nb.cluster.undertaker import reap_orphans
 from hiresmed_nb.placement import HostSlots, Placement, parse_hosts, total_slots
 
 __all__ = [

@@ -235,12 +235,16 @@ def _host_key(launch: EngineLaunch) -> EngineLaunch:
     return EngineLaunch("", -1, launch.location, launch.ssh_args)
 
 
-def stop_cluster(cluster: Any, cluster_id: str, profile_dir: Path) -> list[str]:
+def stop_cluster(
+    cluster: Any, cluster_id: str, profile_dir: Path, recorded: dict[str, Any] | None = None
+) -> list[str]:
     """Stop an ipyparallel cluster everywhere and leave nothing of it: its processes on this
-    machine and on ssh hosts (found by their marker, never by name), the engines' folders on
-    those hosts, engine logs, connection and cluster files. Returns what it stopped, a line per
-    host ('this host: controller (pid 12), engine (pids 13, 14)')."""
-    launches = engine_launches(cluster.to_dict())
+    machine and on ssh hosts (found by their marker, never by name; its undertaker too), the
+    engines' folders on those hosts, engine logs, connection and cluster files. ``recorded``: the
+    state its cluster file holds (its hosts are visited even if an engine there has ended).
+    Returns what it stopped, a line per host ('this host: controller (pid 12), engine (pids 13,
+    14)')."""
+    launches = engine_launches(recorded or cluster.to_dict())
     here = [describe_process(process) for process in cluster_processes(cluster_id)]
     stopped: dict[str, list[str]] = {}
     try:
@@ -439,7 +443,7 @@ def stop_cluster_file(cluster_file: str) -> tuple[str, list[str]]:
     # ipyparallel records a launcher class outside its own entry points as 'module:Class' but
     # imports dotted paths only.
     engines["class"] = str(engines.get("class", "")).replace(":", ".")
-    cluster = ipp.Cluster.from_dict(state, cluster_file=str(path), log_level=40)
-    stopped = stop_cluster(cluster, cluster.cluster_id, Path(cluster.profile_dir))
+    cluster = ipp.Cluster.from_dict(dict(state), cluster_file=str(path), log_level=40)
+    stopped = stop_cluster(cluster, cluster.cluster_id, Path(cluster.profile_dir), state)
     path.unlink(missing_ok=True)
     return cluster.cluster_id, stopped

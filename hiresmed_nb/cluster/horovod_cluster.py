@@ -36,7 +36,6 @@ from hiresmed_nb.cluster.processes import (
     detached_cluster_id,
     owned_cluster_id,
     process_identity,
-    reap_orphans,
 )
 from hiresmed_nb.cluster.ranks import (
     RankSlot,
@@ -45,7 +44,7 @@ from hiresmed_nb.cluster.ranks import (
     host_identities,
     threads_per_rank,
 )
-from hiresmed_nb.cluster.undertaker import start_undertaker
+from hiresmed_nb.cluster.undertaker import reap_orphans, start_undertaker
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.params import resolve_path
 from hiresmed_nb.placement import Placement
@@ -111,7 +110,8 @@ class HorovodCluster(Started):
         self.profile_dir = resolve_path(profile_dir)
         self.detached = detached
         token = secrets.token_hex(4)
-        # The owner's pid in the id lets a later cluster reap this one if its kernel is killed.
+        # The owner's identity in the id lets a later cluster on this host remove this one's files
+        # if its kernel is killed.
         self.cluster_id = (
             detached_cluster_id(token) if detached else owned_cluster_id(os.getpid(), token)
         )

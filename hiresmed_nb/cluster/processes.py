@@ -2,11 +2,18 @@
 
 Every process the project starts for a cluster (its controller, its engines and what they start,
 such as their nannies, and the undertaker) carries ``HIRESMED_CLUSTER_ID`` in its environment;
-those of a cluster owned by a kernel also carry ``HIRESMED_CLUSTER_OWNER``, the owner's pid and
-start time. A cluster's processes are the processes of this user whose environment
-(``/proc/PID/environ``) holds its id. Command lines are never matched: a ``tail -f`` of the
-cluster's log, or the shell that runs ``cluster stop FILE``, mentions the id but is not ours.
-The calling process and its ancestors are never signalled.
+those of a cluster owned by a kernel also carry its owner's identity, its host, pid and start time
+(``HIRESMED_CLUSTER_OWNER_HOST`` and ``HIRESMED_CLUSTER_OWNER``, ``pid@start``). A cluster's
+processes are the processes of this user whose environment (``/proc/PID/environ``) holds its id.
+Command lines are never matched: a ``tail -f`` of the cluster's log, or the shell that runs
+``cluster stop FILE``, mentions the id but is not ours. The calling process and its ancestors
+are never signalled.
+
+Engines started over ssh carry their owner's identity to other hosts, and a profile folder in a
+shared home holds the files of clusters owned on several hosts. Only the owner's own host can tell
+whether the owner is gone (another host's process table does not hold it): every other host
+leaves such processes and files alone. An owned cluster's id names its owner, so that its files
+can be judged without its processes.
 
 ``python -m hiresmed_nb.cluster.processes CLUSTER_ID`` ends a cluster's processes on the host it
 runs on (``cluster stop`` runs it over ssh on every host of the cluster) and prints what it ended.
@@ -16,13 +23,21 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hiresmed_nb.errors import HiresmedError
+
 CLUSTER_PREFIX = "hiresmed-"
 CLUSTER_ID_VARIABLE = "HIRESMED_CLUSTER_ID"
+# The owner's ``pid@start`` and its host, in two variables: an earlier version of this package,
+# still running in a kernel started before an upgrade, reads the first alone and reaps a cluster
+# whose owner it cannot read.
 OWNER_VARIABLE = "HIRESMED_CLUSTER_OWNER"
+OWNER_HOST_VARIABLE = "HIRESMED_CLUSTER_OWNER_HOST"
 STOP_GRACE_SECONDS = 10
 
 
@@ -36,31 +51,84 @@ def process_alive(pid: int) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class ProcessIdentity:
+    """A process as its host knows it: a pid alone is ambiguous (reused, or another host's)."""
+
+    host: str  # socket.gethostname() of the process's host
+    pid: int
+    started: str  # its start time, seconds since the epoch with 3 decimals
+
+    def __str__(self) -> str:
+        return f"{self.host}/{self.pid}@{self.started}"
+
+    @property
+    def here(self) -> bool:
+        """Whether the process belongs to this host (the only one that can judge it)."""
+        return self.host == socket.gethostname()
+
+
+_IDENTITY = re.compile(r"(?P<host>[^/\s]+)/(?P<pid>\d+)@(?P<started>\d+\.\d{3})")
+
+
 def process_identity(pid: int | None = None) -> str:
-    """``PID@START`` of ``pid`` (default: this process): a reused pid has another start time."""
+    """``HOST/PID@START`` of ``pid`` (default: this process), on this host: a reused pid has
+    another start time, another host's process another host name."""
     import psutil
 
     process = psutil.Process(pid)
-    return f"{process.pid}@{process.create_time():.3f}"
+    return str(ProcessIdentity(socket.gethostname(), process.pid, f"{process.create_time():.3f}"))
 
 
-def identity_alive(identity: str) -> bool:
-    """Whether the process of a :func:`process_identity` still runs (not a zombie, not a new
-    process that reuses its pid)."""
+def parse_identity(identity: str) -> ProcessIdentity | None:
+    """The parts of a :func:`process_identity`, or None for anything else."""
+    found = _IDENTITY.fullmatch(identity)
+    if found is None:
+        return None
+    return ProcessIdentity(found["host"], int(found["pid"]), found["started"])
+
+
+def _runs(owner: ProcessIdentity) -> bool:
+    """Whether ``owner`` (a process of this host) still runs: not a zombie, not another process
+    that reuses its pid."""
     import psutil
 
-    pid, _, started = identity.partition("@")
     try:
-        process = psutil.Process(int(pid))
-        same = f"{process.create_time():.3f}" == started
+        process = psutil.Process(owner.pid)
+        same = f"{process.create_time():.3f}" == owner.started
         return same and process.status() != psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, ValueError):
+    except psutil.NoSuchProcess:
         return False
 
 
+def owner_gone(identity: str) -> bool:
+    """Whether the owner ``identity`` is known to be gone. Only its own host can say so: an owner
+    of another host, or an identity that cannot be read, is never gone here."""
+    owner = parse_identity(identity)
+    return owner is not None and owner.here and not _runs(owner)
+
+
 def owned_cluster_id(owner_pid: int, token: str) -> str:
-    """A cluster id that names its owner's pid (its files are removed once the owner is gone)."""
-    return f"{CLUSTER_PREFIX}{owner_pid}-{token}"
+    """A cluster id that names its owner, the process ``owner_pid`` of this host (host, pid and
+    start time): ``hiresmed-HOST_PID_START_TOKEN``. Its files are removed once that host finds the
+    owner gone (:func:`local_owner_in_name`)."""
+    owner = parse_identity(process_identity(owner_pid))
+    assert owner is not None  # process_identity always gives a readable identity
+    return f"{CLUSTER_PREFIX}{owner.host}_{owner.pid}_{owner.started}_{token}"
+
+
+def local_owner_in_name(name: str) -> ProcessIdentity | None:
+    """The owner named by an owned cluster's id in ``name`` (a file name), when that owner is of
+    this host; None for another host's cluster, a detached one, or no cluster id. This host's
+    name is matched whole, so no host name (with dashes, dots or underscores) is misread."""
+    host = socket.gethostname()
+    found = re.search(
+        rf"{CLUSTER_PREFIX}{re.escape(host)}_(?P<pid>\d+)_(?P<started>\d+\.\d{{3}})_[0-9a-f]+",
+        name,
+    )
+    if found is None:
+        return None
+    return ProcessIdentity(host, int(found["pid"]), found["started"])
 
 
 def detached_cluster_id(token: str) -> str:
@@ -73,9 +141,19 @@ def marker_environment(cluster_id: str, owner: str = "") -> dict[str, str]:
     """The variables that mark a process as started for ``cluster_id`` (``owner``: the
     :func:`process_identity` of the process that owns the cluster; '' when detached)."""
     marker = {CLUSTER_ID_VARIABLE: cluster_id}
-    if owner:
-        marker[OWNER_VARIABLE] = owner
+    parsed = parse_identity(owner)
+    if owner and parsed is None:
+        raise HiresmedError(f"owner: {owner!r} is not a process identity (HOST/PID@START)")
+    if parsed is not None:
+        marker[OWNER_VARIABLE] = f"{parsed.pid}@{parsed.started}"
+        marker[OWNER_HOST_VARIABLE] = parsed.host
     return marker
+
+
+def marked_owner(environment: dict[str, str]) -> ProcessIdentity | None:
+    """The owner a marked process's environment names, or None (detached, or unreadable)."""
+    host = environment.get(OWNER_HOST_VARIABLE, "")
+    return parse_identity(f"{host}/{environment.get(OWNER_VARIABLE, '')}") if host else None
 
 
 def _spared_pids() -> set[int]:
@@ -171,33 +249,30 @@ def reap_processes(cluster_id: str, grace_seconds: float = STOP_GRACE_SECONDS) -
     return ended
 
 
-def reap_orphans(profile_dir: Path | None = None) -> list[str]:
-    """Stop clusters left behind by a kernel that was killed (papermill, OOM, kill -9).
-
-    A process of an owned cluster carries its owner's identity; the clusters whose owner is gone
-    are reaped, and (given ``profile_dir``) the logs and connection files of such clusters are
-    removed. Detached clusters (``cluster start``) have no owner and are left alone. Returns the
-    ids reaped.
-    """
+def orphaned_cluster_ids(profile_dir: Path | None = None) -> set[str]:
+    """Ids of owned clusters whose owner this host finds gone: from this host's marked processes,
+    and (given ``profile_dir``) from the cluster files there. Another host's clusters and
+    detached ones (no owner) are never among them."""
     orphaned = {
         environment[CLUSTER_ID_VARIABLE]
         for _, environment in _marked_processes()
-        if environment.get(OWNER_VARIABLE) and not identity_alive(environment[OWNER_VARIABLE])
+        if owner_gone(str(marked_owner(environment)))
     }
-    for cluster_id in sorted(orphaned):
-        reap_processes(cluster_id)
     if profile_dir is not None:
-        _remove_orphaned_files(profile_dir)
-    return sorted(orphaned)
+        for path in (profile_dir / "security").glob(f"cluster-{CLUSTER_PREFIX}*.json"):
+            owner = local_owner_in_name(path.name)
+            if owner is not None and owner_gone(str(owner)):
+                orphaned.add(path.stem.removeprefix("cluster-"))
+    return orphaned
 
 
-def _remove_orphaned_files(profile_dir: Path) -> None:
-    """Remove the log and connection files of owned clusters whose owner is gone."""
-    owned = re.compile(rf"{CLUSTER_PREFIX}(\d+)-[0-9a-f]+")
+def remove_orphaned_files(profile_dir: Path) -> None:
+    """Remove the log and connection files of owned clusters whose owner, a process of this
+    host, is gone."""
     for folder in ("log", "security"):
         for path in (profile_dir / folder).glob(f"*{CLUSTER_PREFIX}*"):
-            found = owned.search(path.name)
-            if found and not process_alive(int(found.group(1))):
+            owner = local_owner_in_name(path.name)
+            if owner is not None and owner_gone(str(owner)):
                 path.unlink(missing_ok=True)
 
 

@@ -40,9 +40,8 @@ from hiresmed_nb.cluster.processes import (
     marker_environment,
     owned_cluster_id,
     process_identity,
-    reap_orphans,
 )
-from hiresmed_nb.cluster.undertaker import start_undertaker
+from hiresmed_nb.cluster.undertaker import reap_orphans, start_undertaker
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.params import resolve_path
 from hiresmed_nb.placement import HostSlots
