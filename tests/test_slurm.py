@@ -7,7 +7,6 @@ behind and nothing running on either node.
 
 from __future__ import annotations
 
-
 import pytest
 import simslurm
 
