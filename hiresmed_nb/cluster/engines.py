@@ -256,12 +256,39 @@ def stop_cluster(cluster: Any, cluster_id: str, profile_dir: Path) -> list[str]:
             stopped[host.location].extend(_stop_on_host(launch, cluster_id))
         here.extend(reap_processes(cluster_id))
         stopped = {"this host": list(dict.fromkeys(here)), **stopped}
-        for folder in ("log", "security"):
-            for leftover in (profile_dir / folder).glob(f"*{cluster_id}*"):
-                leftover.unlink(missing_ok=True)
+        for leftover in cluster_files(profile_dir, cluster_id, cluster.to_dict()):
+            leftover.unlink(missing_ok=True)
     return [
         f"{host}: {summarize(ended) or 'nothing was running'}" for host, ended in stopped.items()
     ]
+
+
+def cluster_files(profile_dir: Path, cluster_id: str, cluster_state: dict[str, Any]) -> list[Path]:
+    """The files of one cluster in its profile folder: connection files, the logs and batch
+    scripts its launchers name, and, when it has an id, every file of ``log/`` and ``security/``
+    whose name holds it. ``ipcluster start`` without ``--cluster-id`` leaves the id empty: then
+    only the files ipyparallel names for an id-less cluster, never another cluster's files."""
+    prefix = f"ipcontroller-{cluster_id}" if cluster_id else "ipcontroller"
+    found = [profile_dir / "security" / f"{prefix}-{kind}.json" for kind in ("client", "engine")]
+    found += [Path(p) for p in _named_files(cluster_state) if Path(p).is_absolute()]
+    if cluster_id:
+        for folder in ("log", "security"):
+            found.extend((profile_dir / folder).glob(f"*{cluster_id}*"))
+    inside = [p for p in found if p.resolve().is_relative_to(profile_dir.resolve())]
+    return [p for p in dict.fromkeys(inside) if p.is_file()]
+
+
+def _named_files(state: Any) -> Iterator[str]:
+    """Every launcher's output file and batch script named in a cluster's state."""
+    if isinstance(state, dict):
+        for key, value in state.items():
+            if key in ("output_file", "batch_file_name") and isinstance(value, str) and value:
+                yield value
+            else:
+                yield from _named_files(value)
+    elif isinstance(state, list):
+        for item in state:
+            yield from _named_files(item)
 
 
 def _stop_on_host(launch: EngineLaunch, cluster_id: str) -> list[str]:
