@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -218,8 +218,15 @@ def _check_at_least(params: dict[str, Any], name: str, minimum: float) -> None:
         raise HiresmedError(f"{name}={params[name]!r} must be at least {minimum}")
 
 
-def validate(params: Mapping[str, Any]) -> RunConfig:
+def validate(
+    params: Mapping[str, Any], engines_of: Callable[[str], int] | None = None
+) -> RunConfig:
     """Check run parameters and return them complete and normalised, as a :class:`RunConfig`.
+
+    ``engines_of(cluster_file)`` counts a running cluster's engines for ``IPP_CLUSTER_FILE``:
+    pass the launching layer's ``attached_engine_count``, which asks the controller (engines
+    started elsewhere, such as Slurm job steps, are not in the file); without it the file's own
+    list is counted (:func:`cluster_file_engines`).
 
     Missing names take their defaults; ``WEIGHTS`` "none"/"None" becomes None; empty
     ``CLASSES`` and ``SITE_DIRS`` become None (lists become tuples); serial runs get ``N_RANKS``
@@ -266,7 +273,7 @@ def validate(params: Mapping[str, Any]) -> RunConfig:
     if checked["CLASSES"] is not None and len(checked["CLASSES"]) < 2:
         raise HiresmedError(f"CLASSES={checked['CLASSES']!r} must name at least two classes")
     if checked["MODE"] == "distributed":
-        checked["N_RANKS"] = _distributed_ranks(checked)
+        checked["N_RANKS"] = _distributed_ranks(checked, engines_of or cluster_file_engines)
     if checked["SITE_DIRS"] is not None:
         sites = checked["SITE_DIRS"]
         if checked["MODE"] != "distributed" or len(sites) != checked["N_RANKS"]:
@@ -300,7 +307,7 @@ def _check_pool_engines(checked: dict[str, Any]) -> None:
         )
 
 
-def _distributed_ranks(checked: dict[str, Any]) -> int:
+def _distributed_ranks(checked: dict[str, Any], engines_of: Callable[[str], int]) -> int:
     """N_RANKS of a distributed run: as given, or (0) what HOSTS or IPP_CLUSTER_FILE hold.
 
     Also checks that HOSTS, IPP_CLUSTER_FILE and IPP_LAUNCHER do not contradict each other.
@@ -327,7 +334,7 @@ def _distributed_ranks(checked: dict[str, Any]) -> int:
             )
         return slots
     if cluster_file:
-        engines = cluster_file_engines(cluster_file)
+        engines = engines_of(cluster_file)
         if n_ranks > engines:
             raise HiresmedError(
                 f"N_RANKS={n_ranks} but IPP_CLUSTER_FILE={cluster_file!r} has {engines} engines"

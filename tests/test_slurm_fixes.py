@@ -3,9 +3,14 @@ files, engines counted from the controller, GPUs seen by a rank, the launcher's 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
+
 from hiresmed_nb.cluster.engines import stop_cluster
+from hiresmed_nb.errors import HiresmedError
+from hiresmed_nb.params import validate
 
 
 class _StoppedCluster:
@@ -51,3 +56,21 @@ def test_stop_of_an_id_less_cluster_removes_only_its_own_files(tmp_path: Path):
     assert [p.name for p in own if p.exists()] == []
     assert [p.name for p in others if not p.exists()] == []
     assert (profile / "log").is_dir()
+
+
+def test_engines_of_an_attached_cluster_are_counted_by_the_given_counter(tmp_path: Path):
+    """Engines started as job steps are not in the cluster file: the controller's count wins."""
+    cluster_file = tmp_path / "cluster.json"
+    cluster_file.write_text(json.dumps({"cluster": {}, "engines": {"sets": {"1": {"n": 0}}}}))
+    params = {"MODE": "distributed", "IPP_CLUSTER_FILE": str(cluster_file)}
+    asked = []
+
+    def controller_count(path: str) -> int:
+        asked.append(path)
+        return 2
+
+    assert validate(params, controller_count)["N_RANKS"] == 2  # N_RANKS=0: all of them
+    assert validate({**params, "N_RANKS": 2}, controller_count)["N_RANKS"] == 2
+    assert asked == [str(cluster_file)] * 2
+    with pytest.raises(HiresmedError, match="N_RANKS=3 but IPP_CLUSTER_FILE=.* has 2 engines"):
+        validate({**params, "N_RANKS": 3}, controller_count)

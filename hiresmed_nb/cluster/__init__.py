@@ -23,6 +23,7 @@ One module per concern:
 - :mod:`.errors`: RankFailedError and RankLostError.
 """
 
+from hiresmed_nb.cluster.engines import attached_engine_count
 from hiresmed_nb.cluster.errors import RankFailedError, RankLostError
 from hiresmed_nb.cluster.horovod_cluster import (
     IPP_PROFILE_DIR,
@@ -61,6 +62,7 @@ __all__ = [
     "RankLostError",
     "RankSlot",
     "assign_ranks",
+    "attached_engine_count",
     "cluster_processes",
     "describe_process",
     "horovod_environment",

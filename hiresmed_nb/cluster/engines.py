@@ -411,25 +411,9 @@ def attach_engines(cluster_file: str, n_engines: int, engine_ids: tuple[int, ...
     process). Raises :class:`HiresmedError` naming IPP_CLUSTER_FILE when the file is missing or
     unreadable, its controller does not answer, or it has fewer engines than asked.
     """
-    import json
-
     import ipyparallel as ipp
 
-    path = resolve_path(cluster_file)
-    try:
-        state = json.loads(path.read_text())
-        cluster_id = state["cluster"]["cluster_id"]
-        profile_dir = Path(state["cluster"]["profile_dir"])
-    except FileNotFoundError:
-        raise HiresmedError(f"IPP_CLUSTER_FILE={cluster_file!r} does not exist") from None
-    except (OSError, ValueError, KeyError, TypeError):
-        raise HiresmedError(
-            f"IPP_CLUSTER_FILE={cluster_file!r} is not an ipyparallel cluster file"
-        ) from None
-    # ipyparallel names connection files after the cluster id ('ipcluster start' without
-    # --cluster-id leaves it empty).
-    prefix = f"ipcontroller-{cluster_id}" if cluster_id else "ipcontroller"
-    client_file = profile_dir / "security" / f"{prefix}-client.json"
+    state, cluster_id, profile_dir, client_file = _read_cluster_file(cluster_file)
     try:
         client = ipp.Client(str(client_file), timeout=PROBE_SECONDS)
         client.wait_for_engines(n_engines, timeout=PROBE_SECONDS, interactive=False)
@@ -446,9 +430,53 @@ def attach_engines(cluster_file: str, n_engines: int, engine_ids: tuple[int, ...
             f"IPP_CLUSTER_FILE={cluster_file!r}: engines {missing} are not in that cluster "
             f"(it has {sorted(client.ids)})"
         )
-    chosen = list(engine_ids) if engine_ids else sorted(client.ids)[:n_engines]
+    chosen = list(engine_ids) if engine_ids else sorted(client.ids)[: n_engines or None]
     launches = engine_launches(state)
     return Engines(client, chosen, None, False, cluster_id, profile_dir, launches)
+
+
+def _read_cluster_file(cluster_file: str) -> tuple[dict[str, Any], str, Path, Path]:
+    """A cluster file's state, cluster id, profile folder and client connection file; one
+    HiresmedError naming IPP_CLUSTER_FILE when it is missing or not a cluster file."""
+    import json
+
+    path = resolve_path(cluster_file)
+    try:
+        state = json.loads(path.read_text())
+        cluster_id = state["cluster"]["cluster_id"]
+        profile_dir = Path(state["cluster"]["profile_dir"])
+    except FileNotFoundError:
+        raise HiresmedError(f"IPP_CLUSTER_FILE={cluster_file!r} does not exist") from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise HiresmedError(
+            f"IPP_CLUSTER_FILE={cluster_file!r} is not an ipyparallel cluster file"
+        ) from None
+    # ipyparallel names connection files after the cluster id ('ipcluster start' without
+    # --cluster-id leaves it empty).
+    prefix = f"ipcontroller-{cluster_id}" if cluster_id else "ipcontroller"
+    return state, cluster_id, profile_dir, profile_dir / "security" / f"{prefix}-client.json"
+
+
+def attached_engine_count(cluster_file: str) -> int:
+    """How many engines the controller of ``cluster_file`` has now: what the file lists and
+    engines started elsewhere (``srun ipengine --file=...`` job steps, an admin's pool) alike.
+
+    One HiresmedError naming IPP_CLUSTER_FILE when the file is not one or the controller does
+    not answer within PROBE_SECONDS."""
+    import ipyparallel as ipp
+
+    _, _, _, client_file = _read_cluster_file(cluster_file)
+    try:
+        client = ipp.Client(str(client_file), timeout=PROBE_SECONDS)
+    except Exception as error:
+        raise HiresmedError(
+            f"IPP_CLUSTER_FILE={cluster_file!r}: its controller does not answer "
+            f"({type(error).__name__}: {error}); is the cluster running?"
+        ) from None
+    try:
+        return len(client.ids)
+    finally:
+        client.close()
 
 
 def stop_cluster_file(cluster_file: str) -> tuple[str, list[str]]:
