@@ -11,6 +11,7 @@ import pytest
 from hiresmed_nb.cluster.engines import stop_cluster
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.params import validate
+from hiresmed_nb.science import training
 
 
 class _StoppedCluster:
@@ -74,3 +75,21 @@ def test_engines_of_an_attached_cluster_are_counted_by_the_given_counter(tmp_pat
     assert asked == [str(cluster_file)] * 2
     with pytest.raises(HiresmedError, match="N_RANKS=3 but IPP_CLUSTER_FILE=.* has 2 engines"):
         validate({**params, "N_RANKS": 3}, controller_count)
+
+
+def test_a_rank_that_sees_one_gpu_uses_it_whatever_its_local_rank():
+    assert [training.select_gpu(["GPU:0"], rank) for rank in range(4)] == ["GPU:0"] * 4
+
+
+def test_a_rank_that_sees_several_gpus_uses_the_one_at_its_local_rank():
+    gpus = ["GPU:0", "GPU:1"]
+    assert [training.select_gpu(gpus, rank) for rank in range(2)] == gpus
+
+
+def test_a_local_rank_past_the_visible_gpus_names_cuda_visible_devices(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    with pytest.raises(HiresmedError, match=r"local rank 2 .*CUDA_VISIBLE_DEVICES='2,3'"):
+        training.select_gpu(["GPU:0", "GPU:1"], 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    with pytest.raises(HiresmedError, match=r"local rank 2 .*CUDA_VISIBLE_DEVICES=unset"):
+        training.select_gpu(["GPU:0", "GPU:1"], 2)

@@ -65,13 +65,23 @@ def make_split(params: dict[str, Any], site: int | None = None) -> data.Split:
 
 
 def select_gpu(gpus: Sequence[Any], local_rank: int) -> Any | None:
-    """The GPU this rank should use: the one at its local rank; None on a host without GPUs."""
+    """The GPU this rank should use; None on a host without GPUs.
+
+    A rank that sees exactly one GPU uses it whatever its local rank (under Slurm's
+    ``--gpus-per-task=1`` every task sees its own GPU as GPU 0); one that sees several uses the
+    one at its local rank (Horovod's recipe, one process per node's GPU).
+    """
     if not gpus:
         return None
+    if len(gpus) == 1:
+        return gpus[0]
     if local_rank >= len(gpus):
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        shown = "unset" if visible is None else repr(visible)
         raise HiresmedError(
-            f"local rank {local_rank} has no GPU: this host shows {len(gpus)}; "
-            f"start at most {len(gpus)} ranks per host"
+            f"local rank {local_rank} has no GPU: this rank sees {len(gpus)} GPUs "
+            f"(CUDA_VISIBLE_DEVICES={shown}); give each rank one GPU (srun --gpus-per-task=1) "
+            f"or start at most {len(gpus)} ranks per host"
         )
     return gpus[local_rank]
 
