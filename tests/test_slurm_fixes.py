@@ -4,6 +4,7 @@ files, engines counted from the controller, GPUs seen by a rank, the launcher's 
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,10 @@ def test_a_local_rank_past_the_visible_gpus_names_cuda_visible_devices(monkeypat
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     with pytest.raises(HiresmedError, match=r"local rank 2 .*CUDA_VISIBLE_DEVICES=unset"):
         training.select_gpu(["GPU:0", "GPU:1"], 2)
+
+
+def test_a_serial_run_records_the_node_name_even_after_a_local_distributed_run(monkeypatch):
+    monkeypatch.setenv("HOROVOD_HOSTNAME", "localhost")  # left by a rank on this warm engine
+    assert training.join_ranks(distributed=False).host == socket.gethostname()
+    assert training.node_name("localhost") == socket.gethostname()
+    assert training.node_name("nodeB") == "nodeB"

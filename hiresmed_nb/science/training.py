@@ -237,6 +237,12 @@ def horovod_host() -> str:
     return os.environ.get("HOROVOD_HOSTNAME") or socket.gethostname()
 
 
+def node_name(host: str) -> str:
+    """The name a record gives a rank's host: its Horovod host identity, except that ranks all
+    on one machine (identity 'localhost') are named as that machine is."""
+    return socket.gethostname() if host == "localhost" else host
+
+
 def scaled_learning_rate(params: dict[str, Any], size: int) -> float:
     """``LEARNING_RATE``, times ranks and accumulation steps when ``LR_SCALING`` is linear."""
     learning_rate = params["LEARNING_RATE"]
@@ -261,7 +267,9 @@ def join_ranks(distributed: bool) -> RankInfo:
             hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size(), horovod_host(), True
         )
     else:
-        ranks = RankInfo(0, 1, 0, 1, horovod_host(), False)
+        # A serial run has no Horovod host: it is on this machine, named as the machine is (a
+        # warm engine may still hold HOROVOD_HOSTNAME='localhost' from a distributed run).
+        ranks = RankInfo(0, 1, 0, 1, socket.gethostname(), False)
     # A packed study's slot engine sees only its own GPU and has its share of the cores.
     slot_threads = int(os.environ.get("HIRESMED_SLOT_THREADS") or 0)
     configure_threads(slot_threads or max(1, (os.cpu_count() or 1) // ranks.local_size))
@@ -455,7 +463,7 @@ def rank_result(ranks: RankInfo, shard: Shard, model: Any) -> dict[str, Any]:
         "rank": ranks.rank,
         "local_rank": ranks.local_rank,
         "local_size": ranks.local_size,
-        "host": ranks.host,
+        "host": node_name(ranks.host),
         "hostname": socket.gethostname(),
         "pid": os.getpid(),
         "train_files": (
