@@ -101,3 +101,8 @@ def test_a_serial_run_records_the_node_name_even_after_a_local_distributed_run(m
     assert training.join_ranks(distributed=False).host == socket.gethostname()
     assert training.node_name("localhost") == socket.gethostname()
     assert training.node_name("nodeB") == "nodeB"
+
+
+def test_the_mpi_launcher_is_refused_with_the_reason_and_the_slurm_ways():
+    with pytest.raises(HiresmedError, match=r"IPP_LAUNCHER='mpi' is not supported: .*mpi4py"):
+        validate({"MODE": "distributed", "IPP_LAUNCHER": "mpi", "RENDEZVOUS_ADDR": "10.0.0.1"})
