@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hiresmed_nb.cluster import engine_tasks, launchers
+from hiresmed_nb.cluster import engine_tasks, launchers, slurm
 from hiresmed_nb.cluster.hosts import SSH_OPTIONS, HostSlots
 from hiresmed_nb.cluster.processes import (
     cluster_processes,
@@ -241,6 +241,7 @@ def stop_cluster(cluster: Any, cluster_id: str, profile_dir: Path) -> list[str]:
     those hosts, engine logs, connection and cluster files. Returns what it stopped, a line per
     host ('this host: controller (pid 12), engine (pids 13, 14)')."""
     launches = engine_launches(cluster.to_dict())
+    jobs = slurm.job_ids(cluster.to_dict())  # ipyparallel's Slurm launchers scancel them
     here = [describe_process(process) for process in cluster_processes(cluster_id)]
     stopped: dict[str, list[str]] = {}
     try:
@@ -260,7 +261,7 @@ def stop_cluster(cluster: Any, cluster_id: str, profile_dir: Path) -> list[str]:
             leftover.unlink(missing_ok=True)
     return [
         f"{host}: {summarize(ended) or 'nothing was running'}" for host, ended in stopped.items()
-    ]
+    ] + slurm.after_cancel(jobs)
 
 
 def cluster_files(profile_dir: Path, cluster_id: str, cluster_state: dict[str, Any]) -> list[Path]:
@@ -355,6 +356,8 @@ def start_engines(
         engine_class = launchers.LOCAL
     else:
         engine_class = launcher
+        if launcher == "slurm":
+            slurm.configure_launcher(config, profile_dir, cluster_id)
     cluster = ipp.Cluster(
         n=n_engines,
         engines=engine_class,
@@ -397,6 +400,9 @@ def _start_failure(cluster: Any, n_engines: int, controller_address: str, error:
             if text.strip()
         )
     shown = "\n".join(dict.fromkeys(outputs)) or "(no engine output)"
+    with contextlib.suppress(Exception):
+        jobs = slurm.describe_jobs(cluster.to_dict())
+        shown = f"{jobs}\n{shown}" if jobs else shown
     return (
         f"the cluster did not start {n_engines} engine(s) with a controller on "
         f"{controller_address}: {type(error).__name__}: {error}\n{shown}"

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hiresmed_nb import compat
-from hiresmed_nb.cluster import engine_tasks, preflight, scripts
+from hiresmed_nb.cluster import engine_tasks, preflight, scripts, slurm
 from hiresmed_nb.cluster.engines import (
     PROBE_SECONDS,
     Engines,
@@ -186,6 +186,8 @@ class HorovodCluster(Started):
             return found if placement.rendezvous_addr == "auto" else placement.rendezvous_addr
         if placement.launcher == "local":
             return "127.0.0.1" if placement.rendezvous_addr == "auto" else placement.rendezvous_addr
+        if placement.launcher == "slurm" and placement.rendezvous_addr == "auto":
+            return slurm.controller_address()  # where the nodes reach this machine
         if placement.rendezvous_addr == "auto":
             raise HiresmedError(
                 f"IPP_LAUNCHER={placement.launcher!r} starts engines this machine cannot ask for "
