@@ -266,14 +266,14 @@ def stop_cluster(cluster: Any, cluster_id: str, profile_dir: Path) -> list[str]:
 
 def cluster_files(profile_dir: Path, cluster_id: str, cluster_state: dict[str, Any]) -> list[Path]:
     """The files of one cluster in its profile folder: connection files, the logs and batch
-    scripts its launchers name, and, when it has an id, every file of ``log/`` and ``security/``
-    whose name holds it. ``ipcluster start`` without ``--cluster-id`` leaves the id empty: then
+    scripts its launchers name, and, when it has an id, every file of the folder, ``log/`` and
+    ``security/`` whose name holds it. ``ipcluster start`` without ``--cluster-id`` leaves the id empty: then
     only the files ipyparallel names for an id-less cluster, never another cluster's files."""
     prefix = f"ipcontroller-{cluster_id}" if cluster_id else "ipcontroller"
     found = [profile_dir / "security" / f"{prefix}-{kind}.json" for kind in ("client", "engine")]
     found += [Path(p) for p in _named_files(cluster_state) if Path(p).is_absolute()]
-    if cluster_id:
-        for folder in ("log", "security"):
+    if cluster_id:  # the profile folder itself holds the Slurm launcher's batch scripts
+        for folder in ("", "log", "security"):
             found.extend((profile_dir / folder).glob(f"*{cluster_id}*"))
     inside = [p for p in found if p.resolve().is_relative_to(profile_dir.resolve())]
     return [p for p in dict.fromkeys(inside) if p.is_file()]
