@@ -171,3 +171,29 @@ def test_the_study_batch_script_packs_a_study_onto_engines_of_a_two_node_allocat
     job = re.search(r"Submitted batch job (\d+)", done.stdout).group(1)
     assert job_state(idle_slurm, job) == "COMPLETED"
     assert not list(resolve_path(cluster.IPP_PROFILE_DIR).glob(f"*slurm-{job}*"))
+
+
+# Rank 1 cancels its own engines' job (as an admin's scancel would), then both ranks wait.
+CANCEL_OWN_JOB = (
+    "(__import__('subprocess').run(['scancel', __import__('os').environ['SLURM_JOB_ID']]) "
+    "if __import__('os').environ['HOROVOD_RANK'] == '1' else None, "
+    "__import__('time').sleep(600))"
+)
+
+
+def test_a_cancelled_engine_job_is_named_in_the_run_with_its_engine_and_job(idle_slurm):
+    started = hiresmed("cluster", "start", "--slurm", "2")
+    assert started.returncode == 0, started.stderr
+    cluster_file = started.stdout.strip()
+    try:
+        [job] = [line.split()[0] for line in idle_slurm.jobs()]
+        placement = cluster.Placement(2, cluster_file=cluster_file)
+        with pytest.raises(cluster.RankLostError) as raised:
+            with cluster.HorovodCluster(placement=placement) as attached:
+                attached.run(eval, CANCEL_OWN_JOB)
+    finally:
+        stopped = hiresmed("cluster", "stop", cluster_file)
+    assert raised.value.host in ("nodeA", "nodeB")
+    assert f"Slurm job {job}." in raised.value.cause and "CANCELLED" in raised.value.cause
+    assert f"Slurm job {job}." in str(raised.value)
+    assert stopped.returncode == 0, stopped.stderr

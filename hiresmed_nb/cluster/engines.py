@@ -165,6 +165,12 @@ class Engines:
         launch = self.launch_of(index)
         return launch.location if launch and launch.location else self.facts[index].hostname
 
+    def lost_cause(self, index: int) -> str:
+        """What Slurm says of engine ``index``'s job step ('Slurm job 12.0: CANCELLED'), or ''
+        for an engine Slurm did not start."""
+        step = self.facts[index].slurm_job if index < len(self.facts) else ""
+        return f"Slurm job {step}: {slurm.job_state(step.split('.')[0])}" if step else ""
+
     def output_tail(self, index: int, lines: int = OUTPUT_TAIL_LINES) -> str:
         """The last ``lines`` lines engine ``index`` wrote (stdout and stderr), or ''."""
         launch = self.launch_of(index)
@@ -267,8 +273,9 @@ def stop_cluster(cluster: Any, cluster_id: str, profile_dir: Path) -> list[str]:
 def cluster_files(profile_dir: Path, cluster_id: str, cluster_state: dict[str, Any]) -> list[Path]:
     """The files of one cluster in its profile folder: connection files, the logs and batch
     scripts its launchers name, and, when it has an id, every file of the folder, ``log/`` and
-    ``security/`` whose name holds it. ``ipcluster start`` without ``--cluster-id`` leaves the id empty: then
-    only the files ipyparallel names for an id-less cluster, never another cluster's files."""
+    ``security/`` whose name holds it. ``ipcluster start`` without ``--cluster-id`` leaves the
+    id empty: then only the files ipyparallel names for an id-less cluster, never another
+    cluster's files."""
     prefix = f"ipcontroller-{cluster_id}" if cluster_id else "ipcontroller"
     found = [profile_dir / "security" / f"{prefix}-{kind}.json" for kind in ("client", "engine")]
     found += [Path(p) for p in _named_files(cluster_state) if Path(p).is_absolute()]

@@ -299,18 +299,23 @@ class HorovodCluster(Started):
             self._raise_if_lost(futures, check_remote=bool(failed) or remote_due)
             if failed:
                 rank = futures.index(failed[0])
+                if type(failed[0].exception()).__name__ == "EngineError":  # the engine died
+                    self._raise_lost(futures, rank)
                 raise as_rank_failure(rank, failed[0].exception()) from None
 
     def _raise_if_lost(self, futures: list[Any], check_remote: bool) -> None:
         lost = self.engines.lost(check_remote)
         if lost:
-            rank = lost[0]
-            raise RankLostError(
-                rank,
-                self.engine_pids[rank],
-                self.engines.host_of(rank),
-                _task_output(futures[rank]) + self.engines.output_tail(rank),
-            )
+            self._raise_lost(futures, lost[0])
+
+    def _raise_lost(self, futures: list[Any], rank: int) -> None:
+        raise RankLostError(
+            rank,
+            self.engine_pids[rank],
+            self.engines.host_of(rank),
+            _task_output(futures[rank]) + self.engines.output_tail(rank),
+            self.engines.lost_cause(rank),
+        )
 
     def lost_ranks(self) -> list[int]:
         """Ranks whose engine is gone (checks engines on other hosts too)."""

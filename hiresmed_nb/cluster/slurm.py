@@ -93,6 +93,17 @@ def job_states(ids: list[str]) -> dict[str, str]:
     return states
 
 
+def job_state(job: str) -> str:
+    """A job's state as slurmctld keeps it, also for a while after it ended ('CANCELLED'),
+    or 'unknown to Slurm'."""
+    try:
+        done = _run(["scontrol", "-o", "show", "job", job])
+    except (HiresmedError, subprocess.SubprocessError, OSError):
+        return "unknown (scontrol did not answer)"
+    found = re.search(r"\bJobState=(\S+)", done.stdout)
+    return found.group(1) if done.returncode == 0 and found else "unknown to Slurm"
+
+
 def describe_jobs(cluster_state: dict[str, Any]) -> str:
     """'Slurm job 12: PENDING (Resources)' for each job of a cluster, or ''."""
     ids = job_ids(cluster_state)
