@@ -7,14 +7,17 @@ behind and nothing running on either node.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import simslurm
+from ipyparallel import Client
 
 from hiresmed_nb import cluster
 from hiresmed_nb.cluster import command, engines
@@ -197,3 +200,33 @@ def test_a_cancelled_engine_job_is_named_in_the_run_with_its_engine_and_job(idle
     assert f"Slurm job {job}." in raised.value.cause and "CANCELLED" in raised.value.cause
     assert f"Slurm job {job}." in str(raised.value)
     assert stopped.returncode == 0, stopped.stderr
+
+
+def test_cluster_stop_on_ipclusters_own_file_cancels_engines_started_as_job_steps(idle_slurm):
+    """The controller of `ipcluster start -n 0` (no cluster id) on the login node; its engines
+    started inside an allocation by `srun ipengine --file=...`, absent from its cluster file."""
+    profile = idle_slurm.shared / "profile_slurm"
+    ipcluster = [sys.executable, "-m", "ipyparallel.cluster", "start", "--n=0", "--daemonize"]
+    ipcluster += [f"--profile-dir={profile}", f"--ip={idle_slurm.hosts.head_address}"]
+    idle_slurm.run(ipcluster, timeout=120)
+    cluster_file = profile / "security" / "cluster-.json"
+    engine_file = profile / "security" / "ipcontroller-engine.json"
+    engines_script = f"srun {sys.executable} -m ipyparallel.engine --file={engine_file}"
+    log = str(idle_slurm.shared / "engines.out")
+    submitted = idle_slurm.run(["sbatch", "--parsable", "-N2", "-o", log, "--wrap", engines_script])
+    job = submitted.stdout.strip()
+    try:
+        client_file = str(profile / "security" / "ipcontroller-client.json")
+        with contextlib.closing(Client(client_file, timeout=60)) as client:
+            client.wait_for_engines(2, timeout=300, interactive=False)
+        # Counted by the controller: the file lists none of them.
+        attached = {"MODE": "distributed", "IPP_CLUSTER_FILE": str(cluster_file)}
+        assert validate(attached, cluster.attached_engine_count).N_RANKS == 2
+        controller_pid = json.loads(cluster_file.read_text())["controller"]["state"]["pid"]
+    finally:
+        stopped = hiresmed("cluster", "stop", str(cluster_file))
+    assert stopped.returncode == 0, stopped.stderr
+    assert f"Slurm job step {job}.0: cancelled" in stopped.stderr
+    assert idle_slurm.wait_for_no_jobs() == []
+    assert (profile / "log").is_dir() and not cluster_file.exists()
+    assert not psutil.pid_exists(controller_pid)

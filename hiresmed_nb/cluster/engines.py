@@ -508,6 +508,32 @@ def stop_cluster_file(cluster_file: str) -> tuple[str, list[str]]:
     # imports dotted paths only.
     engines["class"] = str(engines.get("class", "")).replace(":", ".")
     cluster = ipp.Cluster.from_dict(state, cluster_file=str(path), log_level=40)
+    steps = _job_steps_of_engines(cluster_file, slurm.job_ids(state))
     stopped = stop_cluster(cluster, cluster.cluster_id, Path(cluster.profile_dir))
+    stopped += slurm.cancel_steps(steps)
     path.unlink(missing_ok=True)
     return cluster.cluster_id, stopped
+
+
+def _job_steps_of_engines(cluster_file: str, submitted_jobs: list[str]) -> list[str]:
+    """The Slurm job steps of the cluster's engines that its own launcher did not submit
+    (``srun ipengine --file=...`` inside an allocation): stopping the controller leaves those
+    engines running on their nodes, so their steps are cancelled. Asks every engine; [] when
+    the controller does not answer."""
+    import ipyparallel as ipp
+
+    try:
+        _, _, _, client_file = _read_cluster_file(cluster_file)
+        client = ipp.Client(str(client_file), timeout=PROBE_SECONDS)
+    except Exception:
+        return []
+    try:
+        if not client.ids:
+            return []
+        steps = client[:].apply_async(engine_tasks.slurm_step).get(timeout=PROBE_SECONDS)
+    except Exception:
+        return []
+    finally:
+        client.close()
+    own = set(submitted_jobs)
+    return sorted({step for step in steps if step and step.split(".")[0] not in own})

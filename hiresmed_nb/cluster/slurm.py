@@ -104,6 +104,24 @@ def job_state(job: str) -> str:
     return found.group(1) if done.returncode == 0 and found else "unknown to Slurm"
 
 
+def cancel_steps(steps: list[str]) -> list[str]:
+    """``scancel`` each job step ('12.0': the engines' step, not the allocation around it);
+    a line per step saying what Slurm did."""
+    lines = []
+    for step in steps:
+        try:
+            done = _run(["scancel", step])
+        except (HiresmedError, subprocess.SubprocessError, OSError) as error:
+            lines.append(f"Slurm job step {step}: scancel failed ({error})")
+            continue
+        failed = done.returncode != 0
+        said = done.stderr.strip()
+        lines.append(
+            f"Slurm job step {step}: " + (f"scancel failed ({said})" if failed else "cancelled")
+        )
+    return lines
+
+
 def describe_jobs(cluster_state: dict[str, Any]) -> str:
     """'Slurm job 12: PENDING (Resources)' for each job of a cluster, or ''."""
     ids = job_ids(cluster_state)
