@@ -336,7 +336,7 @@ def start_engines(
     owner: str = "",
 ) -> Engines:
     """Start a controller listening on ``controller_address`` only, and ``n_engines`` engines:
-    locally, over ssh on ``hosts``, or with ipyparallel's ``launcher`` (mpi, slurm).
+    locally, over ssh on ``hosts``, or with ipyparallel's ``launcher`` (slurm).
 
     ``owner``: the identity of the process the cluster must not outlive (see
     :mod:`.processes`); '' for a cluster that outlives this process (``cluster start``). On

@@ -1,6 +1,6 @@
 """HorovodCluster: Horovod ranks hosted in ipyparallel engines, started from a notebook cell.
 
-Engines are started here (locally, or over ssh on ``HOSTS``, or with ipyparallel's mpi/slurm
+Engines are started here (locally, or over ssh on ``HOSTS``, or with ipyparallel's slurm
 launchers) or attached from a running cluster's file. Every :meth:`HorovodCluster.run` starts a
 fresh Gloo rendezvous server in this process (new port, new plan), bound to one address, checks
 that every engine reaches it, gives each engine its rank's ``HOROVOD_*`` variables and runs one
