@@ -148,7 +148,7 @@ test: venv
 	$(PY) -m pytest
 
 test-fast: venv
-	$(PY) -m pytest -m "not notebook and not distributed and not multihost"
+	$(PY) -m pytest -m "not notebook and not distributed and not multihost and not slurm"
 
 # Without a GPU the quick study is packed on 2 CPU slots (19 min 25 s here against 24 min 27 s one
 # run at a time, README); with GPUs the runner packs it one GPU per slot by itself.

@@ -146,6 +146,13 @@ def _add_cluster_parser(commands: argparse._SubParsersAction) -> None:
         "--hosts", default="", metavar="HOSTS", help="'hostA:2,hostB:2' (ssh); default: here"
     )
     start.add_argument(
+        "--slurm",
+        type=int,
+        default=0,
+        metavar="N",
+        help="submit N engines as one Slurm job (from a login node; the controller runs here)",
+    )
+    start.add_argument(
         "--remote-python",
         default="",
         metavar="PATH",
@@ -155,7 +162,8 @@ def _add_cluster_parser(commands: argparse._SubParsersAction) -> None:
         "--rendezvous-addr",
         default="auto",
         metavar="ADDR",
-        help="address of this machine the engines reach (default: found over ssh)",
+        help="address of this machine the engines reach (default: found over ssh, or, with "
+        "--slurm, this machine's address towards Slurm's controller)",
     )
     stop = actions.add_parser("stop", help="stop the cluster of a cluster file, on every host")
     stop.add_argument("cluster_file", metavar="FILE", help="the path `cluster start` printed")
@@ -166,7 +174,7 @@ def _cluster(args: argparse.Namespace) -> int:
 
     if args.action == "start":
         started = command.start_detached(
-            args.n, args.hosts, args.remote_python, args.rendezvous_addr
+            args.n, args.hosts, args.remote_python, args.rendezvous_addr, args.slurm
         )
         print(started.description, file=sys.stderr)
         print(started.cluster_file)

@@ -11,7 +11,7 @@ One module per concern:
   GPU and thread share; :mod:`.attached_slots`: an attached cluster's engines as slots;
   :mod:`.devices` and :mod:`.engine_slots`: finding GPUs and planning the slots.
 - :mod:`.hosts`: the ssh check of every host of ``HOSTS``.
-- :mod:`.engines`: starting engines (local, ssh, mpi, slurm), attaching to a cluster file,
+- :mod:`.engines`: starting engines (local, ssh, slurm), attaching to a cluster file,
   liveness, engine output, stopping everywhere.
 - :mod:`.launchers`: ipyparallel launchers that keep engine output and name each engine.
 - :mod:`.ranks`: Horovod rank numbers, host identities and ``HOROVOD_*`` variables.
@@ -20,9 +20,11 @@ One module per concern:
 - :mod:`.scripts`: any Horovod script or cell source on the ranks (``%horovodrun``).
 - :mod:`.processes`: a cluster's processes, by the marker only they carry; reaping them, also
   after a killed kernel.
+- :mod:`.slurm`: engines as a Slurm job (ipyparallel's Slurm launcher), its jobs' states.
 - :mod:`.errors`: RankFailedError and RankLostError.
 """
 
+from hiresmed_nb.cluster.engines import attached_engine_count
 from hiresmed_nb.cluster.errors import RankFailedError, RankLostError
 from hiresmed_nb.cluster.horovod_cluster import (
     IPP_PROFILE_DIR,
@@ -61,6 +63,7 @@ __all__ = [
     "RankLostError",
     "RankSlot",
     "assign_ranks",
+    "attached_engine_count",
     "cluster_processes",
     "describe_process",
     "horovod_environment",

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 
 from hiresmed_nb.cluster.devices import Slot, slot_environment
 from hiresmed_nb.cluster.engine_slots import engine_devices, slots_of_engines
-from hiresmed_nb.cluster.engines import PROBE_SECONDS
+from hiresmed_nb.cluster.engines import PROBE_SECONDS, attached_engine_count
 from hiresmed_nb.cluster.horovod_cluster import HorovodCluster
-from hiresmed_nb.params import cluster_file_engines, resolve_path
+from hiresmed_nb.params import resolve_path
 from hiresmed_nb.placement import Placement
 
 SLOT_VARIABLES = ("HIRESMED_SLOT", "HIRESMED_SLOT_GPU", "HIRESMED_SLOT_THREADS")
@@ -33,7 +33,7 @@ class AttachedSlots:
 
     def __init__(self, cluster_file: str):
         self._file = cluster_file
-        engines = cluster_file_engines(cluster_file)
+        engines = attached_engine_count(cluster_file)  # the controller's: job steps count too
         self._cluster = HorovodCluster(placement=Placement(engines, cluster_file=cluster_file))
         try:
             self._cluster.start()  # attaches, and names each engine's host as ranks would

@@ -61,8 +61,8 @@ def own_addresses() -> list[str]:
 
 
 def describe_engine(rendezvous_addr: str) -> dict[str, Any]:
-    """The engine's host name, pid, launch id, addresses, the cores it may run on, and its route
-    and interface towards the rendezvous address."""
+    """The engine's host name, pid, launch id, addresses, the cores it may run on, its route and
+    interface towards the rendezvous address, and its Slurm job step if it runs as one."""
     from hiresmed_nb.cluster.devices import available_cores
 
     hostname = socket.gethostname()
@@ -80,7 +80,15 @@ def describe_engine(rendezvous_addr: str) -> dict[str, Any]:
         "addresses": own_addresses(),
         "cpu_count": available_cores(),
         "slot_threads": int(os.environ.get("HIRESMED_SLOT_THREADS") or 0),
+        "slurm_job": slurm_step(),
     }
+
+
+def slurm_step() -> str:
+    """'JOB.STEP' when this engine runs as a Slurm job step (``srun``), else ''."""
+    job = os.environ.get("SLURM_JOB_ID", "")
+    step = os.environ.get("SLURM_STEP_ID", "")
+    return f"{job}.{step}" if job and step else job
 
 
 def can_connect(address: str, port: int, timeout_seconds: float) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hiresmed_nb.cluster import engine_tasks, launchers
+from hiresmed_nb.cluster import engine_tasks, launchers, slurm
 from hiresmed_nb.cluster.hosts import SSH_OPTIONS, HostSlots
 from hiresmed_nb.cluster.processes import (
     cluster_processes,
@@ -165,6 +165,12 @@ class Engines:
         launch = self.launch_of(index)
         return launch.location if launch and launch.location else self.facts[index].hostname
 
+    def lost_cause(self, index: int) -> str:
+        """What Slurm says of engine ``index``'s job step ('Slurm job 12.0: CANCELLED'), or ''
+        for an engine Slurm did not start."""
+        step = self.facts[index].slurm_job if index < len(self.facts) else ""
+        return f"Slurm job {step}: {slurm.job_state(step.split('.')[0])}" if step else ""
+
     def output_tail(self, index: int, lines: int = OUTPUT_TAIL_LINES) -> str:
         """The last ``lines`` lines engine ``index`` wrote (stdout and stderr), or ''."""
         launch = self.launch_of(index)
@@ -245,6 +251,8 @@ def stop_cluster(
     Returns what it stopped, a line per host ('this host: controller (pid 12), engine (pids 13,
     14)')."""
     launches = engine_launches(recorded or cluster.to_dict())
+    # ipyparallel's Slurm launchers scancel these jobs
+    jobs = slurm.job_ids(recorded or cluster.to_dict())
     here = [describe_process(process) for process in cluster_processes(cluster_id)]
     stopped: dict[str, list[str]] = {}
     try:
@@ -260,12 +268,40 @@ def stop_cluster(
             stopped[host.location].extend(_stop_on_host(launch, cluster_id))
         here.extend(reap_processes(cluster_id))
         stopped = {"this host": list(dict.fromkeys(here)), **stopped}
-        for folder in ("log", "security"):
-            for leftover in (profile_dir / folder).glob(f"*{cluster_id}*"):
-                leftover.unlink(missing_ok=True)
+        for leftover in cluster_files(profile_dir, cluster_id, cluster.to_dict()):
+            leftover.unlink(missing_ok=True)
     return [
         f"{host}: {summarize(ended) or 'nothing was running'}" for host, ended in stopped.items()
-    ]
+    ] + slurm.after_cancel(jobs)
+
+
+def cluster_files(profile_dir: Path, cluster_id: str, cluster_state: dict[str, Any]) -> list[Path]:
+    """The files of one cluster in its profile folder: connection files, the logs and batch
+    scripts its launchers name, and, when it has an id, every file of the folder, ``log/`` and
+    ``security/`` whose name holds it. ``ipcluster start`` without ``--cluster-id`` leaves the
+    id empty: then only the files ipyparallel names for an id-less cluster, never another
+    cluster's files."""
+    prefix = f"ipcontroller-{cluster_id}" if cluster_id else "ipcontroller"
+    found = [profile_dir / "security" / f"{prefix}-{kind}.json" for kind in ("client", "engine")]
+    found += [Path(p) for p in _named_files(cluster_state) if Path(p).is_absolute()]
+    if cluster_id:  # the profile folder itself holds the Slurm launcher's batch scripts
+        for folder in ("", "log", "security"):
+            found.extend((profile_dir / folder).glob(f"*{cluster_id}*"))
+    inside = [p for p in found if p.resolve().is_relative_to(profile_dir.resolve())]
+    return [p for p in dict.fromkeys(inside) if p.is_file()]
+
+
+def _named_files(state: Any) -> Iterator[str]:
+    """Every launcher's output file and batch script named in a cluster's state."""
+    if isinstance(state, dict):
+        for key, value in state.items():
+            if key in ("output_file", "batch_file_name") and isinstance(value, str) and value:
+                yield value
+            else:
+                yield from _named_files(value)
+    elif isinstance(state, list):
+        for item in state:
+            yield from _named_files(item)
 
 
 def _stop_on_host(launch: EngineLaunch, cluster_id: str) -> list[str]:
@@ -305,7 +341,7 @@ def start_engines(
     owner: str = "",
 ) -> Engines:
     """Start a controller listening on ``controller_address`` only, and ``n_engines`` engines:
-    locally, over ssh on ``hosts``, or with ipyparallel's ``launcher`` (mpi, slurm).
+    locally, over ssh on ``hosts``, or with ipyparallel's ``launcher`` (slurm).
 
     ``owner``: the identity of the process the cluster must not outlive (see
     :mod:`.processes`); '' for a cluster that outlives this process (``cluster start``). On
@@ -332,6 +368,8 @@ def start_engines(
         engine_class = launchers.LOCAL
     else:
         engine_class = launcher
+        if launcher == "slurm":
+            slurm.configure_launcher(config, profile_dir, cluster_id)
     cluster = ipp.Cluster(
         n=n_engines,
         engines=engine_class,
@@ -374,6 +412,9 @@ def _start_failure(cluster: Any, n_engines: int, controller_address: str, error:
             if text.strip()
         )
     shown = "\n".join(dict.fromkeys(outputs)) or "(no engine output)"
+    with contextlib.suppress(Exception):
+        jobs = slurm.describe_jobs(cluster.to_dict())
+        shown = f"{jobs}\n{shown}" if jobs else shown
     return (
         f"the cluster did not start {n_engines} engine(s) with a controller on "
         f"{controller_address}: {type(error).__name__}: {error}\n{shown}"
@@ -388,25 +429,9 @@ def attach_engines(cluster_file: str, n_engines: int, engine_ids: tuple[int, ...
     process). Raises :class:`HiresmedError` naming IPP_CLUSTER_FILE when the file is missing or
     unreadable, its controller does not answer, or it has fewer engines than asked.
     """
-    import json
-
     import ipyparallel as ipp
 
-    path = resolve_path(cluster_file)
-    try:
-        state = json.loads(path.read_text())
-        cluster_id = state["cluster"]["cluster_id"]
-        profile_dir = Path(state["cluster"]["profile_dir"])
-    except FileNotFoundError:
-        raise HiresmedError(f"IPP_CLUSTER_FILE={cluster_file!r} does not exist") from None
-    except (OSError, ValueError, KeyError, TypeError):
-        raise HiresmedError(
-            f"IPP_CLUSTER_FILE={cluster_file!r} is not an ipyparallel cluster file"
-        ) from None
-    # ipyparallel names connection files after the cluster id ('ipcluster start' without
-    # --cluster-id leaves it empty).
-    prefix = f"ipcontroller-{cluster_id}" if cluster_id else "ipcontroller"
-    client_file = profile_dir / "security" / f"{prefix}-client.json"
+    state, cluster_id, profile_dir, client_file = _read_cluster_file(cluster_file)
     try:
         client = ipp.Client(str(client_file), timeout=PROBE_SECONDS)
         client.wait_for_engines(n_engines, timeout=PROBE_SECONDS, interactive=False)
@@ -423,9 +448,53 @@ def attach_engines(cluster_file: str, n_engines: int, engine_ids: tuple[int, ...
             f"IPP_CLUSTER_FILE={cluster_file!r}: engines {missing} are not in that cluster "
             f"(it has {sorted(client.ids)})"
         )
-    chosen = list(engine_ids) if engine_ids else sorted(client.ids)[:n_engines]
+    chosen = list(engine_ids) if engine_ids else sorted(client.ids)[: n_engines or None]
     launches = engine_launches(state)
     return Engines(client, chosen, None, False, cluster_id, profile_dir, launches)
+
+
+def _read_cluster_file(cluster_file: str) -> tuple[dict[str, Any], str, Path, Path]:
+    """A cluster file's state, cluster id, profile folder and client connection file; one
+    HiresmedError naming IPP_CLUSTER_FILE when it is missing or not a cluster file."""
+    import json
+
+    path = resolve_path(cluster_file)
+    try:
+        state = json.loads(path.read_text())
+        cluster_id = state["cluster"]["cluster_id"]
+        profile_dir = Path(state["cluster"]["profile_dir"])
+    except FileNotFoundError:
+        raise HiresmedError(f"IPP_CLUSTER_FILE={cluster_file!r} does not exist") from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise HiresmedError(
+            f"IPP_CLUSTER_FILE={cluster_file!r} is not an ipyparallel cluster file"
+        ) from None
+    # ipyparallel names connection files after the cluster id ('ipcluster start' without
+    # --cluster-id leaves it empty).
+    prefix = f"ipcontroller-{cluster_id}" if cluster_id else "ipcontroller"
+    return state, cluster_id, profile_dir, profile_dir / "security" / f"{prefix}-client.json"
+
+
+def attached_engine_count(cluster_file: str) -> int:
+    """How many engines the controller of ``cluster_file`` has now: what the file lists and
+    engines started elsewhere (``srun ipengine --file=...`` job steps, an admin's pool) alike.
+
+    One HiresmedError naming IPP_CLUSTER_FILE when the file is not one or the controller does
+    not answer within PROBE_SECONDS."""
+    import ipyparallel as ipp
+
+    _, _, _, client_file = _read_cluster_file(cluster_file)
+    try:
+        client = ipp.Client(str(client_file), timeout=PROBE_SECONDS)
+    except Exception as error:
+        raise HiresmedError(
+            f"IPP_CLUSTER_FILE={cluster_file!r}: its controller does not answer "
+            f"({type(error).__name__}: {error}); is the cluster running?"
+        ) from None
+    try:
+        return len(client.ids)
+    finally:
+        client.close()
 
 
 def stop_cluster_file(cluster_file: str) -> tuple[str, list[str]]:
@@ -444,6 +513,32 @@ def stop_cluster_file(cluster_file: str) -> tuple[str, list[str]]:
     # imports dotted paths only.
     engines["class"] = str(engines.get("class", "")).replace(":", ".")
     cluster = ipp.Cluster.from_dict(dict(state), cluster_file=str(path), log_level=40)
+    steps = _job_steps_of_engines(cluster_file, slurm.job_ids(state))
     stopped = stop_cluster(cluster, cluster.cluster_id, Path(cluster.profile_dir), state)
+    stopped += slurm.cancel_steps(steps)
     path.unlink(missing_ok=True)
     return cluster.cluster_id, stopped
+
+
+def _job_steps_of_engines(cluster_file: str, submitted_jobs: list[str]) -> list[str]:
+    """The Slurm job steps of the cluster's engines that its own launcher did not submit
+    (``srun ipengine --file=...`` inside an allocation): stopping the controller leaves those
+    engines running on their nodes, so their steps are cancelled. Asks every engine; [] when
+    the controller does not answer."""
+    import ipyparallel as ipp
+
+    try:
+        _, _, _, client_file = _read_cluster_file(cluster_file)
+        client = ipp.Client(str(client_file), timeout=PROBE_SECONDS)
+    except Exception:
+        return []
+    try:
+        if not client.ids:
+            return []
+        steps = client[:].apply_async(engine_tasks.slurm_step).get(timeout=PROBE_SECONDS)
+    except Exception:
+        return []
+    finally:
+        client.close()
+    own = set(submitted_jobs)
+    return sorted({step for step in steps if step and step.split(".")[0] not in own})

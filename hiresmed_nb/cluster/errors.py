@@ -21,9 +21,10 @@ class RankLostError(RankFailedError):
     Gloo and TensorFlow report fatal errors), kept before ipyparallel removes them.
     """
 
-    def __init__(self, rank: int, pid: int, host: str = "", output_tail: str = ""):
-        self.pid, self.host, self.output_tail = pid, host, output_tail
+    def __init__(self, rank: int, pid: int, host: str = "", output_tail: str = "", cause: str = ""):
+        self.pid, self.host, self.output_tail, self.cause = pid, host, output_tail, cause
         where = f" on {host}" if host else ""
+        where += f", {cause}" if cause else ""  # e.g. its Slurm job, cancelled
         shown = output_tail.strip() or "(the engine wrote nothing, or its output is unavailable)"
         super().__init__(
             rank,

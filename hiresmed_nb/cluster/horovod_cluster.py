@@ -1,6 +1,6 @@
 """HorovodCluster: Horovod ranks hosted in ipyparallel engines, started from a notebook cell.
 
-Engines are started here (locally, or over ssh on ``HOSTS``, or with ipyparallel's mpi/slurm
+Engines are started here (locally, or over ssh on ``HOSTS``, or with ipyparallel's slurm
 launchers) or attached from a running cluster's file. Every :meth:`HorovodCluster.run` starts a
 fresh Gloo rendezvous server in this process (new port, new plan), bound to one address, checks
 that every engine reaches it, gives each engine its rank's ``HOROVOD_*`` variables and runs one
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hiresmed_nb import compat
-from hiresmed_nb.cluster import engine_tasks, preflight, scripts
+from hiresmed_nb.cluster import engine_tasks, preflight, scripts, slurm
 from hiresmed_nb.cluster.engines import (
     PROBE_SECONDS,
     Engines,
@@ -186,6 +186,8 @@ class HorovodCluster(Started):
             return found if placement.rendezvous_addr == "auto" else placement.rendezvous_addr
         if placement.launcher == "local":
             return "127.0.0.1" if placement.rendezvous_addr == "auto" else placement.rendezvous_addr
+        if placement.launcher == "slurm" and placement.rendezvous_addr == "auto":
+            return slurm.controller_address()  # where the nodes reach this machine
         if placement.rendezvous_addr == "auto":
             raise HiresmedError(
                 f"IPP_LAUNCHER={placement.launcher!r} starts engines this machine cannot ask for "
@@ -297,18 +299,23 @@ class HorovodCluster(Started):
             self._raise_if_lost(futures, check_remote=bool(failed) or remote_due)
             if failed:
                 rank = futures.index(failed[0])
+                if type(failed[0].exception()).__name__ == "EngineError":  # the engine died
+                    self._raise_lost(futures, rank)
                 raise as_rank_failure(rank, failed[0].exception()) from None
 
     def _raise_if_lost(self, futures: list[Any], check_remote: bool) -> None:
         lost = self.engines.lost(check_remote)
         if lost:
-            rank = lost[0]
-            raise RankLostError(
-                rank,
-                self.engine_pids[rank],
-                self.engines.host_of(rank),
-                _task_output(futures[rank]) + self.engines.output_tail(rank),
-            )
+            self._raise_lost(futures, lost[0])
+
+    def _raise_lost(self, futures: list[Any], rank: int) -> None:
+        raise RankLostError(
+            rank,
+            self.engine_pids[rank],
+            self.engines.host_of(rank),
+            _task_output(futures[rank]) + self.engines.output_tail(rank),
+            self.engines.lost_cause(rank),
+        )
 
     def lost_ranks(self) -> list[int]:
         """Ranks whose engine is gone (checks engines on other hosts too)."""

@@ -31,7 +31,8 @@ VERSIONED_PACKAGES = (
 
 
 # What the record keeps of each rank's result: who and where it ran (``host``: its Horovod host
-# identity; ``hostname``: the machine's name), the files it trained on, its final weights.
+# identity, or the machine's name for a serial run and for ranks all on one machine;
+# ``hostname``: the machine's name), the files it trained on, its final weights.
 RANK_KEYS = (
     "rank",
     "local_rank",

@@ -66,13 +66,23 @@ def make_split(params: dict[str, Any], site: int | None = None) -> data.Split:
 
 
 def select_gpu(gpus: Sequence[Any], local_rank: int) -> Any | None:
-    """The GPU this rank should use: the one at its local rank; None on a host without GPUs."""
+    """The GPU this rank should use; None on a host without GPUs.
+
+    A rank that sees exactly one GPU uses it whatever its local rank (under Slurm's
+    ``--gpus-per-task=1`` every task sees its own GPU as GPU 0); one that sees several uses the
+    one at its local rank (Horovod's recipe, one process per node's GPU).
+    """
     if not gpus:
         return None
+    if len(gpus) == 1:
+        return gpus[0]
     if local_rank >= len(gpus):
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        shown = "unset" if visible is None else repr(visible)
         raise HiresmedError(
-            f"local rank {local_rank} has no GPU: this host shows {len(gpus)}; "
-            f"start at most {len(gpus)} ranks per host"
+            f"local rank {local_rank} has no GPU: this rank sees {len(gpus)} GPUs "
+            f"(CUDA_VISIBLE_DEVICES={shown}); give each rank one GPU (srun --gpus-per-task=1) "
+            f"or start at most {len(gpus)} ranks per host"
         )
     return gpus[local_rank]
 
@@ -228,6 +238,12 @@ def horovod_host() -> str:
     return os.environ.get("HOROVOD_HOSTNAME") or socket.gethostname()
 
 
+def node_name(host: str) -> str:
+    """The name a record gives a rank's host: its Horovod host identity, except that ranks all
+    on one machine (identity 'localhost') are named as that machine is."""
+    return socket.gethostname() if host == "localhost" else host
+
+
 def scaled_learning_rate(params: dict[str, Any], size: int) -> float:
     """``LEARNING_RATE``, times ranks and accumulation steps when ``LR_SCALING`` is linear."""
     learning_rate = params["LEARNING_RATE"]
@@ -252,7 +268,9 @@ def join_ranks(distributed: bool) -> RankInfo:
             hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size(), horovod_host(), True
         )
     else:
-        ranks = RankInfo(0, 1, 0, 1, horovod_host(), False)
+        # A serial run has no Horovod host: it is on this machine, named as the machine is (a
+        # warm engine may still hold HOROVOD_HOSTNAME='localhost' from a distributed run).
+        ranks = RankInfo(0, 1, 0, 1, socket.gethostname(), False)
     # The rank's share of the cores, as its cluster gave it (the same rule for every engine).
     threads = int(os.environ.get(THREADS_VARIABLE) or 0)
     if threads:
@@ -448,7 +466,7 @@ def rank_result(ranks: RankInfo, shard: Shard, model: Any) -> dict[str, Any]:
         "rank": ranks.rank,
         "local_rank": ranks.local_rank,
         "local_size": ranks.local_size,
-        "host": ranks.host,
+        "host": node_name(ranks.host),
         "hostname": socket.gethostname(),
         "pid": os.getpid(),
         "train_files": (

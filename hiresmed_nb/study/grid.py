@@ -17,6 +17,7 @@ so a bad grid is one :class:`HiresmedError` and nothing runs.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from collections.abc import Iterable
@@ -27,6 +28,7 @@ from typing import Any
 import yaml
 
 from hiresmed_nb import params as P
+from hiresmed_nb.cluster.engines import attached_engine_count
 from hiresmed_nb.errors import HiresmedError
 
 RUNNER_KEYS = ("STUDY", "SEEDS", "CELLS")
@@ -219,6 +221,7 @@ def expand(config: dict[str, Any]) -> list[Run]:
             fixed[key] = value
 
     runs: dict[str, Run] = {}
+    engines_of = functools.cache(attached_engine_count)  # an attached cluster's controller, once
     for combination in itertools.product(*(values for _, values in axes)):
         raw = dict(fixed)
         raw.update(zip((key for key, _ in axes), combination, strict=True))
@@ -226,7 +229,7 @@ def expand(config: dict[str, Any]) -> list[Run]:
             if _matches(raw, match):
                 raw.update(to_set)
         try:
-            checked = P.validate(raw)
+            checked = P.validate(raw, engines_of)
         except HiresmedError as error:
             shown = ", ".join(f"{k}={raw[k]!r}" for k, _ in axes)
             raise HiresmedError(

@@ -1,0 +1,108 @@
+"""Unit tests of what running under Slurm needs, without a Slurm: ipcluster's id-less cluster
+files, engines counted from the controller, GPUs seen by a rank, the launcher's batch file."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from hiresmed_nb.cluster.engines import stop_cluster
+from hiresmed_nb.errors import HiresmedError
+from hiresmed_nb.params import validate
+from hiresmed_nb.science import training
+
+
+class _StoppedCluster:
+    """Stands in for an ipyparallel Cluster whose processes are already gone."""
+
+    def __init__(self, state: dict):
+        self.state = state
+
+    def to_dict(self) -> dict:
+        return self.state
+
+    def stop_cluster_sync(self) -> None:
+        pass
+
+
+def test_stop_of_an_id_less_cluster_removes_only_its_own_files(tmp_path: Path):
+    profile = tmp_path / "profile_slurm"
+    (profile / "log").mkdir(parents=True)
+    (profile / "security").mkdir()
+    controller_log = profile / "log" / "ipcontroller-123.log"
+    own = [
+        profile / "security" / "ipcontroller-client.json",
+        profile / "security" / "ipcontroller-engine.json",
+        controller_log,
+        profile / "slurm_engine.sbatch",
+    ]
+    others = [
+        profile / "security" / "ipcontroller-other-client.json",
+        profile / "log" / "ipengine-other-0.log",
+        profile / "log" / "ipcluster-99.log",
+    ]
+    for path in own + others:
+        path.write_text("x")
+    state = {
+        "cluster": {"cluster_id": "", "profile_dir": str(profile)},
+        "controller": {"state": {"output_file": str(controller_log)}},
+        "engines": {"sets": {"1": {"batch_file_name": str(profile / "slurm_engine.sbatch")}}},
+    }
+
+    stopped = stop_cluster(_StoppedCluster(state), "", profile)
+
+    assert stopped == ["this host: nothing was running"]
+    assert [p.name for p in own if p.exists()] == []
+    assert [p.name for p in others if not p.exists()] == []
+    assert (profile / "log").is_dir()
+
+
+def test_engines_of_an_attached_cluster_are_counted_by_the_given_counter(tmp_path: Path):
+    """Engines started as job steps are not in the cluster file: the controller's count wins."""
+    cluster_file = tmp_path / "cluster.json"
+    cluster_file.write_text(json.dumps({"cluster": {}, "engines": {"sets": {"1": {"n": 0}}}}))
+    params = {"MODE": "distributed", "IPP_CLUSTER_FILE": str(cluster_file)}
+    asked = []
+
+    def controller_count(path: str) -> int:
+        asked.append(path)
+        return 2
+
+    assert validate(params, controller_count)["N_RANKS"] == 2  # N_RANKS=0: all of them
+    assert validate({**params, "N_RANKS": 2}, controller_count)["N_RANKS"] == 2
+    assert asked == [str(cluster_file)] * 2
+    with pytest.raises(HiresmedError, match="N_RANKS=3 but IPP_CLUSTER_FILE=.* has 2 engines"):
+        validate({**params, "N_RANKS": 3}, controller_count)
+
+
+def test_a_rank_that_sees_one_gpu_uses_it_whatever_its_local_rank():
+    assert [training.select_gpu(["GPU:0"], rank) for rank in range(4)] == ["GPU:0"] * 4
+
+
+def test_a_rank_that_sees_several_gpus_uses_the_one_at_its_local_rank():
+    gpus = ["GPU:0", "GPU:1"]
+    assert [training.select_gpu(gpus, rank) for rank in range(2)] == gpus
+
+
+def test_a_local_rank_past_the_visible_gpus_names_cuda_visible_devices(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    with pytest.raises(HiresmedError, match=r"local rank 2 .*CUDA_VISIBLE_DEVICES='2,3'"):
+        training.select_gpu(["GPU:0", "GPU:1"], 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    with pytest.raises(HiresmedError, match=r"local rank 2 .*CUDA_VISIBLE_DEVICES=unset"):
+        training.select_gpu(["GPU:0", "GPU:1"], 2)
+
+
+def test_a_serial_run_records_the_node_name_even_after_a_local_distributed_run(monkeypatch):
+    monkeypatch.setenv("HOROVOD_HOSTNAME", "localhost")  # left by a rank on this warm engine
+    assert training.join_ranks(distributed=False).host == socket.gethostname()
+    assert training.node_name("localhost") == socket.gethostname()
+    assert training.node_name("nodeB") == "nodeB"
+
+
+def test_the_mpi_launcher_is_refused_with_the_reason_and_the_slurm_ways():
+    with pytest.raises(HiresmedError, match=r"IPP_LAUNCHER='mpi' is not supported: .*mpi4py"):
+        validate({"MODE": "distributed", "IPP_LAUNCHER": "mpi", "RENDEZVOUS_ADDR": "10.0.0.1"})
