@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import simhosts
-from test_warm import processes_of_clusters_owned_by
+from test_train_notebook import processes_of_this_projects_clusters_after
 
 from hiresmed_nb import bench
 from hiresmed_nb.bench import launchers, process, timed, two_hosts, warm
@@ -214,33 +214,6 @@ def test_a_failing_two_host_run_is_recorded_not_raised(monkeypatch):
     assert payload["raw"] == {"warm_memory": None}
 
 
-@pytest.mark.distributed
-def test_warm_path_and_memory_series_at_tiny_reuse_the_engines(skin_dir):
-    level = {**bench.LEVELS["tiny"], "warm_memory_runs": 2}
-    payload = launchers.measure(level, paths=["warm"])
-    assert payload["config"]["paths"] == ["warm"] and payload["skipped"] == {}
-    figures = payload["figures"]
-    for key in ("step", "first_step", "launch", "setup"):
-        figure = figures[f"warm_{key}_seconds"]
-        assert figure["n"] >= 1 and figure["min"] <= figure["median"] <= figure["max"]
-    run = payload["raw"]["warm"][0]
-    first_run, second_run = run["engine_pids"]
-    assert first_run == second_run and len(set(first_run)) == 2 and run["pid"] == first_run[0]
-    assert run["called"] < run["entered"] < run["batch_ends"][0]
-    memory = payload["raw"]["warm_memory"]
-    assert len(set(memory["engine_pids"])) == 2
-    assert [len(rss) for rss in memory["rss_bytes"]] == [3, 3]  # started, run 1, run 2
-    assert all(rss > 50 * warm.MB for rank in memory["rss_bytes"] for rss in rank)
-    assert figures["warm_rss_growth_mb"]["n"] == 2
-    names = [found["name"] for found in payload["goals"]]
-    assert names == [
-        "call to first step, warm engines (second run)",
-        "engine RSS growth, warm run 1 -> run 2 (largest rank)",
-    ]
-    assert any(note.startswith("Warm memory: 2 consecutive runs") for note in payload["notes"])
-    assert processes_of_clusters_owned_by(os.getpid()) == []  # the pool closed afterwards
-
-
 @pytest.mark.multihost
 @pytest.mark.distributed
 def test_two_host_path_runs_one_rank_on_each_simulated_host(simulated_hosts, skin_dir, monkeypatch):
@@ -419,9 +392,23 @@ def test_tiny_launch_paths_time_the_call_to_first_step_in_two_parts(tiny_results
         parts = [figure_median(launch, f"{path}_{part}_seconds") for part in ("launch", "setup")]
         assert all(part > 0 for part in parts) and first_step == pytest.approx(sum(parts))
         assert figure_median(launch, f"{path}_step_seconds") > 0
-    assert launch["figures"]["warm_rss_growth_mb"]["n"] == 2  # one per rank
-    assert launch["figures"]["warm_rss_first_run_mb"]["min"] > 50  # a TensorFlow engine's RSS
     assert "two_hosts" in launch["skipped"] or "two_hosts_step_seconds" in launch["figures"]
+    # The warm path's second run reused the first run's two engines.
+    run = launch["raw"]["warm"][0]
+    first_run, second_run = run["engine_pids"]
+    assert first_run == second_run and len(set(first_run)) == 2 and run["pid"] == first_run[0]
+    assert run["called"] < run["entered"] < run["batch_ends"][0]
+    # The memory series: each rank's RSS after start and after each of its 2 runs.
+    memory = launch["raw"]["warm_memory"]
+    assert len(set(memory["engine_pids"])) == 2
+    assert [len(rss) for rss in memory["rss_bytes"]] == [3, 3]  # started, run 1, run 2
+    assert all(rss > 50 * warm.MB for rank in memory["rss_bytes"] for rss in rank)
+    assert launch["figures"]["warm_rss_growth_mb"]["n"] == 2  # one per rank
+    assert [found["name"] for found in launch["goals"]][-1] == (
+        "engine RSS growth, warm run 1 -> run 2 (largest rank)"
+    )
+    assert any(note.startswith("Warm memory: 2 consecutive runs") for note in launch["notes"])
+    assert processes_of_this_projects_clusters_after(30) == []  # the suite stopped its clusters
     threads = bench.load_results(tiny_results)["threads"]
     for arm in ("two_ranks", "one_rank"):
         assert figure_median(threads, f"{arm}_images_per_second") > 0
