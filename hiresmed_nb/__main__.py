@@ -11,7 +11,7 @@ Subcommands:
   (here or on ``--hosts``); ``start`` prints its cluster file, which notebooks and studies attach
   to with ``IPP_CLUSTER_FILE`` (and leave running).
 - ``bench``: run the performance benchmarks (:mod:`hiresmed_nb.bench`), one JSON each in
-  ``outputs/bench/``, and a Markdown summary there (``--markdown`` also updates a file's block).
+  ``outputs/bench/`` (``notebooks/03_benchmarks.ipynb`` draws them); prints each goal, met or not.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "bench",
         help="run the performance benchmarks",
         description="Run the benchmarks (launchers, pipeline, resolution, threads, allreduce, "
-        "scripts, tensorboard, packing); write one JSON each and BENCHMARKS.md into --out.",
+        "scripts, tensorboard, packing); write one JSON each into --out and print every goal.",
     )
     level = bench.add_mutually_exclusive_group()
     level.add_argument(
@@ -118,12 +118,6 @@ def _build_parser() -> argparse.ArgumentParser:
         default="outputs/bench",
         metavar="DIR",
         help="folder for the JSON files (default: outputs/bench, relative to the project)",
-    )
-    bench.add_argument(
-        "--markdown",
-        default=None,
-        metavar="FILE",
-        help="also replace the generated block of FILE (e.g. BENCHMARKS.md) with the tables",
     )
     _add_cluster_parser(commands)
     return parser
@@ -192,9 +186,9 @@ def _bench(args: argparse.Namespace) -> int:
     command += f" --only {args.only}" if args.only else ""
     command += f" --out {args.out}" if args.out != "outputs/bench" else ""
     written = bench.run_suite(level, only, args.out, command)
-    if args.markdown:
-        markdown = bench.render_markdown(bench.load_results(args.out))
-        written.append(bench.update_markdown(args.markdown, markdown))
+    measured = bench.load_results(args.out)
+    for line in bench.goal_lines({name: measured[name] for name in only}):
+        print(line)
     for path in written:
         print(path)
     return 0

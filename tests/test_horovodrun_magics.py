@@ -1,8 +1,9 @@
 """%horovodrun and %%horovodrun: any Horovod code from a cell, on the kernel's warm engines.
 
 The runners that execute a script or a cell's source on a rank are tested here in-process; the
-magics themselves through papermill on notebooks/04_horovod_scripts.ipynb (plus an allreduce
-cell and a cell whose rank 1 raises), and on two simulated hosts.
+magics themselves through papermill on notebooks/04_horovod_scripts.ipynb (from notebooks/, as
+JupyterLab runs it, plus an allreduce cell and a cell whose rank 1 raises; and as it is, from the
+repo's root), and on two simulated hosts.
 """
 
 import os
@@ -210,6 +211,26 @@ def test_magics_run_a_script_a_cell_and_an_allreduce_then_a_failing_rank_fails_t
     [allreduce_cell] = [c for c in cells if c.source == ALLREDUCE_CELL]
     assert "(3, 2)" in _text_of(allreduce_cell)
     # The failed run stopped the warm cluster; the kernel's exit left nothing running.
+    assert processes_of_this_projects_clusters_after(30) == []
+
+
+@pytest.mark.notebook
+@pytest.mark.distributed
+def test_the_notebook_runs_from_the_repos_root_as_the_readme_runs_papermill(tmp_path):
+    executed = tmp_path / "04_from_root.ipynb"
+    pm.execute_notebook(
+        str(NOTEBOOK),
+        str(executed),
+        parameters={"EPOCHS": 1, "SAMPLES": 32},
+        kernel_name="hiresmed",
+        cwd=str(project_root()),  # not notebooks/: the script is found through the project
+        progress_bar=False,
+    )
+    cells = nbformat.read(str(executed), as_version=4).cells
+    [script_cell] = [c for c in cells if "\n%horovodrun -np" in c.source]
+    assert "final accuracy on synthetic digits" in _text_of(script_cell)
+    [code_cell] = [c for c in cells if c.source.startswith("%%horovodrun -np {N_RANKS}")]
+    assert "'accuracy': [" in _text_of(code_cell)
     assert processes_of_this_projects_clusters_after(30) == []
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from hiresmed_nb.bench import two_hosts, warm
+from hiresmed_nb.bench.goals import goal
 from hiresmed_nb.bench.process import run_worker
-from hiresmed_nb.bench.table import goal
 from hiresmed_nb.bench.timed import (
     first_step_seconds,
     in_fresh_results_dir,

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hiresmed_nb.bench.table import goal
+from hiresmed_nb.bench.goals import goal
 from hiresmed_nb.bench.timing import summarize
 from hiresmed_nb.cluster.devices import available_cores
 from hiresmed_nb.cluster.ranks import threads_per_rank

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hiresmed_nb.bench.goals import goal
 from hiresmed_nb.bench.process import run_worker
-from hiresmed_nb.bench.table import goal
 from hiresmed_nb.bench.timing import (
     GiB,
     median_ratio,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hiresmed_nb.errors import HiresmedError
-from hiresmed_nb.params import project_root
+from hiresmed_nb.params import RunConfig, project_root
 
 WORKER_MODULE = "hiresmed_nb.bench.worker"
 
@@ -33,6 +33,13 @@ def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env["PYTHONPATH"] = str(project_root()) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra or {})
     return env
+
+
+def _plain(value: Any) -> Any:
+    """A checked :class:`RunConfig` as the plain dict a worker process validates again."""
+    if isinstance(value, RunConfig):
+        return value.as_dict()
+    raise TypeError(f"a benchmark task's config cannot hold a {type(value).__name__}")
 
 
 def horovodrun_command(
@@ -74,7 +81,7 @@ def run_worker(
     """
     with tempfile.TemporaryDirectory(prefix="hiresmed-bench-") as scratch:
         config_file, out_file = Path(scratch) / "config.json", Path(scratch) / "out.json"
-        config_file.write_text(json.dumps(config))
+        config_file.write_text(json.dumps(config, default=_plain))
         command = [sys.executable, "-m", WORKER_MODULE, task]
         command += ["--config", str(config_file), "--out", str(out_file)]
         if ranks > 1:

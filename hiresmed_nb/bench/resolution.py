@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from hiresmed_nb.bench.goals import goal
 from hiresmed_nb.bench.process import run_worker
-from hiresmed_nb.bench.table import goal
 from hiresmed_nb.bench.timing import GiB, peak_rss_bytes, summarize, time_calls
 from hiresmed_nb.errors import HiresmedError
 

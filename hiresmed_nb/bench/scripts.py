@@ -18,8 +18,8 @@ import sys
 import time
 from typing import Any
 
+from hiresmed_nb.bench.goals import goal
 from hiresmed_nb.bench.process import horovodrun_command, worker_env
-from hiresmed_nb.bench.table import goal
 from hiresmed_nb.bench.timing import summarize
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.params import project_root

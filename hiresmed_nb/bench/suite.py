@@ -2,7 +2,8 @@
 
 ``python -m hiresmed_nb bench [--tiny|--quick]`` calls :func:`run_suite`, which writes one JSON
 per benchmark to ``outputs/bench/<name>.json`` (machine, versions, config, figures, goals) as soon
-as it is done, and the Markdown summary beside them.
+as it is done; :func:`load_results` reads them back, and the frames below are what
+``notebooks/03_benchmarks.ipynb`` draws.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from hiresmed_nb.bench import (
     threads,
 )
 from hiresmed_nb.bench.machine import contention, machine_info, versions
-from hiresmed_nb.bench.table import render_markdown
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.params import resolve_path
 
@@ -141,6 +141,25 @@ def load_results(bench_dir: str | Path = DEFAULT_DIR) -> dict[str, dict[str, Any
     return found
 
 
+def figures_frame(results: dict[str, dict[str, Any]]) -> Any:
+    """Every figure of every benchmark as one pandas DataFrame row, in each JSON's order."""
+    import pandas as pd
+
+    rows = []
+    for name, result in results.items():
+        for key in result.get("figure_order", list(result["figures"])):
+            rows.append({"benchmark": name, "figure": key, **result["figures"][key]})
+    return pd.DataFrame(rows)
+
+
+def goals_frame(results: dict[str, dict[str, Any]]) -> Any:
+    """Every goal of every benchmark as one pandas DataFrame row."""
+    import pandas as pd
+
+    rows = [{"benchmark": n, **g} for n, r in results.items() for g in r.get("goals", [])]
+    return pd.DataFrame(rows)
+
+
 def _measure(name: str, level: dict[str, Any], done: dict[str, dict[str, Any]]) -> dict:
     """Benchmark ``name`` at ``level``; threads reuses the launchers runs when ``done`` has them."""
     if name == "threads":
@@ -188,7 +207,4 @@ def run_suite(
         )
         written.append(write_result(payload, folder))
         print(f"bench: {name} done in {payload['wall_seconds']:.0f} s -> {written[-1]}", flush=True)
-    summary = folder / "BENCHMARKS.md"
-    summary.write_text(render_markdown(load_results(folder)))
-    written.append(summary)
     return written

@@ -17,8 +17,8 @@ import tempfile
 import time
 from typing import Any
 
+from hiresmed_nb.bench.goals import goal
 from hiresmed_nb.bench.process import run_worker
-from hiresmed_nb.bench.table import goal
 from hiresmed_nb.bench.timing import median_ratio, summarize
 
 ARMS = ("with_logs", "without_logs")

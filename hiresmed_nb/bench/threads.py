@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from hiresmed_nb.bench.goals import goal
 from hiresmed_nb.bench.launchers import via_ipyparallel
 from hiresmed_nb.bench.process import run_worker
-from hiresmed_nb.bench.table import goal
 from hiresmed_nb.bench.timed import in_fresh_results_dir, steady_seconds, train_params
 from hiresmed_nb.bench.timing import median_ratio, median_ratios, summarize
 

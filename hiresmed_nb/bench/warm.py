@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from hiresmed_nb.bench.table import goal
+from hiresmed_nb.bench.goals import goal
 from hiresmed_nb.bench.timed import first_step_seconds, in_fresh_results_dir, timed_train
 from hiresmed_nb.bench.timing import summarize
 from hiresmed_nb.errors import HiresmedError
