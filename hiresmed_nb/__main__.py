@@ -94,7 +94,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "bench",
         help="run the performance benchmarks",
         description="Run the benchmarks (launchers, pipeline, resolution, threads, allreduce, "
-        "scripts, tensorboard, packing); write one JSON each into --out and print every goal.",
+        "scripts, tensorboard, packing, overhead); write one JSON each into --out and print "
+        "every goal.",
     )
     level = bench.add_mutually_exclusive_group()
     level.add_argument(

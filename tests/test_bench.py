@@ -346,7 +346,7 @@ def test_bench_refuses_an_unknown_benchmark(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_results(tmp_path_factory, skin_dir):
-    """Every benchmark at ``--tiny``, run as a user runs the suite (a few minutes: all eight)."""
+    """Every benchmark at ``--tiny``, run as a user runs the suite (a few minutes: all nine)."""
     out = tmp_path_factory.mktemp("bench")
     done = subprocess.run(
         [sys.executable, "-m", "hiresmed_nb", "bench", "--tiny", "--out", str(out)],
@@ -438,6 +438,13 @@ def test_tiny_allreduce_scripts_and_packing_measure_what_they_name(tiny_results)
     assert 0 < figure_median(packing, "utilisation") <= 1
     assert figure_median(packing, "slot_overlaps") == 0
     assert packing["raw"]["runs"] == 3 and packing["raw"]["slots"] == 2  # 1 seed, 2 slots
+    overhead = results["overhead"]
+    for arm in ("serial_one_at_a_time", "distributed_one_at_a_time", "serial_packed2"):
+        raw = overhead["raw"][arm]
+        assert raw["runs"] == 3 and raw["warm"][0] is False and any(raw["warm"])
+        assert all(seconds > 0 for seconds in raw["overhead_seconds"])  # a notebook is not free
+        assert raw["study_seconds"] > raw["train_seconds"] > 0
+    assert overhead["raw"]["distributed_packed2"]["warm"] == [False, True, True]  # both slots
 
 
 @pytest.mark.notebook
@@ -519,3 +526,25 @@ def test_benchmarks_notebook_plots_every_launch_path_and_the_warm_memory(tmp_pat
     assert len(images) == 2  # the launchers and the warm memory plots
     shown = [o["data"].get("text/markdown", "") for o in outputs if "data" in o]
     assert "2 hosts x 1 rank: skipped: made up for this test" in "".join(map(str, shown))
+
+
+def test_a_runs_overhead_is_its_notebooks_time_less_training_and_warm_after_its_engines_first():
+    from hiresmed_nb.bench.overhead import overheads
+
+    def record(run_id: str, started: str, pid: int, train: float) -> dict:
+        return {
+            "run_id": run_id,
+            "started_at": started,
+            "train_seconds": train,
+            "ranks": [{"pid": pid}],
+        }
+
+    records = [  # given out of order: the start times order them
+        record("c", "2026-01-01T00:00:03", 11, 1.0),
+        record("a", "2026-01-01T00:00:01", 11, 2.0),
+        record("b", "2026-01-01T00:00:02", 12, 1.5),
+    ]
+    found = overheads(records, {"a": 6.0, "b": 4.0, "c": 3.5}, wall=20.0)
+    assert found["overhead_seconds"] == [4.0, 2.5, 2.5]
+    assert found["warm"] == [False, False, True]  # c is engine 11's second run
+    assert found["study_overhead_per_run"] == (20.0 - 4.5) / 3

@@ -1,5 +1,6 @@
 """Benchmarks: launchers, input pipeline, cost by resolution, ranks against threads, allreduce,
-a Horovod script under horovodrun and %horovodrun, TensorBoard logging, packing a study on slots.
+a Horovod script under horovodrun and %horovodrun, TensorBoard logging, packing a study on slots,
+a study's overhead per run.
 
 ``python -m hiresmed_nb bench [--quick]`` runs each benchmark and writes one JSON per benchmark
 to ``outputs/bench/<name>.json``; ``notebooks/03_benchmarks.ipynb`` draws them. Each holds the
@@ -8,7 +9,8 @@ spread (quartiles, min, max, n and the values) of repeated measurements, plus th
 with whether each was met. Timing never enters a test; the tests check the helpers here.
 
 One module per benchmark (:mod:`.launchers`, :mod:`.pipeline`, :mod:`.resolution`,
-:mod:`.threads`, :mod:`.allreduce`, :mod:`.scripts`, :mod:`.tensorboard_cost`, :mod:`.packing`),
+:mod:`.threads`, :mod:`.allreduce`, :mod:`.scripts`, :mod:`.tensorboard_cost`, :mod:`.packing`,
+:mod:`.overhead`),
 each holding what is measured and how it is summarised; the launchers' warm engines and 2-host
 path in :mod:`.warm` and :mod:`.two_hosts`, what their ranks run in :mod:`.timed`;
 :mod:`.timing` (clocks, summaries), :mod:`.machine` (CPU, versions, contention), :mod:`.goals`

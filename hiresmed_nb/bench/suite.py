@@ -17,6 +17,7 @@ from typing import Any
 from hiresmed_nb.bench import (
     allreduce,
     launchers,
+    overhead,
     packing,
     pipeline,
     resolution,
@@ -37,6 +38,7 @@ BENCHMARKS = (
     "scripts",
     "tensorboard",
     "packing",
+    "overhead",
 )
 DEFAULT_DIR = "outputs/bench"
 
@@ -60,6 +62,7 @@ LEVELS: dict[str, dict[str, Any]] = {
             "repeats": 2,
         },
         "packing": {"slots": 2, "seeds": 1},
+        "overhead": {"runs": 3},  # 3 runs on 2 slots: one runs on a warm engine
     },
     "quick": {
         "train": {"IMAGE_SIZE": 128, "IMAGES_PER_CLASS": 20, "EPOCHS": 4, "BATCH_SIZE": 8},
@@ -81,6 +84,7 @@ LEVELS: dict[str, dict[str, Any]] = {
             "repeats": 16,
         },
         "packing": {"slots": 4, "seeds": 2},
+        "overhead": {"runs": 6},
     },
     "full": {
         "train": {"IMAGE_SIZE": 224, "IMAGES_PER_CLASS": 60, "EPOCHS": 4, "BATCH_SIZE": 8},
@@ -106,6 +110,7 @@ LEVELS: dict[str, dict[str, Any]] = {
             "repeats": 16,
         },
         "packing": {"slots": 4, "seeds": 2},
+        "overhead": {"runs": 6},
     },
 }
 
@@ -172,6 +177,7 @@ def _measure(name: str, level: dict[str, Any], done: dict[str, dict[str, Any]]) 
         "scripts": scripts.measure,
         "tensorboard": tensorboard_cost.measure,
         "packing": packing.measure,
+        "overhead": overhead.measure,
     }[name](level)
 
 

@@ -1,0 +1,150 @@
+"""Benchmark 9: what a study spends per run besides training, serial and 2-rank, one run at a time
+and packed on CPU slots.
+
+For each arm, :func:`study_overhead` runs a tiny grid through the study runner (as ``python -m
+hiresmed_nb run`` does), timing each notebook's execution; a run's overhead is that time minus
+its record's ``train_seconds``: the notebook's kernel start and imports, its checks and split,
+attaching to its engines, the rendezvous, the record and plots. A run is *warm* when its rank 0
+engine had already trained a run of the study (no engine start, no TensorFlow import there);
+the study's overhead per run is its whole wall time, engines' start included, minus the training
+seconds, divided by its runs. ``python -m hiresmed_nb bench --only overhead`` writes
+``overhead.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from hiresmed_nb.bench.goals import goal
+from hiresmed_nb.bench.timing import summarize
+from hiresmed_nb.errors import HiresmedError
+
+WARM_SERIAL_GOAL_SECONDS = 3.0  # a serial run on a warm engine, one run at a time
+TINY = {
+    "STUDY": "bench-overhead",
+    "DATASET": "synthetic-skin",
+    "ARCH": "compact",
+    "IMAGE_SIZE": 32,
+    "IMAGES_PER_CLASS": 4,
+    "TEST_IMAGES_PER_CLASS": 4,
+    "BATCH_SIZE": 4,
+    "EPOCHS": 1,
+    "N_RANKS": 2,
+}
+ARMS = (("serial", None), ("distributed", None), ("serial", 2), ("distributed", 2))
+
+
+def arm_name(mode: str, slots: int | None) -> str:
+    return f"{mode}_{'one_at_a_time' if slots is None else f'packed{slots}'}"
+
+
+def study_overhead(mode: str, slots: int | None, runs: int) -> dict[str, Any]:
+    """Run ``runs`` tiny ``mode`` runs (seeds 0..runs-1) one at a time (``slots`` None) or
+    packed on ``slots`` CPU slots, in a fresh folder; returns each run's overhead in seconds,
+    which of them were warm, and the study's overhead per run.
+
+    Raises HiresmedError naming the failed runs when any failed.
+    """
+    from hiresmed_nb import study
+    from hiresmed_nb.study.executor import papermill_executor
+
+    seconds: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def timed_executor(notebook: Path, output: Path, parameters: dict, cwd: Path) -> None:
+        started = time.monotonic()
+        try:
+            papermill_executor(notebook, output, parameters, cwd)
+        finally:
+            with lock:
+                seconds[output.stem] = time.monotonic() - started
+
+    grid = study.expand({**TINY, "MODE": mode, "SEEDS": list(range(runs))})
+    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as folder:
+        started = time.monotonic()
+        result = study.run_study(
+            grid,
+            Path(folder),
+            executor=timed_executor,
+            report=False,
+            progress=False,
+            echo=lambda _line: None,
+            slots=study.SlotRequest(slots=slots) if slots else None,
+        )
+        wall = time.monotonic() - started
+        records = [
+            json.loads((Path(folder) / "runs" / f"{r.run_id}.json").read_text()) for r in grid
+        ]
+    if result.failed:
+        raise HiresmedError(f"overhead benchmark: runs failed: {sorted(result.failed)}")
+    return overheads(records, seconds, wall)
+
+
+def overheads(records: list[dict[str, Any]], seconds: dict[str, float], wall: float) -> dict:
+    """Each run's overhead (its notebook's seconds minus ``train_seconds``), in the order the runs
+    started, with whether its rank 0 engine (by pid) had trained an earlier run; and the study's
+    overhead per run (``wall`` minus every run's training, over the runs)."""
+    ordered = sorted(records, key=lambda record: record["started_at"])
+    seen: set[int] = set()
+    per_run, warm = [], []
+    for record in ordered:
+        engine = record["ranks"][0]["pid"]
+        per_run.append(seconds[record["run_id"]] - record["train_seconds"])
+        warm.append(engine in seen)
+        seen.add(engine)
+    training = sum(record["train_seconds"] for record in records)
+    return {
+        "runs": len(records),
+        "overhead_seconds": per_run,
+        "warm": warm,
+        "study_seconds": wall,
+        "train_seconds": training,
+        "study_overhead_per_run": (wall - training) / len(records),
+    }
+
+
+def measure(level: dict[str, Any]) -> dict[str, Any]:
+    """Every arm of :data:`ARMS` with ``level["overhead"]["runs"]`` runs, as the suite's result."""
+    runs = level["overhead"]["runs"]
+    raw = {arm_name(mode, slots): study_overhead(mode, slots, runs) for mode, slots in ARMS}
+    figures = {}
+    for name, arm in raw.items():
+        warm = [
+            o for o, is_warm in zip(arm["overhead_seconds"], arm["warm"], strict=True) if is_warm
+        ]
+        figures[f"{name}_warm"] = summarize(warm, "s", f"{name}: per run on a warm engine")
+        figures[f"{name}_study"] = summarize(
+            [arm["study_overhead_per_run"]], "s", f"{name}: study wall minus training, per run"
+        )
+    warm_serial = figures["serial_one_at_a_time_warm"]["median"]
+    return {
+        "benchmark": "overhead",
+        "title": "9. Per-run overhead of a study: wall time minus training seconds",
+        "config": {**TINY, "runs_per_arm": runs, "arms": [arm_name(*arm) for arm in ARMS]},
+        "figures": figures,
+        "goals": [
+            goal(
+                "serial run on a warm engine, overhead",
+                warm_serial,
+                "<=",
+                WARM_SERIAL_GOAL_SECONDS,
+                "s",
+                "the notebook's own kernel: its start, imports (pandas, matplotlib, "
+                "scikit-learn, ipyparallel) and plots",
+            )
+        ],
+        "notes": [
+            f"Tiny runs of the SYNTHETIC skin dataset ({TINY['IMAGE_SIZE']} px, compact CNN, "
+            f"{TINY['EPOCHS']} epoch), {runs} per arm. A run's overhead is its notebook's "
+            "execution time as the runner sees it (kernel start to kernel end) minus its record's "
+            "training seconds; warm runs are those whose rank 0 engine had trained before in the "
+            "same study. The study figure also counts the runner's own start, starting engines "
+            "and their first TensorFlow import, once per study.",
+        ],
+        "raw": raw,
+    }
