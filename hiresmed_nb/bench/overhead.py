@@ -20,22 +20,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hiresmed_nb.bench import packing
 from hiresmed_nb.bench.goals import goal
 from hiresmed_nb.bench.timing import summarize
 from hiresmed_nb.errors import HiresmedError
 
 WARM_SERIAL_GOAL_SECONDS = 3.0  # a serial run on a warm engine, one run at a time
-TINY = {
-    "STUDY": "bench-overhead",
-    "DATASET": "synthetic-skin",
-    "ARCH": "compact",
-    "IMAGE_SIZE": 32,
-    "IMAGES_PER_CLASS": 4,
-    "TEST_IMAGES_PER_CLASS": 4,
-    "BATCH_SIZE": 4,
-    "EPOCHS": 1,
-    "N_RANKS": 2,
-}
+TINY = {**packing.TINY, "STUDY": "bench-overhead"}  # the packing benchmark's tiny run
 ARMS = (("serial", None), ("distributed", None), ("serial", 2), ("distributed", 2))
 
 
