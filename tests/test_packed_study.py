@@ -46,10 +46,10 @@ def test_a_packed_grid_runs_side_by_side_on_its_own_slots_and_equals_runs_one_at
 ):
     """Also: a lost rank's run is retried on fresh engines for its slots, resumes mid-run from
     its checkpoint, and ends with the same result as the run alone."""
-    # The first 2-rank run's rank 1 kills itself at the end of epoch 0 of 2, once (faults.py);
-    # rank 0 has written that epoch's checkpoint, so the retry resumes from epoch 1.
+    # The first 2-rank run's rank 1 kills itself once epoch 0 of 2 is checkpointed (in epoch 1's
+    # first batch, once; faults.py), so the retry resumes from epoch 1.
     marker = tmp_path / "rank-1-was-killed"
-    monkeypatch.setenv("HIRESMED_INJECT_FAULT", f"kill-rank:1:0:{marker}")
+    monkeypatch.setenv("HIRESMED_INJECT_FAULT", f"kill-rank-after-checkpoint:1:0:{marker}")
     grid = {**TINY, "EPOCHS": 2, "MODE": ["distributed", "serial"]}
     good = study.expand({**grid, "SEEDS": [0, 1]})
     # A run that fails in its notebook (its data folder does not exist): the others go on.
