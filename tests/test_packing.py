@@ -66,7 +66,7 @@ class SimulatedRuns:
             "rank": rank,
             "host": "h",
             "pid": 1000 + engine,
-            "slot": {"key": key} | {"engine": engine},
+            "slot": {"key": key, "engine": engine},
         }
 
     def start(self, run: FakeRun, slots: tuple[Slot, ...]) -> str:
