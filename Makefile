@@ -147,8 +147,12 @@ lock: | $(VENV)/.installed-$(VARIANT)
 test: venv
 	$(PY) -m pytest
 
+# After every edit: no kernel, cluster, engine, training or dataset generation (markers in
+# pyproject.toml); `make test` runs these and every other test.
+FAST_TESTS := not notebook and not distributed and not multihost and not slurm and not trains \
+	and not dataset
 test-fast: venv
-	$(PY) -m pytest -m "not notebook and not distributed and not multihost and not slurm"
+	$(PY) -m pytest -m "$(FAST_TESTS)"
 
 # Without a GPU the quick study is packed on 2 CPU slots (19 min 25 s here against 24 min 27 s one
 # run at a time, README); with GPUs the runner packs it one GPU per slot by itself.

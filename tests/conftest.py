@@ -27,6 +27,14 @@ def xray_dir() -> Path:
     return synthetic.ensure_dataset("synthetic-xray")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``dataset`` every test that uses an embedded dataset (``make test-fast`` leaves them
+    out: a fresh clone generates them first, minutes of 1024 px images)."""
+    for item in items:
+        if {"skin_dir", "xray_dir"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.dataset)
+
+
 @pytest.fixture(autouse=True)
 def _no_warm_cluster_between_tests():
     """run_training keeps warm clusters in this process's pool, as a kernel does: close it after

@@ -6,11 +6,16 @@ set ``HIRESMED_INJECT_FAULT`` in the environment the kernels and engines inherit
 
 - ``kill-rank:<rank>:<epoch>:<marker file>``: that rank kills itself at the end of that epoch,
   once (the marker file records that it happened, so a retried run goes through);
+- ``kill-rank-after-checkpoint:<rank>:<epoch>:<marker file>``: as ``kill-rank``, but that rank
+  kills itself after the first batch of the next epoch, once: that batch's gradient allreduce
+  waits for rank 0, which has written ``epoch``'s checkpoint by then, so the run resumes after
+  ``epoch + 1`` epochs for certain (a rank killed at the epoch's end races rank 0's checkpoint);
 - ``kill-run:<epoch>:<marker file>``: at the end of that epoch, once, rank 0 kills the whole run
   with SIGKILL, as a preempted node would: serially the kernel itself; distributed, every
   process of its cluster (controller, engines, undertaker) and the kernel that owns the cluster.
 
-Both fire before that epoch's checkpoint is written: the run resumes after ``epoch`` epochs.
+``kill-rank`` and ``kill-run`` fire before that epoch's checkpoint is written: the run resumes
+after ``epoch`` epochs.
 Nothing is injected when the variable is unset.
 """
 
@@ -67,6 +72,27 @@ class KillRankOnce(KillRankAtEpoch):
             super().on_epoch_end(epoch, logs)
 
 
+class KillRankAfterCheckpointOnce(tf.keras.callbacks.Callback):
+    """SIGKILL this process after the first batch of epoch ``epoch + 1`` if it is rank ``rank``
+    and ``marker`` does not exist (it creates it). Rank 0 wrote ``epoch``'s checkpoint before
+    joining that batch's allreduce, so a retry resumes from ``epoch + 1``."""
+
+    def __init__(self, rank: int, epoch: int, marker: str):
+        super().__init__()
+        self.rank, self.epoch, self.marker = rank, epoch, Path(marker)
+        self.current_epoch = -1
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.current_epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        mine = int(os.environ.get("HOROVOD_RANK", "0")) == self.rank
+        if self.current_epoch == self.epoch + 1 and batch == 0 and mine:
+            if not self.marker.exists():
+                self.marker.touch()
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
 class KillRunOnce(tf.keras.callbacks.Callback):
     """SIGKILL the whole run at the end of ``epoch`` (0-based) if ``marker`` does not exist.
 
@@ -112,9 +138,13 @@ def injected_callbacks() -> list[tf.keras.callbacks.Callback]:
     if kind == "kill-rank":
         rank, epoch, marker = rest.split(":", 2)
         return [KillRankOnce(int(rank), int(epoch), marker)]
+    if kind == "kill-rank-after-checkpoint":
+        rank, epoch, marker = rest.split(":", 2)
+        return [KillRankAfterCheckpointOnce(int(rank), int(epoch), marker)]
     if kind == "kill-run":
         epoch, marker = rest.split(":", 1)
         return [KillRunOnce(int(epoch), marker)]
     raise ValueError(
-        f"{FAULT_VARIABLE}={spec!r}: kill-rank:<rank>:<epoch>:<file> or kill-run:<epoch>:<file>"
+        f"{FAULT_VARIABLE}={spec!r}: kill-rank:<rank>:<epoch>:<file>, "
+        "kill-rank-after-checkpoint:<rank>:<epoch>:<file> or kill-run:<epoch>:<file>"
     )

@@ -127,6 +127,7 @@ def test_two_ranks_average_gradients_like_one_serial_step_on_both_halves():
         assert_same_weights(rank_weights, serial)
 
 
+@pytest.mark.trains
 def test_accumulated_micro_batches_give_the_weights_of_one_big_serial_step():
     images, labels = tiny_batch(seed=1)
     serial = sgd_steps.one_sgd_step(images, labels, distributed=False)

@@ -7,7 +7,16 @@ from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.science import epochs, models
 
 
-@pytest.mark.parametrize("arch", ["compact", "VGG16", "ResNet50", "DenseNet169"])
+# ImageNet-size networks take seconds each to build: `trains`, out of `make test-fast`.
+@pytest.mark.parametrize(
+    "arch",
+    [
+        "compact",
+        "VGG16",
+        pytest.param("ResNet50", marks=pytest.mark.trains),
+        pytest.param("DenseNet169", marks=pytest.mark.trains),
+    ],
+)
 def test_each_architecture_builds_with_a_new_head(arch):
     model = models.build_model(arch, 32, num_classes=3, weights=None, seed=0)
     assert model.output_shape == (None, 3)

@@ -44,11 +44,14 @@ def spans_overlap(first: dict, second: dict) -> bool:
 def test_a_packed_grid_runs_side_by_side_on_its_own_slots_and_equals_runs_one_at_a_time(
     tmp_path, monkeypatch, skin_dir
 ):
-    """Also: a lost rank's run is retried on fresh engines for its slots, to the same result."""
-    # The first 2-rank run's rank 1 kills itself at the end of its only epoch, once (faults.py).
+    """Also: a lost rank's run is retried on fresh engines for its slots, resumes mid-run from
+    its checkpoint, and ends with the same result as the run alone."""
+    # The first 2-rank run's rank 1 kills itself once epoch 0 of 2 is checkpointed (in epoch 1's
+    # first batch, once; faults.py), so the retry resumes from epoch 1.
     marker = tmp_path / "rank-1-was-killed"
-    monkeypatch.setenv("HIRESMED_INJECT_FAULT", f"kill-rank:1:0:{marker}")
-    good = study.expand({**TINY, "MODE": ["distributed", "serial"], "SEEDS": [0, 1]})
+    monkeypatch.setenv("HIRESMED_INJECT_FAULT", f"kill-rank-after-checkpoint:1:0:{marker}")
+    grid = {**TINY, "EPOCHS": 2, "MODE": ["distributed", "serial"]}
+    good = study.expand({**grid, "SEEDS": [0, 1]})
     # A run that fails in its notebook (its data folder does not exist): the others go on.
     bad = study.expand({**TINY, "MODE": "serial", "SEEDS": [2], "DATA_DIR": str(tmp_path / "no")})
     lines: list[str] = []
@@ -84,6 +87,8 @@ def test_a_packed_grid_runs_side_by_side_on_its_own_slots_and_equals_runs_one_at
     assert marker.exists()
     [retried] = [record for record in records.values() if "retry" in record]
     assert retried["retry"]["first_error"].startswith("RankLostError")
+    assert retried["retry"]["resumed_from_epoch"] == retried["resumed_from_epoch"] == 1
+    assert len(retried["history"]["loss"]) == 2  # resumed, neither restarted nor short
     # The slots' first engines are 0, 1 and 2: the retry ran on replacements for its two slots.
     assert min(rank["slot"]["engine"] for rank in retried["ranks"]) >= 3
     monkeypatch.delenv("HIRESMED_INJECT_FAULT")
@@ -92,7 +97,7 @@ def test_a_packed_grid_runs_side_by_side_on_its_own_slots_and_equals_runs_one_at
     # this machine. Nothing else differs: no variable is set for it.
     threads = {rank["slot"]["threads"] for record in records.values() for rank in record["ranks"]}
     assert threads == {1}
-    alone = plain_study_on_one_core(tmp_path, {**TINY, "MODE": ["distributed", "serial"]}, [0, 1])
+    alone = plain_study_on_one_core(tmp_path, grid, [0, 1])
     assert sorted(alone) == sorted(records)
     for run_id, packed in records.items():
         assert [r["weights_digest"] for r in alone[run_id]["ranks"]] == [
@@ -152,24 +157,25 @@ def test_the_command_line_names_a_bad_slot_count(tmp_path, capsys):
 @pytest.mark.notebook
 def test_ctrl_c_stops_every_packed_notebook_and_engine_and_a_rerun_resumes(tmp_path, skin_dir):
     config = {**TINY, "MODE": "serial", "SEEDS": [0, 1, 2, 3]}
-    interrupt_after_first_run(config, tmp_path, slots=2)
-    recorded = {
-        path.name.removesuffix(".json")
-        for path in (tmp_path / "runs").glob("*.json")
-        if not path.name.endswith(".failed.json")
-    }
-    assert recorded
-    # A rerun skips the recorded runs (fake executor: nothing trains here).
-    executed = []
+    done = interrupt_after_first_run(config, tmp_path, slots=2)  # each with its record
+    runs = tmp_path / "runs"
+    # A run may have written its record as Ctrl-C came, before its runner said done.
+    recorded = {p.stem for p in runs.glob("*.json") if not p.name.endswith(".failed.json")}
+    assert done <= recorded
+    kept = {run_id: (runs / f"{run_id}.json").read_bytes() for run_id in recorded}
+    # The same study again, packed as before: the runs recorded are kept, the rest train now.
     result = study.run_study(
-        study.expand(config),
-        tmp_path,
-        executor=lambda notebook, output, parameters, cwd: executed.append(parameters),
-        report=False,
-        progress=False,
+        study.expand(config), tmp_path, report=False, progress=False, slots=study.SlotRequest(2)
     )
+    every = {run.run_id for run in study.expand(config)}
+    assert result.ok, result.failed
     assert set(result.skipped) == recorded
-    assert len(executed) == 4 - len(result.skipped)
+    assert set(result.executed) == every - recorded != set()
+    assert {run_id: (runs / f"{run_id}.json").read_bytes() for run_id in recorded} == kept
+    for run_id in every - recorded:
+        assert (runs / f"{run_id}.json").is_file()
+        assert not (runs / f"{run_id}.failed.json").exists()
+    assert processes_of_clusters_owned_by(os.getpid()) == []
 
 
 @pytest.mark.distributed

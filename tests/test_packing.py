@@ -54,9 +54,20 @@ class SimulatedRuns:
         self.running: dict[str, tuple[float, FakeRun, tuple[Slot, ...]]] = {}
         self.started_at: dict[str, float] = {}
         self.records: list[dict] = []
+        self.engines: dict[str, int] = {}  # slot key -> its engine's id
 
     def clock(self) -> float:
         return self.now
+
+    def rank_on(self, rank: int, key: str) -> dict:
+        """A rank's part of a record: its slot, that slot's one engine and engine process."""
+        engine = self.engines.setdefault(key, len(self.engines))
+        return {
+            "rank": rank,
+            "host": "h",
+            "pid": 1000 + engine,
+            "slot": {"key": key, "engine": engine},
+        }
 
     def start(self, run: FakeRun, slots: tuple[Slot, ...]) -> str:
         if run.run_id in self.cannot_start:
@@ -73,7 +84,7 @@ class SimulatedRuns:
             start, run, slots = self.running[handle]
             if start + run.seconds == end:
                 del self.running[handle]
-                ranks = [{"rank": i, "slot": {"key": s.key}} for i, s in enumerate(slots)]
+                ranks = [self.rank_on(i, s.key) for i, s in enumerate(slots)]
                 self.records.append(
                     {"run_id": run.run_id, "started_at": iso(start), "finished_at": iso(end)}
                     | {"ranks": ranks}
@@ -272,8 +283,14 @@ def test_utilisation_and_the_gap_between_runs_on_a_slot():
         occupancy.started("other", [a])
 
 
-def record(run_id: str, start: float, end: float, *slots: str) -> dict:
-    ranks = [{"rank": i, "slot": {"key": key, "engine": i}} for i, key in enumerate(slots)]
+def record(run_id: str, start: float, end: float, *slots: str, engines: tuple = ()) -> dict:
+    """A packed run's record: rank i on ``slots[i]``, whose engine is ``engines[i]`` (default:
+    the slot's number, one engine per slot) with pid 1000 + engine."""
+    engines = engines or tuple(int(key.rsplit("/", 1)[1]) for key in slots)
+    ranks = [
+        {"rank": i, "host": "h", "pid": 1000 + engine, "slot": {"key": key, "engine": engine}}
+        for i, (key, engine) in enumerate(zip(slots, engines, strict=True))
+    ]
     return {"run_id": run_id, "started_at": iso(start), "finished_at": iso(end), "ranks": ranks}
 
 
@@ -285,12 +302,46 @@ def test_records_show_two_runs_on_one_slot_at_once():
         record("d", 0.0, 1.0, "h/2", "h/2"),  # two ranks of one run on one slot
     ]
     found = {(o.slot, o.first, o.second): o.seconds for o in slot_overlaps(records)}
-    assert found.keys() == {("h/0", "b", "c"), ("h/2", "d", "d")}
+    assert found.keys() == {
+        *(("h/0", "b", "c"), ("engine 0", "b", "c"), ("pid 1000 on h", "b", "c")),
+        *(("h/2", "d", "d"), ("engine 2", "d", "d"), ("pid 1002 on h", "d", "d")),
+    }
     assert found[("h/0", "b", "c")] == pytest.approx(0.25)
+
+
+def test_records_show_two_runs_on_one_engine_at_once_on_distinct_slots():
+    """After a replacement, a slot's new engine must not be another slot's engine: the runs'
+    slot keys differ, so only the engine ids and pids can show the overlap."""
+    records = [
+        record("a", 0.0, 2.0, "h/0", "h/1", engines=(3, 4)),  # a's engines replaced h/0, h/1
+        record("b", 1.0, 3.0, "h/2", engines=(4,)),  # h/2 handed a's engine 4 while a runs
+        record("c", 2.0, 3.0, "h/0", engines=(3,)),  # after a, on a's engine: no overlap
+    ]
+    found = {(o.slot, o.first, o.second): o.seconds for o in slot_overlaps(records)}
+    assert found.keys() == {("engine 4", "a", "b"), ("pid 1004 on h", "a", "b")}
+    assert found[("engine 4", "a", "b")] == pytest.approx(1.0)
+    # One engine id but two processes (on two hosts) is still one engine run twice.
+    other_host = record("d", 1.0, 3.0, "g/2", engines=(3,))
+    other_host["ranks"][0]["host"] = "g"
+    found = {(o.slot, o.first, o.second) for o in slot_overlaps([records[0], other_host])}
+    assert found == {("engine 3", "a", "d")}
+    # Two engines but one process (an engine id re-registered) is one process run twice.
+    same_process = record("e", 1.0, 3.0, "h/2", engines=(9,))
+    same_process["ranks"][0]["pid"] = 1003
+    found = {(o.slot, o.first, o.second) for o in slot_overlaps([records[0], same_process])}
+    assert found == {("pid 1003 on h", "a", "e")}
 
 
 def test_records_without_slots_or_times_are_named_errors():
     with pytest.raises(HiresmedError, match="record x: a rank has no 'slot'"):
         slot_overlaps([{"run_id": "x", "started_at": iso(0), "finished_at": iso(1), "ranks": [{}]}])
+    no_engine = record("z", 0, 1, "h/0")
+    del no_engine["ranks"][0]["slot"]["engine"]
+    with pytest.raises(HiresmedError, match=r"record z: a rank's slot .* names no engine id"):
+        slot_overlaps([no_engine])
+    no_pid = record("w", 0, 1, "h/0")
+    del no_pid["ranks"][0]["pid"]
+    with pytest.raises(HiresmedError, match=r"record w: a rank has no engine process id"):
+        slot_overlaps([no_pid])
     with pytest.raises(HiresmedError, match="record y: started_at"):
         slot_overlaps([{"run_id": "y", "started_at": "yesterday", "finished_at": iso(1)}])

@@ -80,6 +80,7 @@ def test_an_interrupt_stops_every_rank_and_the_next_cluster_is_undisturbed(monke
         assert second.run(eval, "__import__('os').environ['HOROVOD_SIZE']") == ["2", "2"]
 
 
+@pytest.mark.trains
 def test_an_interrupted_serial_run_resumes_with_the_same_record_fields(tmp_path, skin_dir):
     from faults import InterruptAtEpoch
 
@@ -99,6 +100,7 @@ def test_an_interrupted_serial_run_resumes_with_the_same_record_fields(tmp_path,
     assert resumed["weights_digest"] == fresh["weights_digest"]
 
 
+@pytest.mark.trains
 def test_a_checkpoint_of_other_parameters_is_not_resumed(tmp_path, skin_dir):
     from faults import InterruptAtEpoch
 
@@ -122,6 +124,7 @@ def test_unwritable_or_full_results_dir_fails_before_training(tmp_path, monkeypa
 # Reproducibility ----------------------------------------------------------------------------
 
 
+@pytest.mark.trains
 def test_same_parameters_and_seed_give_the_same_serial_metrics(tmp_path, skin_dir):
     first = training.train(tiny_params(tmp_path / "a", EPOCHS=2))
     again = training.train(tiny_params(tmp_path / "b", EPOCHS=2))

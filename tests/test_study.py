@@ -383,11 +383,6 @@ def test_verbose_reaches_the_executor_of_every_run(tmp_path, capsys, monkeypatch
 
 # --- the real notebooks ------------------------------------------------------------------------
 
-TRAIN = ROOT / study.TRAIN_NOTEBOOK
-needs_train = pytest.mark.skipif(
-    not TRAIN.exists(), reason="notebooks/01_train.ipynb not there yet"
-)
-
 
 def record_ids(study_dir: Path) -> set[str]:
     return {p.stem for p in (study_dir / "runs").glob("*.json") if ".failed" not in p.name}
@@ -395,7 +390,6 @@ def record_ids(study_dir: Path) -> set[str]:
 
 @pytest.mark.notebook
 @pytest.mark.distributed
-@needs_train
 def test_smoke_study_runs_the_train_notebook_resumes_and_reports(tmp_path, capfd, monkeypatch):
     """A real run of the 2 x 2 smoke grid; the console (also the kernels' and engines' output,
     captured at the file descriptors) holds one line per run and none of the kernel noise."""
@@ -444,7 +438,6 @@ def test_smoke_study_runs_the_train_notebook_resumes_and_reports(tmp_path, capfd
 
 
 @pytest.mark.notebook
-@needs_train
 def test_an_impossible_run_fails_alone_and_the_study_exits_nonzero(tmp_path, capsys):
     argv = ["run", str(PARAMS / "smoke.yaml"), "--outputs", str(tmp_path)]
     argv += ["-p", "MODE", "serial", "-p", "IMAGE_SIZE", "32"]

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import papermill
 import psutil
@@ -219,10 +220,52 @@ study.run_study(runs, Path(sys.argv[1]), report=False, progress=False, slots=slo
 """
 
 
-def interrupt_after_first_run(config: dict, folder, slots: int | None = None) -> None:
+RUNNER_BOUND_SECONDS = 900  # generous: the first tiny run trains on a shared 2-core machine
+
+
+def lines_until_done(runner: subprocess.Popen, bound: float | None = None) -> list[str]:
+    """The runner's lines up to its first ``done`` line (a run finished and recorded). Fails the
+    test, after ending the runner and its engines, if it ends first or prints none in ``bound``
+    seconds: a thread reads, so a silent runner cannot hang the test."""
+    import queue
+    import threading
+
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        for line in runner.stdout:
+            lines.put(line)
+        lines.put(None)  # end of output: the runner closed it or ended
+
+    threading.Thread(target=read, daemon=True).start()
+    seen: list[str] = []
+    bound = RUNNER_BOUND_SECONDS if bound is None else bound
+    deadline = time.monotonic() + bound
+    while True:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            line, why = None, f"printed no 'done' line in {bound:.0f} s"
+        else:
+            why = "ended before any run was done"
+        if line is None:
+            leftovers = processes_of_clusters_owned_by(runner.pid)
+            runner.kill()  # the runner this test started, by its Popen (pid)
+            runner.wait(timeout=60)
+            for process in leftovers:  # its engines and controller, ours by their owner marker
+                process.kill()
+            psutil.wait_procs(leftovers, timeout=30)
+            pytest.fail(f"the study {why}; its output:\n{''.join(seen)}")
+        seen.append(line)
+        if line.startswith("done"):
+            return seen
+
+
+def interrupt_after_first_run(config: dict, folder, slots: int | None = None) -> set[str]:
     """Run a study of ``config`` (on ``slots`` CPU slots) in a process of its own, press Ctrl-C
     there once its first run is done, and check that it failed and left no kernel or engine of
-    its own running."""
+    its own running, and that every run it called done has its record (not a failure's).
+    Returns the run ids called done."""
     kernels_before = {p.pid for p in kernel_processes()}
     script = INTERRUPTED_STUDY.format(config=config, slots=slots)
     runner = subprocess.Popen(
@@ -231,22 +274,28 @@ def interrupt_after_first_run(config: dict, folder, slots: int | None = None) ->
         stderr=subprocess.STDOUT,
         text=True,
     )
-    for line in runner.stdout:  # the runner prints one line per finished run
-        if line.startswith("done"):
-            break
+    output = lines_until_done(runner)  # the runner prints one line per finished run
     runner.send_signal(signal.SIGINT)  # Ctrl-C, while the next runs train
-    runner.communicate(timeout=300)
+    rest, _ = runner.communicate(timeout=300)
+    output += rest.splitlines(keepends=True)
     assert runner.returncode != 0
     leftovers = processes_of_clusters_owned_by(runner.pid)
     leftovers += [p for p in kernel_processes() if p.pid not in kernels_before]
     _, alive = psutil.wait_procs(leftovers, timeout=30)
     assert alive == []
+    done = {line.split()[1] for line in output if line.startswith("done")}
+    for run_id in done:
+        record = folder / "runs" / f"{run_id}.json"
+        assert record.is_file(), f"{run_id} was called done but has no record"
+        assert not (folder / "runs" / f"{run_id}.failed.json").exists()
+        assert json.loads(record.read_text())["run_id"] == run_id
+    return done
 
 
 @pytest.mark.notebook
 def test_an_interrupted_study_leaves_nothing_running(tmp_path, skin_dir):
+    # It checks that the run called done has its record, and that nothing is left running.
     interrupt_after_first_run({**SMOKE_DISTRIBUTED, "EPOCHS": 1, "SEEDS": [0, 1, 2]}, tmp_path)
-    assert (tmp_path / "runs").is_dir() and len(list((tmp_path / "runs").glob("*.json"))) >= 1
 
 
 def test_a_cluster_started_by_ipcluster_itself_can_be_attached(tmp_path, skin_dir):

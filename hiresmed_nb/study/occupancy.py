@@ -1,6 +1,6 @@
 """Who runs on which slot, and when: the console's slot lines, slot utilisation, the gap between
 one run freeing a slot and the next starting on it, and the check, from records alone, that no
-slot ever ran two runs at once.
+slot, engine or engine process ever ran two runs at once.
 
 Utilisation is busy slot-seconds / (wall seconds x slots), the wall running from the first run's
 start to the last run's end (so engine start-up before the first run is not counted).
@@ -113,7 +113,8 @@ class Occupancy:
 
 @dataclass(frozen=True)
 class Overlap:
-    """Two runs (or two ranks of one run) on ``slot`` at once, for ``seconds``."""
+    """Two runs (or two ranks of one run) on ``slot`` at once, for ``seconds``: a slot key, or
+    ``engine <id>`` or ``pid <pid> on <host>`` when they shared an engine."""
 
     slot: str
     first: str
@@ -143,31 +144,49 @@ def _seconds(record: Mapping[str, Any], field: str) -> float:
 Span = tuple[float, float, str]  # start, end (epoch seconds), run id
 
 
+def _rank_places(run: str, rank: Mapping[str, Any]) -> list[str]:
+    """Where a rank ran, each a place no two ranks may hold at once: its slot, its engine (by
+    id), and its engine process (host and pid). Two runs on one engine after a replacement
+    show here even when the runner's own account of slots says nothing is wrong."""
+    if "slot" not in rank:
+        raise HiresmedError(f"record {run}: a rank has no 'slot' (not a packed run)")
+    slot = rank["slot"]
+    engine = slot.get("engine") if isinstance(slot, Mapping) else None
+    if not isinstance(engine, int) or isinstance(engine, bool):
+        raise HiresmedError(f"record {run}: a rank's slot {slot!r} names no engine id ('engine')")
+    pid = rank.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool):
+        raise HiresmedError(f"record {run}: a rank has no engine process id ('pid')")
+    host = rank.get("host") or rank.get("hostname") or "?"
+    return [slot_key_of(slot), f"engine {engine}", f"pid {pid} on {host}"]
+
+
 def slot_intervals(records: Iterable[Mapping[str, Any]]) -> dict[str, list[Span]]:
-    """Per slot, the (start, end, run id) of every rank that ran there, by start."""
-    per_slot: dict[str, list[Span]] = {}
+    """Per place (slot key, ``engine <id>``, ``pid <pid> on <host>``), the (start, end, run id)
+    of every rank that ran there, by start."""
+    per_place: dict[str, list[Span]] = {}
     for record in records:
         run = str(record.get("run_id", "?"))
         start, end = _seconds(record, "started_at"), _seconds(record, "finished_at")
         for rank in record.get("ranks", []):
-            if "slot" not in rank:
-                raise HiresmedError(f"record {run}: a rank has no 'slot' (not a packed run)")
-            per_slot.setdefault(slot_key_of(rank["slot"]), []).append((start, end, run))
-    return {slot: sorted(spans) for slot, spans in per_slot.items()}
+            for place in _rank_places(run, rank):
+                per_place.setdefault(place, []).append((start, end, run))
+    return {place: sorted(spans) for place, spans in per_place.items()}
 
 
 def slot_overlaps(records: Iterable[Mapping[str, Any]]) -> list[Overlap]:
-    """Every pair of runs (or ranks of one run) that held one slot at the same time.
+    """Every pair of runs (or ranks of one run) that held one slot, one engine or one engine
+    process at the same time (``Overlap.slot`` names which).
 
-    Intervals that only touch (one ends as the next starts) do not overlap. Empty: no slot ever
-    ran two runs at once.
+    Intervals that only touch (one ends as the next starts) do not overlap. Empty: no slot,
+    engine or engine process ever ran two runs at once.
     """
     overlaps = []
-    for slot, spans in slot_intervals(records).items():
+    for place, spans in slot_intervals(records).items():
         for i, (_, end, run) in enumerate(spans):
             for later_start, later_end, later_run in spans[i + 1 :]:
                 if later_start >= end:
                     break
                 shared = min(end, later_end) - later_start
-                overlaps.append(Overlap(slot, run, later_run, shared))
+                overlaps.append(Overlap(place, run, later_run, shared))
     return overlaps
