@@ -268,9 +268,9 @@ def join_ranks(distributed: bool) -> RankInfo:
             hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size(), horovod_host(), True
         )
     else:
-        # A serial run has no Horovod host: it is on this machine, named as the machine is (a
-        # warm engine may still hold HOROVOD_HOSTNAME='localhost' from a distributed run).
-        ranks = RankInfo(0, 1, 0, 1, socket.gethostname(), False)
+        # Rank 0 of 1, on its engine's host as its cluster names it for every run (the record
+        # names the machine, as a distributed rank's: node_name).
+        ranks = RankInfo(0, 1, 0, 1, horovod_host(), False)
     # The rank's share of the cores, as its cluster gave it (the same rule for every engine).
     threads = int(os.environ.get(THREADS_VARIABLE) or 0)
     if threads:
