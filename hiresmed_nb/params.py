@@ -26,8 +26,10 @@ LR_SCALINGS = ("none", "linear")
 LAUNCHERS = ("local", "mpi", "ssh", "slurm")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 COMPRESSIONS = ("none", "fp16")
-# Where the ranks run: these parameters place a run, they do not change its result.
+# Where the ranks run and how long they may: these parameters place or bound a run, they do not
+# change its result (a checkpoint resumes whatever they are).
 PLACEMENT_PARAMETERS = (
+    "RUN_TIMEOUT",
     "HOSTS",
     "REMOTE_PYTHON",
     "IPP_CLUSTER_FILE",
@@ -41,6 +43,10 @@ PLACEMENT_PARAMETERS = (
 # record keeps the placement the run asked for instead.
 RUNNER_PARAMETERS = ("POOL_CLUSTER_FILE", "POOL_ENGINES")
 LOCAL_N_RANKS = 2  # distributed ranks on this machine when N_RANKS is 0
+# 12 hours: the wall time of the Slurm recipe's job (README), longer than any run of the
+# study's grids on the hardware the README measures, yet a hung collective frees its slots
+# the same day.
+DEFAULT_RUN_TIMEOUT = 12 * 3600
 MIN_IMAGE_SIZE = 32
 MAX_IMAGE_SIZE = 4096
 
@@ -112,6 +118,9 @@ class RunConfig(Mapping[str, Any]):
     RENDEZVOUS_ADDR: str = _parameter("auto", "this machine's address the ranks reach; auto: found")
     NETWORK_INTERFACE: str = _parameter(
         "auto", "interface Gloo uses; auto: each rank's route to here"
+    )
+    RUN_TIMEOUT: int = _parameter(
+        DEFAULT_RUN_TIMEOUT, "seconds the run may take; past it its ranks are stopped"
     )
     OVERWRITE: bool = _parameter(False, "redo the run even if its record exists")
 
@@ -257,7 +266,7 @@ def validate(params: Mapping[str, Any]) -> RunConfig:
             f"IMAGE_SIZE={checked['IMAGE_SIZE']} must be between {MIN_IMAGE_SIZE} and "
             f"{MAX_IMAGE_SIZE} pixels"
         )
-    for name in ("BATCH_SIZE", "EPOCHS", "IMAGES_PER_CLASS", "ACCUMULATION_STEPS"):
+    for name in ("BATCH_SIZE", "EPOCHS", "IMAGES_PER_CLASS", "ACCUMULATION_STEPS", "RUN_TIMEOUT"):
         _check_at_least(checked, name, 1)
     for name in ("N_RANKS", "TEST_IMAGES_PER_CLASS", "SEED"):
         _check_at_least(checked, name, 0)
