@@ -198,6 +198,8 @@ def test_run_timeout_reaches_every_run_and_must_be_positive(tmp_path, monkeypatc
 @pytest.mark.notebook
 def test_a_notebook_past_its_time_limit_has_its_kernel_killed_and_a_named_error(tmp_path):
     notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {"name": "hiresmed", "language": "python"}
+    notebook.metadata["language_info"] = {"name": "python"}
     notebook.cells = [
         nbformat.v4.new_code_cell("RUN_TIMEOUT = 0", metadata={"tags": ["parameters"]}),
         nbformat.v4.new_code_cell("import threading\nthreading.Event().wait()  # hangs"),
