@@ -131,6 +131,44 @@ def test_a_packed_run_whose_slot_replacement_fails_is_recorded_and_its_slot_leav
     assert engines.stopped
 
 
+class TimedOut(Exception):
+    ename = "RunTimeoutError"
+    evalue = "the run exceeded its time limit of 5 s (RUN_TIMEOUT)"
+
+
+class RecordingPool:
+    """The runner's pool, minus engines: records what it was asked to retire."""
+
+    def __init__(self):
+        self.retired: list[str] = []
+
+    def attach_parameters(self, parameters):
+        return dict(parameters)
+
+    def retire_parameters(self, parameters):
+        self.retired.append(parameters["MODE"])
+
+
+def test_a_timed_out_run_gives_up_its_engines_is_not_retried_and_is_recorded(tmp_path):
+    [run] = study.expand(TINY)
+    attempts: list[str] = []
+
+    def executor(notebook, output, parameters, cwd):
+        attempts.append(notebook.name)
+        raise TimedOut()
+
+    pool = RecordingPool()
+    result = runner.StudyResult(tmp_path)
+    (tmp_path / "runs").mkdir()
+    ok = runner._execute_run(
+        run, tmp_path / "runs", tmp_path, executor, pool, False, result, lambda _: None
+    )
+    assert not ok and attempts == ["01_train.ipynb"]  # a hung run would hang again: no retry
+    assert pool.retired == ["serial"]  # its engines may still run the hung task
+    failure = json.loads((tmp_path / "runs" / f"{run.run_id}.failed.json").read_text())
+    assert failure["ename"] == "RunTimeoutError" and "RUN_TIMEOUT" in failure["evalue"]
+
+
 def test_runs_wider_than_the_slots_left_fail_and_the_others_go_on():
     slots = [Slot("localhost", i, "", None, 1) for i in range(2)]
     runs = ["loses-a-slot", "gang", "serial"]
