@@ -198,21 +198,21 @@ class SlotsCluster(Started):
                 if self._client is None:
                     raise HiresmedError(f"the slots' cluster was stopped during the {why}")
                 waiting = keys & self._awaited
+                if not waiting:
+                    return
                 new = sorted(set(self._client.ids) - self._seen - self._probing)
                 self._probing.update(new)
-            if not waiting:
-                return
-            for engine_id in new:
-                try:
+            try:
+                for engine_id in new:
                     key = self._client[engine_id].apply_async(engine_slot_key).get(PROBE_SECONDS)
-                finally:
                     with self._lock:
-                        self._probing.discard(engine_id)
                         self._seen.add(engine_id)
+                        if key in self._awaited:
+                            self.engine_of[key] = engine_id
+                            self._awaited.discard(key)
+            finally:
                 with self._lock:
-                    if key in self._awaited:
-                        self.engine_of[key] = engine_id
-                        self._awaited.discard(key)
+                    self._probing.difference_update(new)
             if time.monotonic() > deadline:
                 raise HiresmedError(
                     f"no engine registered within {REGISTRATION_SECONDS} s for slot(s) "
