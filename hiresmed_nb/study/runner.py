@@ -5,7 +5,9 @@ The runner executes the notebook into ``outputs/<STUDY>/runs/<run_id>.ipynb``; t
 fails leaves ``<run_id>.failed.json`` (the error and the cell it failed in) and is retried next
 time. Distributed runs attach to a warm cluster the runner keeps per placement (its
 :class:`~hiresmed_nb.cluster.pool.Pool`); a run whose rank fails or is lost is retried once, from
-its last epoch's checkpoint, on a new cluster, and its record says so (``retry``).
+its last epoch's checkpoint, on a new cluster, and its record says so (``retry``). A run past its
+time limit (``RUN_TIMEOUT``) gives up its engines and is not retried; engines that cannot be
+replaced fail their run with that error (and a packed study's slots leave it).
 """
 
 from __future__ import annotations
