@@ -5,8 +5,9 @@ Subcommands:
 - ``run``: expand the parameter files into a grid of runs, execute ``notebooks/01_train.ipynb``
   for each run not yet recorded (packed onto slots with ``--slots``, ``--hosts``, ``-p
   IPP_CLUSTER_FILE`` or this machine's GPUs: several runs at once), then execute
-  ``notebooks/02_report.ipynb`` and render ``outputs/<STUDY>/report.html``. Exits 1 when a run
-  or the report failed, 2 on bad parameters.
+  ``notebooks/02_report.ipynb`` and render ``outputs/<STUDY>/report.html``. ``--run-timeout``
+  bounds every run (``RUN_TIMEOUT``). Exits 1 when a run or the report failed, 2 on bad
+  parameters.
 - ``cluster start`` / ``cluster stop FILE``: a cluster of engines that outlives the command
   (here or on ``--hosts``); ``start`` prints its cluster file, which notebooks and studies attach
   to with ``IPP_CLUSTER_FILE`` (and leave running).
@@ -22,7 +23,7 @@ import sys
 from pathlib import Path
 
 from hiresmed_nb.errors import HiresmedError
-from hiresmed_nb.params import project_root, resolve_path
+from hiresmed_nb.params import DEFAULT_RUN_TIMEOUT, project_root, resolve_path
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -56,6 +57,14 @@ def _build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar=("KEY", "VALUE"),
         help="override one key last; VALUE is typed as papermill's -p does (repeatable)",
+    )
+    run.add_argument(
+        "--run-timeout",
+        type=_positive_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="time limit of every run (sets RUN_TIMEOUT, after the files and -p): past it the "
+        f"run's ranks are stopped and it fails (default: {DEFAULT_RUN_TIMEOUT} s, 12 hours)",
     )
     run.add_argument("--force", action="store_true", help="rerun runs that already have a record")
     run.add_argument(
@@ -122,6 +131,13 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     _add_cluster_parser(commands)
     return parser
+
+
+def _positive_seconds(text: str) -> int:
+    """``--run-timeout``'s value: a whole number of seconds, at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds >= 1")
+    return int(text)
 
 
 def _add_cluster_parser(commands: argparse._SubParsersAction) -> None:
@@ -205,7 +221,10 @@ def _run(args: argparse.Namespace) -> int:
     from hiresmed_nb import study
 
     files = [_param_path(f) for f in [args.params_file, *args.more_files]]
-    name, runs = study.plan(files, [tuple(pair) for pair in args.overrides])
+    overrides = [tuple(pair) for pair in args.overrides]
+    if args.run_timeout is not None:
+        overrides.append(("RUN_TIMEOUT", str(args.run_timeout)))
+    name, runs = study.plan(files, overrides)
     if args.dry_run:
         try:
             for run in runs:

@@ -34,11 +34,12 @@ MPI_REFUSED = (
 )
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 COMPRESSIONS = ("none", "fp16")
-# Where the ranks run: these parameters place a run and leave what it computes alone, but not
-# always its digits: on CPU a placement sets each rank's thread count (the cores of its host over
-# its ranks there), and the intra-op thread count changes the order of floating-point sums, so
-# the same run placed otherwise can end with other weights and metrics (README, the packed study).
+# Where the ranks run and how long they may: these parameters place or bound a run and leave what
+# it computes alone (a checkpoint resumes whatever they are), but not always its digits: on CPU a
+# placement sets each rank's thread count, and the intra-op thread count changes the order of
+# floating-point sums, so the same run placed otherwise can end with other weights and metrics.
 PLACEMENT_PARAMETERS = (
+    "RUN_TIMEOUT",
     "HOSTS",
     "REMOTE_PYTHON",
     "IPP_CLUSTER_FILE",
@@ -52,6 +53,10 @@ PLACEMENT_PARAMETERS = (
 # record keeps the placement the run asked for instead.
 RUNNER_PARAMETERS = ("POOL_CLUSTER_FILE", "POOL_ENGINES")
 LOCAL_N_RANKS = 2  # distributed ranks on this machine when N_RANKS is 0
+# 12 hours: the wall time of the Slurm recipe's job (README), longer than any run of the
+# study's grids on the hardware the README measures, yet a hung collective frees its slots
+# the same day.
+DEFAULT_RUN_TIMEOUT = 12 * 3600
 MIN_IMAGE_SIZE = 32
 MAX_IMAGE_SIZE = 4096
 
@@ -123,6 +128,9 @@ class RunConfig(Mapping[str, Any]):
     RENDEZVOUS_ADDR: str = _parameter("auto", "this machine's address the ranks reach; auto: found")
     NETWORK_INTERFACE: str = _parameter(
         "auto", "interface Gloo uses; auto: each rank's route to here"
+    )
+    RUN_TIMEOUT: int = _parameter(
+        DEFAULT_RUN_TIMEOUT, "seconds the run may take; past it its ranks are stopped"
     )
     OVERWRITE: bool = _parameter(False, "redo the run even if its record exists")
 
@@ -279,7 +287,7 @@ def validate(
             f"IMAGE_SIZE={checked['IMAGE_SIZE']} must be between {MIN_IMAGE_SIZE} and "
             f"{MAX_IMAGE_SIZE} pixels"
         )
-    for name in ("BATCH_SIZE", "EPOCHS", "IMAGES_PER_CLASS", "ACCUMULATION_STEPS"):
+    for name in ("BATCH_SIZE", "EPOCHS", "IMAGES_PER_CLASS", "ACCUMULATION_STEPS", "RUN_TIMEOUT"):
         _check_at_least(checked, name, 1)
     for name in ("N_RANKS", "TEST_IMAGES_PER_CLASS", "SEED"):
         _check_at_least(checked, name, 0)

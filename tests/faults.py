@@ -14,8 +14,11 @@ set ``HIRESMED_INJECT_FAULT`` in the environment the kernels and engines inherit
   with SIGKILL, as a preempted node would: serially the kernel itself; distributed, every
   process of its cluster (controller, engines, undertaker) and the kernel that owns the cluster.
 
-``kill-rank`` and ``kill-run`` fire before that epoch's checkpoint is written: the run resumes
-after ``epoch`` epochs.
+- ``hang-rank:<rank>:<epoch>``: that rank stops at the end of that epoch and waits for ever (as
+  a rank stuck in a collective would), until it is interrupted.
+
+``kill-rank``, ``kill-run`` and ``hang-rank`` fire before that epoch's checkpoint is written: the
+run resumes after ``epoch`` epochs.
 Nothing is injected when the variable is unset.
 """
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from pathlib import Path
 
 import tensorflow as tf
@@ -58,6 +62,19 @@ class InterruptAtEpoch(tf.keras.callbacks.Callback):
             raise KeyboardInterrupt(f"injected interrupt after epoch {epoch}")
 
 
+class HangRankAtEpoch(tf.keras.callbacks.Callback):
+    """Wait for ever at the end of ``epoch`` (0-based) if this is rank ``rank``; a SIGINT (the
+    engine's interrupt) ends the wait with KeyboardInterrupt."""
+
+    def __init__(self, rank: int, epoch: int):
+        super().__init__()
+        self.rank, self.epoch = rank, epoch
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if epoch == self.epoch and int(os.environ.get("HOROVOD_RANK", "0")) == self.rank:
+            threading.Event().wait()  # never set: only a signal ends it
+
+
 class KillRankOnce(KillRankAtEpoch):
     """:class:`KillRankAtEpoch` that fires only if ``marker`` does not exist, and creates it."""
 
@@ -67,8 +84,7 @@ class KillRankOnce(KillRankAtEpoch):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         mine = int(os.environ.get("HOROVOD_RANK", "0")) == self.rank
-        if epoch == self.epoch and mine and not self.marker.exists():
-            self.marker.touch()
+        if epoch == self.epoch and mine and claim(self.marker):
             super().on_epoch_end(epoch, logs)
 
 
@@ -88,9 +104,17 @@ class KillRankAfterCheckpointOnce(tf.keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         mine = int(os.environ.get("HOROVOD_RANK", "0")) == self.rank
         if self.current_epoch == self.epoch + 1 and batch == 0 and mine:
-            if not self.marker.exists():
-                self.marker.touch()
+            if claim(self.marker):
                 os.kill(os.getpid(), signal.SIGKILL)
+
+
+def claim(marker: Path) -> bool:
+    """Create ``marker``; False if it exists. Atomic: of runs side by side, one fires."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
 
 
 class KillRunOnce(tf.keras.callbacks.Callback):
@@ -141,10 +165,14 @@ def injected_callbacks() -> list[tf.keras.callbacks.Callback]:
     if kind == "kill-rank-after-checkpoint":
         rank, epoch, marker = rest.split(":", 2)
         return [KillRankAfterCheckpointOnce(int(rank), int(epoch), marker)]
+    if kind == "hang-rank":
+        rank, epoch = rest.split(":")
+        return [HangRankAtEpoch(int(rank), int(epoch))]
     if kind == "kill-run":
         epoch, marker = rest.split(":", 1)
         return [KillRunOnce(int(epoch), marker)]
     raise ValueError(
         f"{FAULT_VARIABLE}={spec!r}: kill-rank:<rank>:<epoch>:<file>, "
-        "kill-rank-after-checkpoint:<rank>:<epoch>:<file> or kill-run:<epoch>:<file>"
+        "kill-rank-after-checkpoint:<rank>:<epoch>:<file>, kill-run:<epoch>:<file> or "
+        "hang-rank:<rank>:<epoch>"
     )

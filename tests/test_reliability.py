@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from hiresmed_nb import cluster, study
 from hiresmed_nb.cluster import HorovodCluster, RankLostError
+from hiresmed_nb.cluster.errors import RunTimeoutError
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.params import PARAMETERS, validate
 from hiresmed_nb.science import checkpoints, data, records, training
@@ -47,6 +48,25 @@ def test_a_rank_killed_before_joining_is_named_and_nothing_is_left(skin_dir):
     assert cluster.cluster_processes(running.cluster_id) == []
 
 
+@pytest.mark.distributed
+def test_a_hung_rank_ends_the_run_with_the_time_limit_error_and_nothing_is_left(
+    tmp_path, skin_dir, monkeypatch
+):
+    # Rank 1 waits for ever after its first epoch; rank 0 then waits in the next allreduce.
+    monkeypatch.setenv("HIRESMED_INJECT_FAULT", "hang-rank:1:0")
+    config = tiny_params(tmp_path, MODE="distributed", N_RANKS=2, EPOCHS=2, RUN_TIMEOUT=90)
+    split = training.make_split(config)
+    with pytest.raises(RunTimeoutError) as raised:
+        with HorovodCluster(2) as running:
+            running.run(training.train, config, (), split)
+    assert raised.value.seconds == 90
+    assert "RUN_TIMEOUT" in str(raised.value)
+    assert running.broken
+    assert cluster.cluster_processes(running.cluster_id) == []
+    assert not any(psutil.pid_exists(pid) for pid in running.engine_pids)
+    assert not (tmp_path / "runs" / f"{config.run_id}.json").exists()
+
+
 # A rank lost mid-training, the run retried from its checkpoint on a restarted cluster:
 # tests/test_warm.py (the study's retry).
 
@@ -59,7 +79,7 @@ def test_an_interrupt_stops_every_rank_and_the_next_cluster_is_undisturbed(monke
         ".close(), __import__('threading').Event().wait()]"
     )
 
-    def interrupted_once_every_rank_runs(self, futures):  # Ctrl-C while both ranks are busy
+    def interrupted_once_every_rank_runs(self, futures, timeout=None):  # Ctrl-C, ranks busy
         deadline = time.monotonic() + 120
         while len(list(tmp_path.glob("started-*"))) < 2:
             assert time.monotonic() < deadline, "the ranks never started their task"

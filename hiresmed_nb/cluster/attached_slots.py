@@ -4,8 +4,10 @@ Engines started elsewhere (the Slurm recipe with one engine per GPU, ``cluster s
 ``CUDA_VISIBLE_DEVICES`` they were started with; each reports what it sees
 (:mod:`.engine_slots`), which makes one slot per engine, and is then told its slot's name and
 thread share (``HIRESMED_SLOT*``) so its ranks take that share and its one GPU, and its runs'
-records say where they ran. The cluster is not ours: it is never stopped or changed here, so a
-run whose rank fails is retried on the same engines.
+records say where they ran. The cluster is not ours: it is never stopped, changed or replaced
+here. A run whose rank fails is retried on the same engines while they are all still there; an
+engine that is gone (killed, its job cancelled) is an :class:`EngineLostError` naming it and its
+host, and its slots leave the study while the other slots go on.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from collections.abc import Sequence
 from hiresmed_nb.cluster.devices import Slot, slot_environment
 from hiresmed_nb.cluster.engine_slots import engine_devices, slots_of_engines
 from hiresmed_nb.cluster.engines import PROBE_SECONDS, attached_engine_count
+from hiresmed_nb.cluster.errors import EngineLostError
 from hiresmed_nb.cluster.horovod_cluster import HorovodCluster
+from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.params import resolve_path
 from hiresmed_nb.placement import Placement
 
@@ -52,9 +56,19 @@ class AttachedSlots:
         hosts = [rank.hostname for rank in self._cluster.slots]
         by_engine = slots_of_engines(devices, hosts)
         slots = [by_engine[engine_id] for engine_id in engines.engine_ids]
+        adopted = []
         for view, slot in zip(engines.views, slots, strict=True):
             variables = slot_environment(slot)
-            view.apply_sync(adopt_slot, {name: variables[name] for name in SLOT_VARIABLES})
+            chosen = {name: variables[name] for name in SLOT_VARIABLES}
+            adopted.append(view.apply_async(adopt_slot, chosen))
+        for engine_id, future in zip(engines.engine_ids, adopted, strict=True):
+            try:
+                future.get(timeout=PROBE_SECONDS)
+            except TimeoutError:
+                raise HiresmedError(
+                    f"IPP_CLUSTER_FILE={self._file!r}: engine {engine_id} did not answer within "
+                    f"{PROBE_SECONDS} s: it is busy or its host is unreachable"
+                ) from None
         return slots, {slot.key: e for slot, e in zip(slots, engines.engine_ids, strict=True)}
 
     @property
@@ -65,7 +79,20 @@ class AttachedSlots:
         return [self.engine_of[slot.key] for slot in slots]
 
     def replace(self, slots: Sequence[Slot]) -> None:
-        """Nothing: engines of a cluster we did not start are not ours to replace."""
+        """Engines of a cluster we did not start are not ours to replace: only :meth:`check`
+        that they are all still there (a retry then runs on them)."""
+        self.check(slots)
+
+    def check(self, slots: Sequence[Slot]) -> None:
+        """Raise :class:`EngineLostError` for the first engine of ``slots`` that is gone."""
+        engines = self._cluster.engines
+        lost = set(engines.lost(check_remote=True))
+        for slot in slots:
+            index = engines.engine_ids.index(self.engine_of[slot.key])
+            if index in lost:
+                raise EngineLostError(
+                    self.engine_of[slot.key], engines.host_of(index), self.cluster_file
+                )
 
     def recycle_outgrown(self, slots: Sequence[Slot]) -> str | None:
         """An attached cluster's engines are not this study's to replace, whatever their memory."""

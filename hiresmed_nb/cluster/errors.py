@@ -1,6 +1,9 @@
-"""What a distributed run raises when a rank fails or is lost, with the rank's own evidence."""
+"""What a run on engines raises when a rank fails or is lost (with the rank's own evidence), when
+it runs out of time, or when an attached cluster's engine is gone."""
 
 from __future__ import annotations
+
+from hiresmed_nb.errors import HiresmedError
 
 
 class RankFailedError(RuntimeError):
@@ -44,3 +47,28 @@ def as_rank_failure(rank: int, error: BaseException) -> RankFailedError:
     evalue = getattr(error, "evalue", str(error))
     traceback_text = getattr(error, "traceback", None) or str(error)
     return RankFailedError(rank, ename, evalue, traceback_text)
+
+
+class RunTimeoutError(HiresmedError):
+    """A run took longer than its time limit (``RUN_TIMEOUT``); ``detail`` says what was still
+    running and what was stopped."""
+
+    def __init__(self, seconds: float, detail: str):
+        self.seconds = seconds
+        super().__init__(
+            f"the run exceeded its time limit of {seconds:g} s (RUN_TIMEOUT): {detail}; raise "
+            "RUN_TIMEOUT (or `python -m hiresmed_nb run --run-timeout SECONDS`) if it needs longer"
+        )
+
+
+class EngineLostError(HiresmedError):
+    """An engine of an attached cluster (not ours to replace) is gone: its slot is unusable."""
+
+    def __init__(self, engine_id: int, host: str, cluster_file: str = ""):
+        self.engine_id, self.host = engine_id, host
+        where = f" of the cluster {cluster_file}" if cluster_file else ""
+        super().__init__(
+            f"engine {engine_id}{where} on {host or 'an unknown host'} is gone (its job ended or "
+            "it was killed); an attached cluster's engines are not replaced here, so its slot "
+            "leaves the study"
+        )

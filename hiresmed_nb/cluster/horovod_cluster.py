@@ -15,6 +15,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from hiresmed_nb.cluster.engines import (
     remote_profile_dir,
     start_engines,
 )
-from hiresmed_nb.cluster.errors import RankLostError, as_rank_failure
+from hiresmed_nb.cluster.errors import RankLostError, RunTimeoutError, as_rank_failure
 from hiresmed_nb.cluster.hosts import ask_hosts, head_address
 from hiresmed_nb.cluster.lifecycle import Started
 from hiresmed_nb.cluster.memory import EngineMemory, resident_bytes
@@ -231,14 +232,25 @@ class HorovodCluster(Started):
         """RESULTS_DIR must be visible from rank 0's host (see :mod:`.preflight`)."""
         preflight.check_results_dir(self.engines.views[0], self.engines.facts[0], results_dir)
 
-    def run(self, function: Callable, *args: Any, stream_rank: int = 0) -> list[Any]:
+    def run(
+        self,
+        function: Callable,
+        *args: Any,
+        stream_rank: int = 0,
+        timeout: float | None = None,
+    ) -> list[Any]:
         """Run ``function(*args)`` on every rank at once; stream ``stream_rank``'s output.
 
         A fresh rendezvous (new port, new plan) per call. The first rank to fail, or to be lost
         (its engine process gone), ends the wait with :class:`RankFailedError` /
         :class:`RankLostError` naming that rank, and interrupts the others; KeyboardInterrupt
-        interrupts every rank. After either, :attr:`broken` is set: start a new cluster.
+        interrupts every rank. ``timeout`` (seconds; default: the ``RUN_TIMEOUT`` of a
+        :class:`~hiresmed_nb.params.RunConfig` among ``args``, else none) bounds the wait: past
+        it every rank is interrupted and :class:`RunTimeoutError` is raised. After any of these,
+        :attr:`broken` is set: start a new cluster.
         """
+        if timeout is None:
+            timeout = run_timeout_of(args)
         server, port = start_rendezvous(self.rendezvous_addr)
         try:
             server.init(_plan(self.slots))
@@ -254,7 +266,7 @@ class HorovodCluster(Started):
             ]
             try:
                 with futures[stream_rank].stream_output():
-                    self._wait(futures)
+                    self._wait(futures, timeout)
             except BaseException:
                 self.broken = True
                 self.engines.interrupt()
@@ -284,14 +296,25 @@ class HorovodCluster(Started):
             self.threads[index],
         )
 
-    def _wait(self, futures: list[Any]) -> None:
-        """Wait for every rank, checking every LIVENESS_POLL_SECONDS that none was lost."""
+    def _wait(self, futures: list[Any], timeout: float | None = None) -> None:
+        """Wait for every rank, checking every LIVENESS_POLL_SECONDS that none was lost, for at
+        most ``timeout`` seconds (None: no limit)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         pending = set(futures)
         while pending:
+            poll = LIVENESS_POLL_SECONDS
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    ranks = sorted(futures.index(f) for f in pending)
+                    raise RunTimeoutError(
+                        timeout,
+                        f"rank(s) {', '.join(map(str, ranks))} still running; every rank was "
+                        "interrupted and these engines are not reused",
+                    )
+                poll = min(poll, left)
             done, pending = concurrent.futures.wait(
-                pending,
-                timeout=LIVENESS_POLL_SECONDS,
-                return_when=concurrent.futures.FIRST_EXCEPTION,
+                pending, timeout=poll, return_when=concurrent.futures.FIRST_EXCEPTION
             )
             self._polls += 1
             failed = [f for f in done if f.exception() is not None]
@@ -299,17 +322,18 @@ class HorovodCluster(Started):
             self._raise_if_lost(futures, check_remote=bool(failed) or remote_due)
             if failed:
                 rank = futures.index(failed[0])
-                if type(failed[0].exception()).__name__ == "EngineError":  # the engine died
-                    self._raise_lost(futures, rank)
-                raise as_rank_failure(rank, failed[0].exception()) from None
+                error = failed[0].exception()
+                if _engine_gone(error):  # the controller dropped the engine: it is lost
+                    raise self._lost_error(futures, rank) from None
+                raise as_rank_failure(rank, error) from None
 
     def _raise_if_lost(self, futures: list[Any], check_remote: bool) -> None:
         lost = self.engines.lost(check_remote)
         if lost:
-            self._raise_lost(futures, lost[0])
+            raise self._lost_error(futures, lost[0])
 
-    def _raise_lost(self, futures: list[Any], rank: int) -> None:
-        raise RankLostError(
+    def _lost_error(self, futures: list[Any], rank: int) -> RankLostError:
+        return RankLostError(
             rank,
             self.engine_pids[rank],
             self.engines.host_of(rank),
@@ -356,6 +380,23 @@ class HorovodCluster(Started):
             self._undertaker.terminate()
             self._undertaker.wait()
             self._undertaker = None
+
+
+def run_timeout_of(args: Sequence[Any]) -> float | None:
+    """The ``RUN_TIMEOUT`` of the first run configuration among a run's arguments, or None."""
+    for argument in args:
+        seconds = getattr(argument, "RUN_TIMEOUT", None)
+        if isinstance(seconds, int | float) and not isinstance(seconds, bool):
+            return float(seconds)
+    return None
+
+
+def _engine_gone(error: BaseException | None) -> bool:
+    """Whether a task failed because its engine left the controller (killed, job cancelled):
+    ipyparallel then fails the task with its EngineError, wrapped as a RemoteError."""
+    from ipyparallel.error import EngineError
+
+    return isinstance(error, EngineError) or getattr(error, "ename", None) == "EngineError"
 
 
 def with_engine_id(result: Any, engine_id: int) -> Any:

@@ -93,7 +93,12 @@ class SlotsCluster(Started):
         self._cluster: Any = None
         self._client: Any = None
         self._undertaker: subprocess.Popen | None = None
+        # Held only for bookkeeping and for starting or stopping engines, never while waiting
+        # for them to register: other slots' runs go on meanwhile.
         self._lock = threading.Lock()
+        self._awaited: set[str] = set()  # slot keys whose new engine has not registered yet
+        self._probing: set[int] = set()  # engine ids being asked for their slot now
+        self._stopped = False
 
     @property
     def cluster_file(self) -> str:
@@ -131,7 +136,7 @@ class SlotsCluster(Started):
                 for slot in self.slots:
                     self._start_engine(slot)
                 self._client = self._cluster.connect_client_sync()
-                self._await_engines(self.slots)
+                self._await_engines(self.slots, "start")
             except HiresmedError:
                 raise
             except Exception as error:
@@ -168,7 +173,8 @@ class SlotsCluster(Started):
         return head_address(found)
 
     def _start_engine(self, slot: Slot) -> None:
-        """Start ``slot``'s engine, an engine set of its own, with the slot's environment."""
+        """Start ``slot``'s engine, an engine set of its own, with the slot's environment; from
+        now on an engine that registers for the slot is its engine (:meth:`_await_engines`)."""
         environment = {
             **marker_environment(self.cluster_id, process_identity()),
             **slot_environment(slot),
@@ -177,39 +183,70 @@ class SlotsCluster(Started):
         extra: dict[str, Any] = {"environment": environment}
         if self.hosts:
             extra["engines"] = {slot.host: 1}
+        self._awaited.add(slot.key)
         self._sets[slot.key] = self._cluster.start_engines_sync(n=1, **extra)
 
-    def _await_engines(self, slots: Sequence[Slot]) -> None:
-        """Wait until an engine new to us has registered for every slot of ``slots``."""
-        waiting = {slot.key for slot in slots}
+    def _await_engines(self, slots: Sequence[Slot], why: str) -> None:
+        """Wait (without the lock) until the engine started for every slot of ``slots`` has
+        registered. Engines new to us are asked for their slot; several callers may wait at
+        once, each engine is asked once and counts for whichever slot it names."""
+        keys = {slot.key for slot in slots}
         deadline = time.monotonic() + REGISTRATION_SECONDS
-        while waiting:
-            for engine_id in sorted(set(self._client.ids) - self._seen):
-                key = self._client[engine_id].apply_async(engine_slot_key).get(PROBE_SECONDS)
-                self._seen.add(engine_id)
-                if key in waiting:
-                    self.engine_of[key] = engine_id
-                    waiting.discard(key)
-            if waiting and time.monotonic() > deadline:
+        while True:
+            with self._lock:
+                if self._client is None:
+                    raise HiresmedError(f"the slots' cluster was stopped during the {why}")
+                waiting = keys & self._awaited
+                if not waiting:
+                    return
+                new = sorted(set(self._client.ids) - self._seen - self._probing)
+                self._probing.update(new)
+            try:
+                for engine_id in new:
+                    key = self._client[engine_id].apply_async(engine_slot_key).get(PROBE_SECONDS)
+                    with self._lock:
+                        self._seen.add(engine_id)
+                        if key in self._awaited:
+                            self.engine_of[key] = engine_id
+                            self._awaited.discard(key)
+            finally:
+                with self._lock:
+                    self._probing.difference_update(new)
+            if time.monotonic() > deadline:
                 raise HiresmedError(
                     f"no engine registered within {REGISTRATION_SECONDS} s for slot(s) "
-                    f"{', '.join(sorted(waiting))}; see the engine logs in {self.profile_dir}/log"
+                    f"{', '.join(sorted(waiting))} ({why}); see the engine logs in "
+                    f"{self.profile_dir}/log"
                 )
-            if waiting:
-                time.sleep(POLL_SECONDS)
+            time.sleep(POLL_SECONDS)
 
     # Replacing and stopping -------------------------------------------------------------------
 
     def replace(self, slots: Sequence[Slot]) -> None:
         """Give ``slots`` fresh engines (after a rank failure: the old ones may be stuck or
-        gone; or grown too large). Same slots, same environment, new engine ids."""
+        gone; or grown too large). Same slots, same environment, new engine ids. The lock is
+        held while engines stop and start, not while the new ones register."""
         with self._lock:
+            if self._stopped:
+                raise HiresmedError("the slots' cluster was stopped: no engine is replaced")
             for slot in slots:
                 self._memory.pop(self.engine_of[slot.key], None)
                 self._cluster.stop_engines_sync(self._sets.pop(slot.key))
                 self._start_engine(slot)
-            self._await_engines(slots)
+        self._await_engines(slots, "replacement")
+        with self._lock:
             self.replaced += len(slots)
+
+    def check(self, slots: Sequence[Slot]) -> None:
+        """Give fresh engines to the slots of ``slots`` whose engine has left the controller
+        (e.g. killed between runs), so the next run there does not target it."""
+        with self._lock:
+            if self._client is None:
+                return
+            registered = set(self._client.ids)
+            gone = [slot for slot in slots if self.engine_of[slot.key] not in registered]
+        if gone:
+            self.replace(gone)
 
     def recycle_outgrown(self, slots: Sequence[Slot]) -> str | None:
         """After a run on ``slots``: read their engines' memory (an engine's first reading is its
@@ -239,13 +276,17 @@ class SlotsCluster(Started):
         )
 
     def stop(self) -> None:
-        """Stop the controller and every slot's engine, on every host; leave no file behind."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-        if self._cluster is not None:
-            stop_cluster(self._cluster, self.cluster_id, self.profile_dir)
-            self._cluster = None
+        """Stop the controller and every slot's engine, on every host; leave no file behind.
+        Under the lock: an engine being started meanwhile is started first, then stopped with
+        the others, and no engine starts after (:meth:`replace` raises)."""
+        with self._lock:
+            self._stopped = True
+            client, self._client = self._client, None
+            cluster, self._cluster = self._cluster, None
+            if client is not None:
+                client.close()
+            if cluster is not None:
+                stop_cluster(cluster, self.cluster_id, self.profile_dir)
         if self._undertaker is not None:
             self._undertaker.terminate()
             self._undertaker.wait()

@@ -6,6 +6,11 @@ cause for its "Kernel is running over TCP without encryption" warning. They star
 ``TF_CPP_MIN_LOG_LEVEL=2`` unless the environment or the kernelspec says otherwise, so
 TensorFlow's INFO lines (oneDNN, CPU features) are not printed; ipyparallel engines inherit it.
 
+A notebook whose parameters hold ``RUN_TIMEOUT`` is bounded as a whole: past that limit plus
+:data:`NOTEBOOK_GRACE_SECONDS` its kernel (the one this execution started, no other) is killed
+and the execution raises :class:`~hiresmed_nb.cluster.errors.RunTimeoutError`. Training itself
+is bounded sooner, in the wait for its ranks; this catches a notebook that hangs anywhere else.
+
 ipykernel copies whatever a cell writes, also at the file-descriptor level (TensorFlow's C++
 logs, subprocesses), into the notebook and echoes it to the kernel process's own stdout and
 stderr. Quietly, those go to a log file beside the executed notebook (which also keeps what a
@@ -15,8 +20,10 @@ kernel prints outside any cell, e.g. as it dies); verbosely, to the runner's con
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
+import threading
 import typing
 from pathlib import Path
 from typing import Any
@@ -24,7 +31,13 @@ from typing import Any
 from jupyter_client.manager import AsyncKernelManager
 from traitlets import CaselessStrEnum, Unicode
 
+from hiresmed_nb.cluster.errors import RunTimeoutError
+
 KERNEL_NAME = "hiresmed"
+# Beyond RUN_TIMEOUT for the cells around training (the split, starting or attaching engines,
+# the plots and the record): the ranks' own bound fires first and gives the named error.
+NOTEBOOK_GRACE_SECONDS = 300
+WATCHDOG_RETRY_SECONDS = 1.0  # a kernel not yet started when the limit passed: look again
 TF_LOG_LEVEL = "2"  # TensorFlow's C++ logs: warnings and errors only
 
 
@@ -42,6 +55,7 @@ class RunnerKernelManager(AsyncKernelManager):
     output_file = Unicode(
         "", config=True, help="file for the kernel process's stdout and stderr; empty: inherit"
     )
+    execution = Unicode("", config=True, help="the execution that started this kernel")
     _socket_dir: str | None = None
     running: typing.ClassVar[set[RunnerKernelManager]] = set()  # kernels started, not yet ended
 
@@ -74,11 +88,14 @@ class RunnerKernelManager(AsyncKernelManager):
             self._socket_dir = None
 
 
-def kill_running_kernels() -> int:
+def kill_running_kernels(execution: str = "") -> int:
     """Kill every kernel the runner's executions started that still runs (Ctrl-C of a packed
-    study: notebooks execute in other threads); returns how many were running."""
+    study: notebooks execute in other threads), or only that of ``execution``; returns how many
+    were running."""
     killed = 0
     for manager in list(RunnerKernelManager.running):
+        if execution and manager.execution != execution:
+            continue
         process = getattr(manager.provisioner, "process", None)
         if process is not None and process.poll() is None:
             process.kill()
@@ -92,7 +109,13 @@ def kernel_log_path(output: Path) -> Path:
 
 
 def papermill_executor(
-    notebook: Path, output: Path, parameters: dict[str, Any], cwd: Path, *, verbose: bool = False
+    notebook: Path,
+    output: Path,
+    parameters: dict[str, Any],
+    cwd: Path,
+    *,
+    verbose: bool = False,
+    grace_seconds: float = NOTEBOOK_GRACE_SECONDS,
 ) -> None:
     """Execute ``notebook`` into ``output`` with papermill on the ``hiresmed`` kernel.
 
@@ -100,6 +123,8 @@ def papermill_executor(
     a failure, so the failing cell's traceback is kept in ``output``). Quiet (the default): no
     cell progress bar, and the kernel's own output goes to :func:`kernel_log_path` (replaced each
     time). ``verbose``: papermill's cell progress bar, and the kernel's output on this console.
+    With ``RUN_TIMEOUT`` in ``parameters``, a notebook still running ``grace_seconds`` past it
+    has its kernel killed and raises :class:`RunTimeoutError`.
     """
     import papermill
     from traitlets.config import Config
@@ -110,6 +135,11 @@ def papermill_executor(
         log = kernel_log_path(output)
         log.unlink(missing_ok=True)
         config.RunnerKernelManager.output_file = str(log)
+    limit = parameters.get("RUN_TIMEOUT")
+    watchdog = None
+    if limit is not None:
+        config.RunnerKernelManager.execution = secrets.token_hex(8)
+        watchdog = Watchdog(limit + grace_seconds, config.RunnerKernelManager.execution)
     try:
         papermill.execute_notebook(
             str(notebook),
@@ -121,6 +151,43 @@ def papermill_executor(
             kernel_manager_class=RunnerKernelManager,  # passed on to nbclient's NotebookClient
             config=config,
         )
+    except Exception as error:
+        if watchdog is not None and watchdog.fired.is_set():
+            raise RunTimeoutError(
+                limit,
+                f"the notebook was still running {limit + grace_seconds:g} s after it started "
+                f"(the limit plus {grace_seconds:g} s for the cells around training), so its "
+                f"kernel was killed ({type(error).__name__})",
+            ) from None
+        raise
     finally:
+        if watchdog is not None:
+            watchdog.cancel()
         if partial.exists():
             os.replace(partial, output)
+
+
+class Watchdog:
+    """Kill the kernel of one execution (and no other) if it still runs after ``seconds``; if
+    that kernel has not started yet by then, kill it as soon as it has."""
+
+    def __init__(self, seconds: float, execution: str):
+        self.fired = threading.Event()
+        self._cancelled = threading.Event()
+        self._execution = execution
+        self._thread = threading.Thread(
+            target=self._watch, args=(seconds,), name="watchdog", daemon=True
+        )
+        self._thread.start()
+
+    def _watch(self, seconds: float) -> None:
+        if self._cancelled.wait(seconds):
+            return
+        self.fired.set()
+        while not kill_running_kernels(self._execution):
+            if self._cancelled.wait(WATCHDOG_RETRY_SECONDS):
+                return
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        self._thread.join()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from hiresmed_nb.cluster.devices import Slot
+from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.study.occupancy import Occupancy
 from hiresmed_nb.study.packing import (
     Assignment,
@@ -31,6 +32,15 @@ RunT = TypeVar("RunT")
 HandleT = TypeVar("HandleT", bound=Hashable)
 
 Order = Callable[[Sequence[RunT], Callable[[RunT], int]], list[Ticket[RunT]]]
+
+
+class SlotsLost(Exception):
+    """A run ended and its slots cannot take another (their engines are gone and could not be
+    replaced): they leave the study, the other slots go on."""
+
+    def __init__(self, slots: Sequence[Slot], reason: str, *, run_ok: bool = False):
+        self.slots, self.reason, self.run_ok = tuple(slots), reason, run_ok
+        super().__init__(f"slots {', '.join(slot.key for slot in self.slots)} lost: {reason}")
 
 
 @dataclass
@@ -60,19 +70,21 @@ def run_packed(
 
     A run that needs more slots than exist is a :class:`HiresmedError` before anything starts.
     A run whose ``start`` raises, or that ends with an error, is in ``failed`` and frees its
-    slots; the others go on. ``echo`` gets one short line per start and end (which runs are on
-    which slots). On ``KeyboardInterrupt`` no further run starts: ``on_interrupt`` gets the
-    handles of the runs still running (for the caller to stop them), and the interrupt
-    propagates.
+    slots; the others go on. A run that ends with :class:`SlotsLost` takes its slots out of the
+    study: the waiting runs wider than the slots left fail with a :class:`HiresmedError`.
+    ``echo`` gets one short line per start and end (which runs are on which slots). On
+    ``KeyboardInterrupt`` no further run starts: ``on_interrupt`` gets the handles of the runs
+    still running (for the caller to stop them), and the interrupt propagates.
     """
     check_fits(runs, slots, width)
     result: PackedResult[RunT] = PackedResult(Occupancy(slots, clock))
     queue = order(runs, width)
     running: dict[HandleT, Assignment[RunT]] = {}
+    usable = list(slots)
     try:
         while queue or running:
             busy = {slot for assignment in running.values() for slot in assignment.slots}
-            free = [slot for slot in slots if slot not in busy]
+            free = [slot for slot in usable if slot not in busy]
             held = [assignment.ticket for assignment in running.values()]
             for assignment in next_assignments(queue, free, held):
                 queue.remove(assignment.ticket)
@@ -82,6 +94,10 @@ def run_packed(
             if running:
                 for handle, error in wait(list(running)):
                     _end(running.pop(handle), error, result, echo)
+                    if isinstance(error, SlotsLost):
+                        usable = [slot for slot in usable if slot not in error.slots]
+                        echo(f"{error}; {len(usable)} slot(s) left")
+                        _fail_too_wide(queue, len(usable), result, echo)
     except KeyboardInterrupt:
         if on_interrupt is not None:
             on_interrupt(list(running))
@@ -106,17 +122,32 @@ def _start(
         return None
 
 
+def _fail_too_wide(
+    queue: list[Ticket[RunT]], slots_left: int, result: PackedResult[RunT], echo: Callable
+) -> None:
+    """Fail (and take out of ``queue``) the waiting runs wider than the slots left."""
+    for ticket in [ticket for ticket in queue if ticket.width > slots_left]:
+        queue.remove(ticket)
+        error = HiresmedError(
+            f"{run_name(ticket.run)} needs {ticket.width} slot(s) and only {slots_left} are left "
+            "after slots left the study (their engines were lost)"
+        )
+        result.failed.append((ticket.run, error))
+        echo(f"FAILED {run_name(ticket.run)}: {error}")
+
+
 def _end(
     assignment: Assignment[RunT],
     error: BaseException | None,
     result: PackedResult[RunT],
     echo: Callable[[str], None],
 ) -> None:
-    if error is None:
+    succeeded = error is None or (isinstance(error, SlotsLost) and error.run_ok)
+    if succeeded:
         result.done.append(assignment.run)
     else:
         result.failed.append((assignment.run, error))
-    outcome = "done" if error is None else f"failed ({type(error).__name__})"
+    outcome = "done" if succeeded else f"failed ({type(error).__name__})"
     echo(result.occupancy.finished(run_name(assignment.run), outcome))
 
 

@@ -31,7 +31,7 @@ from hiresmed_nb.cluster.hosts import ask_devices
 from hiresmed_nb.cluster.lifecycle import start_or_stop
 from hiresmed_nb.cluster.slots_cluster import SlotsCluster
 from hiresmed_nb.study.grid import Run
-from hiresmed_nb.study.packed import PackedResult, ThreadedRuns, run_packed
+from hiresmed_nb.study.packed import PackedResult, SlotsLost, ThreadedRuns, run_packed
 from hiresmed_nb.study.packing import check_fits
 
 __all__ = ["SlotRequest", "check_fits", "run_on_slots", "start_slot_engines", "study_slots"]
@@ -39,7 +39,8 @@ __all__ = ["SlotRequest", "check_fits", "run_on_slots", "start_slot_engines", "s
 
 class SlotEngines(Protocol):
     """What a packed study needs of its engines: their cluster file, the engine ids of some
-    slots, fresh engines for slots whose run failed, and stopping."""
+    slots, fresh engines for slots whose run failed (``replace``) or whose engine is gone
+    (``check``; both raise when the slots cannot have engines again), and stopping."""
 
     slots: list[Slot]
 
@@ -49,6 +50,8 @@ class SlotEngines(Protocol):
     def engine_ids(self, slots: Sequence[Slot]) -> list[int]: ...
 
     def replace(self, slots: Sequence[Slot]) -> None: ...
+
+    def check(self, slots: Sequence[Slot]) -> None: ...
 
     def recycle_outgrown(self, slots: Sequence[Slot]) -> str | None: ...
 
@@ -97,11 +100,13 @@ def start_slot_engines(request: SlotRequest, slots: list[Slot] | None) -> SlotEn
 
 class RunOnSlots:
     """The runner's pool for one run of a packed study: its notebook attaches to the engines of
-    its slots; after a rank failure those slots get fresh engines (the retry runs there)."""
+    its slots; after a rank failure those slots get fresh engines (the retry runs there). When
+    that replacement raises, :attr:`lost` keeps the error: the slots leave the study."""
 
     def __init__(self, engines: SlotEngines, slots: Sequence[Slot]):
         self.engines = engines
         self.slots = tuple(slots)
+        self.lost: BaseException | None = None
 
     def attach_parameters(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
         return {
@@ -111,7 +116,11 @@ class RunOnSlots:
         }
 
     def retire_parameters(self, parameters: Mapping[str, Any]) -> None:
-        self.engines.replace(self.slots)
+        try:
+            self.engines.replace(self.slots)
+        except Exception as error:
+            self.lost = error
+            raise
 
 
 class RunFailed(Exception):
@@ -136,9 +145,20 @@ def run_on_slots(
             echo(line)
 
     def execute_on(run: Run, slots: tuple[Slot, ...]) -> None:
-        if not execute(run, RunOnSlots(engines, slots)):
+        pool = RunOnSlots(engines, slots)
+        if not execute(run, pool):
+            if pool.lost is None:
+                try:  # a run can fail because an engine went away between runs
+                    engines.check(slots)
+                except Exception as error:
+                    pool.lost = error
+            if pool.lost is not None:
+                raise SlotsLost(slots, f"{type(pool.lost).__name__}: {pool.lost}")
             raise RunFailed(run.run_id)
-        replaced = engines.recycle_outgrown(slots)  # before the slots go to the next run
+        try:  # before the slots go to the next run
+            replaced = engines.recycle_outgrown(slots)
+        except Exception as error:  # the run is done; its slots have no engines now
+            raise SlotsLost(slots, f"{type(error).__name__}: {error}", run_ok=True) from error
         if replaced:
             locked_echo(replaced)
 

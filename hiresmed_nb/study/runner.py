@@ -5,7 +5,9 @@ The runner executes the notebook into ``outputs/<STUDY>/runs/<run_id>.ipynb``; t
 fails leaves ``<run_id>.failed.json`` (the error and the cell it failed in) and is retried next
 time. Distributed runs attach to a warm cluster the runner keeps per placement (its
 :class:`~hiresmed_nb.cluster.pool.Pool`); a run whose rank fails or is lost is retried once, from
-its last epoch's checkpoint, on a new cluster, and its record says so (``retry``).
+its last epoch's checkpoint, on a new cluster, and its record says so (``retry``). A run past its
+time limit (``RUN_TIMEOUT``) gives up its engines and is not retried; engines that cannot be
+replaced fail their run with that error (and a packed study's slots leave it).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ TRAIN_NOTEBOOK = "notebooks/01_train.ipynb"
 REPORT_NOTEBOOK = "notebooks/02_report.ipynb"
 
 RANK_FAILURES = ("RankFailedError", "RankLostError")
+# Failures after which the run's engines may be stuck or gone: they are replaced (retired).
+ENGINE_FAILURES = (*RANK_FAILURES, "RunTimeoutError")
 # An executor runs one notebook: (input notebook, output notebook, parameters, cwd) -> None.
 # It raises (papermill's PapermillExecutionError or anything else) when the notebook fails.
 Executor = Callable[[Path, Path, dict[str, Any], Path], None]
@@ -159,7 +163,7 @@ def run_study(
         execute = functools.partial(
             _execute_run, runs_dir=runs_dir, root=root, executor=executor, force=force
         )
-        _run_packed(pending, slots, planned, execute, result, bar, write)
+        _run_packed(pending, runs_dir, slots, planned, execute, result, bar, write)
     else:
         _run_one_at_a_time(pending, runs_dir, root, executor, force, result, bar, write)
     bar.close()
@@ -201,6 +205,7 @@ def _run_one_at_a_time(
 
 def _run_packed(
     pending: list[Run],
+    runs_dir: Path,
     slots: SlotRequest,
     planned: list[Slot] | None,
     execute: Callable[..., bool],
@@ -228,6 +233,13 @@ def _run_packed(
             pending, engines, execute_one, echo=write, on_interrupt=kill_running_kernels
         )
         result.occupancy = packed.occupancy
+    # A run that failed without recording it (no slots left wide enough for it, or its thread
+    # raised): its failure is recorded here, so every run ends as a record or a failure.
+    for run, error in packed.failed:
+        if run.run_id not in result.failed and run.run_id not in result.executed:
+            failed_path = runs_dir / f"{run.run_id}.failed.json"
+            notebook = runs_dir / f"{run.run_id}.ipynb"
+            record_failure(result, failure_record(run, error, notebook), failed_path)
 
 
 def _execute_run(
@@ -256,18 +268,21 @@ def _execute_run(
             if not record.exists():
                 raise HiresmedError(f"the notebook finished but wrote no record {record.name}")
         except Exception as error:
-            if is_rank_failure(error):
-                pool.retire_parameters(parameters)  # its engines may be stuck or gone
-            if is_rank_failure(error) and first_error is None:
+            retire_error = _retire(pool, parameters) if _name(error) in ENGINE_FAILURES else None
+            if is_rank_failure(error) and first_error is None and retire_error is None:
                 first_error = error
                 write(f"RETRY  {run.run_id}: {_one_line(error)}; resuming on a new cluster")
                 continue
-            # Isolate: record the failure, go on with the other runs.
-            result.failed[run.run_id] = failure_record(run, error, output)
-            write_json_atomic(result.failed[run.run_id], failed_path)
-            cell = result.failed[run.run_id]["cell_index"]
+            # Isolate: record the failure, go on with the other runs. Engines that could not be
+            # replaced (or an attached cluster's engine that is gone) are why the run cannot go
+            # on: that is its error, after the run's own.
+            failure = failure_record(run, retire_error or error, output)
+            if retire_error is not None:
+                failure["run_error"] = _one_line(error)
+            record_failure(result, failure, failed_path)
+            cell = failure["cell_index"]
             where = f" in cell {cell}" if cell is not None else ""
-            write(f"FAILED {run.run_id}{where}: {result.failed[run.run_id]['ename']}")
+            write(f"FAILED {run.run_id}{where}: {failure['ename']}")
             return False
         break
     if first_error is not None:
@@ -278,10 +293,30 @@ def _execute_run(
     return True
 
 
+def _retire(pool: Any, parameters: dict[str, Any]) -> Exception | None:
+    """Replace the engines a failed run used; the error if that failed (None: replaced)."""
+    try:
+        pool.retire_parameters(parameters)
+    except Exception as error:
+        return error
+    return None
+
+
+def record_failure(result: StudyResult, failure: dict[str, Any], failed_path: Path) -> None:
+    """Keep a failed run's record in ``result`` and in its ``.failed.json``."""
+    result.failed[failure["run_id"]] = failure
+    write_json_atomic(failure, failed_path)
+
+
+def _name(error: BaseException) -> str:
+    """The name of the exception a notebook raised (papermill gives it as ``ename``)."""
+    return getattr(error, "ename", None) or type(error).__name__
+
+
 def is_rank_failure(error: BaseException) -> bool:
     """Whether a notebook failed because a rank raised or was lost (papermill names the
     exception the cell raised in ``ename``)."""
-    return (getattr(error, "ename", None) or type(error).__name__) in RANK_FAILURES
+    return _name(error) in RANK_FAILURES
 
 
 def _one_line(error: BaseException) -> str:
