@@ -97,8 +97,9 @@ def test_a_local_rank_past_the_visible_gpus_names_cuda_visible_devices(monkeypat
 
 
 def test_a_serial_run_records_the_node_name_even_after_a_local_distributed_run(monkeypatch):
-    monkeypatch.setenv("HOROVOD_HOSTNAME", "localhost")  # left by a rank on this warm engine
-    assert training.join_ranks(distributed=False).host == socket.gethostname()
+    monkeypatch.setenv("HOROVOD_HOSTNAME", "localhost")  # every rank of its cluster here
+    # The record names a rank's host by node_name (training.rank_result).
+    assert training.node_name(training.join_ranks(distributed=False).host) == socket.gethostname()
     assert training.node_name("localhost") == socket.gethostname()
     assert training.node_name("nodeB") == "nodeB"
 
