@@ -154,8 +154,8 @@ FAST_TESTS := not notebook and not distributed and not multihost and not slurm a
 test-fast: venv
 	$(PY) -m pytest -m "$(FAST_TESTS)"
 
-# Without a GPU the quick study is packed on 2 CPU slots (19 min 25 s here against 24 min 27 s one
-# run at a time, README); with GPUs the runner packs it one GPU per slot by itself.
+# Without a GPU the quick study is packed on 2 CPU slots (on a VM without AVX-512: 19 min 25 s
+# against 24 min 27 s one run at a time, README); with GPUs the runner packs it one GPU per slot.
 GPUS_FOUND := $(or $(wildcard /proc/driver/nvidia/gpus/*),$(shell nvidia-smi -L 2>/dev/null))
 REPRODUCE_SLOTS ?= $(if $(GPUS_FOUND),,2)
 reproduce: venv
