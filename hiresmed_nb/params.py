@@ -7,7 +7,6 @@ the parameter.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import json
 import typing
@@ -157,8 +156,7 @@ class RunConfig(Mapping[str, Any]):
     def placement(self) -> Placement:
         """Where the run's ranks go (:mod:`hiresmed_nb.placement`): a serial run is one rank on
         one engine of this machine (or of the attached cluster), ``HOSTS`` apart."""
-        placement = Placement.from_params(self)
-        return placement if self.distributed else dataclasses.replace(placement, hosts=())
+        return Placement.from_params(self)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values (lists, not tuples), as papermill and JSON records take them."""

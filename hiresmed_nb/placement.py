@@ -77,7 +77,19 @@ class Placement:
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> Placement:
-        """The placement of a checked run's parameters."""
+        """The placement of a run's parameters. A serial run is one rank on one engine of this
+        machine (or of the attached cluster): ``HOSTS`` does not place it."""
+        if params.get("MODE", "distributed") != "distributed" and not params.get(
+            "POOL_CLUSTER_FILE"
+        ):
+            return cls(
+                n_ranks=1,
+                launcher=params["IPP_LAUNCHER"],
+                cluster_file=params["IPP_CLUSTER_FILE"],
+                remote_python=params["REMOTE_PYTHON"],
+                rendezvous_addr=params["RENDEZVOUS_ADDR"],
+                network_interface=params["NETWORK_INTERFACE"],
+            )
         if params.get("POOL_CLUSTER_FILE"):  # a study's run: on the runner's warm cluster
             return cls(
                 n_ranks=params["N_RANKS"],

@@ -117,7 +117,7 @@ class Pool:
         unchanged."""
         if parameters["IPP_CLUSTER_FILE"]:
             return dict(parameters)
-        cluster = self.cluster(_study_placement(parameters))
+        cluster = self.cluster(Placement.from_params(parameters))
         cluster.runs += 1  # the notebook runs on it: read its memory before the next hand-out
         return {**parameters, "POOL_CLUSTER_FILE": cluster.cluster_file}
 
@@ -144,7 +144,7 @@ class Pool:
     def retire_parameters(self, parameters: Mapping[str, Any]) -> None:
         """Retire the cluster a study's notebook with these (original) parameters ran on."""
         if not parameters["IPP_CLUSTER_FILE"]:
-            self.retire(_study_placement(parameters))
+            self.retire(Placement.from_params(parameters))
 
     @property
     def current(self) -> HorovodCluster | None:
@@ -167,14 +167,6 @@ class Pool:
             cluster.stop()
         while self._held:
             self._held.pop().stop()
-
-
-def _study_placement(parameters: Mapping[str, Any]) -> Placement:
-    """The placement of a study's run (parameters as the grid gives them): a serial run is
-    one engine of this machine."""
-    if parameters["MODE"] == "distributed":
-        return Placement.from_params(parameters)
-    return Placement(1)
 
 
 _kernel_pool: Pool | None = None
