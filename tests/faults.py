@@ -14,8 +14,9 @@ set ``HIRESMED_INJECT_FAULT`` in the environment the kernels and engines inherit
   with SIGKILL, as a preempted node would: serially the kernel itself; distributed, every
   process of its cluster (controller, engines, undertaker) and the kernel that owns the cluster.
 
-- ``hang-rank:<rank>:<epoch>``: that rank stops at the end of that epoch and waits for ever (as
-  a rank stuck in a collective would), until it is interrupted.
+- ``hang-rank:<rank>:<epoch>[:<marker file>]``: that rank stops at the end of that epoch and
+  waits for ever (as a rank stuck in a collective would), until it is interrupted; it creates the
+  marker file, if given, when it starts waiting.
 
 ``kill-rank``, ``kill-run`` and ``hang-rank`` fire before that epoch's checkpoint is written: the
 run resumes after ``epoch`` epochs.
@@ -66,12 +67,14 @@ class HangRankAtEpoch(tf.keras.callbacks.Callback):
     """Wait for ever at the end of ``epoch`` (0-based) if this is rank ``rank``; a SIGINT (the
     engine's interrupt) ends the wait with KeyboardInterrupt."""
 
-    def __init__(self, rank: int, epoch: int):
+    def __init__(self, rank: int, epoch: int, marker: str = ""):
         super().__init__()
-        self.rank, self.epoch = rank, epoch
+        self.rank, self.epoch, self.marker = rank, epoch, marker
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if epoch == self.epoch and int(os.environ.get("HOROVOD_RANK", "0")) == self.rank:
+            if self.marker:
+                Path(self.marker).touch()
             threading.Event().wait()  # never set: only a signal ends it
 
 
@@ -166,13 +169,13 @@ def injected_callbacks() -> list[tf.keras.callbacks.Callback]:
         rank, epoch, marker = rest.split(":", 2)
         return [KillRankAfterCheckpointOnce(int(rank), int(epoch), marker)]
     if kind == "hang-rank":
-        rank, epoch = rest.split(":")
-        return [HangRankAtEpoch(int(rank), int(epoch))]
+        rank, epoch, *marker = rest.split(":", 2)
+        return [HangRankAtEpoch(int(rank), int(epoch), *marker)]
     if kind == "kill-run":
         epoch, marker = rest.split(":", 1)
         return [KillRunOnce(int(epoch), marker)]
     raise ValueError(
         f"{FAULT_VARIABLE}={spec!r}: kill-rank:<rank>:<epoch>:<file>, "
         "kill-rank-after-checkpoint:<rank>:<epoch>:<file>, kill-run:<epoch>:<file> or "
-        "hang-rank:<rank>:<epoch>"
+        "hang-rank:<rank>:<epoch>[:<file>]"
     )

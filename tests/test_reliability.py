@@ -52,14 +52,19 @@ def test_a_rank_killed_before_joining_is_named_and_nothing_is_left(skin_dir):
 def test_a_hung_rank_ends_the_run_with_the_time_limit_error_and_nothing_is_left(
     tmp_path, skin_dir, monkeypatch
 ):
-    # Rank 1 waits for ever after its first epoch; rank 0 then waits in the next allreduce.
-    monkeypatch.setenv("HIRESMED_INJECT_FAULT", "hang-rank:1:0")
-    config = tiny_params(tmp_path, MODE="distributed", N_RANKS=2, EPOCHS=2, RUN_TIMEOUT=90)
+    # Rank 1 waits for ever after its first epoch; rank 0 then waits in the next allreduce. The
+    # engines import TensorFlow before the timed run, so its limit needs to cover only a tiny
+    # model's first epoch (a few seconds here) before the hang.
+    hanging = tmp_path / "rank-1-hangs"
+    monkeypatch.setenv("HIRESMED_INJECT_FAULT", f"hang-rank:1:0:{hanging}")
+    config = tiny_params(tmp_path, MODE="distributed", N_RANKS=2, EPOCHS=2, RUN_TIMEOUT=30)
     split = training.make_split(config)
     with pytest.raises(RunTimeoutError) as raised:
         with HorovodCluster(2) as running:
+            running.run(eval, "__import__('tensorflow') and None")
             running.run(training.train, config, (), split)
-    assert raised.value.seconds == 90
+    assert hanging.exists(), "the run's limit passed before rank 1 reached its hang"
+    assert raised.value.seconds == 30
     assert "RUN_TIMEOUT" in str(raised.value)
     assert running.broken
     assert cluster.cluster_processes(running.cluster_id) == []
