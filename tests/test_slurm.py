@@ -124,10 +124,16 @@ def test_a_slurm_job_still_pending_is_named_with_its_id_and_state(idle_slurm, mo
     blocker_id = blocker.stdout.strip()
     monkeypatch.setattr(engines, "REGISTRATION_SECONDS", 10)
     try:
-        with pytest.raises(HiresmedError, match=r"Slurm job \d+: PENDING \((Resources|Priority)\)"):
+        with pytest.raises(
+            HiresmedError, match=r"Slurm job \d+: PENDING \((Resources|Priority)\)"
+        ) as raised:
             command.start_detached(slurm_tasks=2)
     finally:
         idle_slurm.run(["scancel", blocker_id])
+    # The job named is the engines' own (not the blocker), and the failed start cancelled it.
+    [named] = re.findall(r"Slurm job (\d+): PENDING", str(raised.value))
+    assert named != blocker_id
+    assert job_state(idle_slurm, named) == "CANCELLED"
 
 
 STUDY = """STUDY: slurmstudy

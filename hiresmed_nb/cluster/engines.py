@@ -381,11 +381,14 @@ def start_engines(
         log_level=40,
         config=config,
         controller_args=list(CONTROLLER_ARGS),
+        # start_and_connect waits this long for the engines to register (ipyparallel's default,
+        # 60 s, would be the bound instead), then a failure names what it found (a Slurm job
+        # still pending, the engines' output).
+        engine_timeout=int(REGISTRATION_SECONDS),
     )
     with private_files():
         try:
             client = cluster.start_and_connect_sync(activate=False)
-            client.wait_for_engines(n_engines, timeout=REGISTRATION_SECONDS)
         except Exception as error:
             message = _start_failure(cluster, n_engines, controller_address, error)
             stop_cluster(cluster, cluster_id, profile_dir)
