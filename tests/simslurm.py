@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -30,6 +31,11 @@ import simhosts
 from simhosts import HostSpec
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
+# A job's states once it has ended and its processes are gone (scontrol shows COMPLETING before).
+FINAL_STATES = frozenset(
+    {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY"}
+    | {"PREEMPTED", "TIMEOUT"}
+)
 CLIENTS = ("srun", "sbatch", "squeue", "scancel", "scontrol", "sinfo")
 SLURMD_PORT = 6818  # every node has its own network namespace, so one port serves all
 SLURM_CONF = """ClusterName=hiresmedsim
@@ -250,6 +256,19 @@ class SimSlurm:
         while (jobs := self.jobs()) and time.monotonic() < deadline:
             time.sleep(0.2)  # poll interval
         return jobs
+
+    def wait_for_job_end(self, job: str, timeout: float) -> str:
+        """Poll until ``job`` has ended (its processes too: no longer COMPLETING) and return its
+        final state (COMPLETED, FAILED...); RuntimeError naming its state after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            shown = self.run(["scontrol", "-o", "show", "job", job]).stdout
+            state = re.search(r"\bJobState=(\S+)", shown).group(1)
+            if state in FINAL_STATES:
+                return state
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Slurm job {job} is still {state} after {timeout} s")
+            time.sleep(0.2)  # poll interval
 
     def logs(self) -> str:
         """The tail of every daemon's log, for an error message."""
