@@ -250,6 +250,19 @@ class SimSlurm:
             if not cmd.startswith(("slurmd ", "nsenter ", "unshare ", "sh -c set -eu"))
         }
 
+    def wait_for_idle_nodes(self, timeout: float = 30) -> dict[str, dict[int, str]]:
+        """What each node still runs of a job (see :meth:`node_processes`) once nothing is left,
+        or at once when anything but Slurm's step daemons (``slurmstepd``) is: those may end a
+        moment after the job did, so they are polled for, up to ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = {node: self.node_processes(node) for node in self.nodes}
+            commands = [command for found in left.values() for command in found.values()]
+            stepds_only = all(command.startswith("slurmstepd") for command in commands)
+            if not commands or not stepds_only or time.monotonic() > deadline:
+                return left
+            time.sleep(0.2)  # poll interval
+
     def wait_for_no_jobs(self, timeout: float = 60) -> list[str]:
         """Poll until Slurm has no pending or running job, or ``timeout`` passes; return them."""
         deadline = time.monotonic() + timeout

@@ -62,9 +62,7 @@ def slurm():
 def idle_slurm(slurm):
     """The module's Slurm; after the test, no job may remain and nothing may run on a node."""
     yield slurm
-    left = {"jobs": slurm.wait_for_no_jobs()}
-    for node in slurm.nodes:
-        left[node] = slurm.node_processes(node)
+    left = {"jobs": slurm.wait_for_no_jobs(), **slurm.wait_for_idle_nodes()}
     assert not any(left.values()), f"left behind: {left}"
 
 
@@ -166,6 +164,7 @@ def test_the_study_batch_script_packs_a_study_onto_engines_of_a_two_node_allocat
     state = idle_slurm.wait_for_job_end(job, timeout=900)
     output = log.read_text() if log.exists() else ""
     assert state == "COMPLETED", f"Slurm job {job}: {state}\n{output}"  # exit status 0
+    assert f"Slurm job step {job}.0: cancelled" in output  # the engines' step, by `cluster stop`
     records = {
         path.stem: json.loads(path.read_text())
         for path in (outputs / "slurmstudy" / "runs").glob("*.json")
