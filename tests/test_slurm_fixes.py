@@ -1,5 +1,6 @@
 """Unit tests of what running under Slurm needs, without a Slurm: ipcluster's id-less cluster
-files, engines counted from the controller, GPUs seen by a rank, the launcher's batch file."""
+files, engines counted from the controller, GPUs seen by a rank, the launcher's batch file, engines
+lost with their job."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from hiresmed_nb.cluster.engines import stop_cluster
+from hiresmed_nb.cluster import slurm
+from hiresmed_nb.cluster.engines import Engines, stop_cluster
+from hiresmed_nb.cluster.ranks import EngineFacts
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.params import validate
 from hiresmed_nb.science import training
@@ -107,3 +110,34 @@ def test_a_serial_run_records_the_node_name_even_after_a_local_distributed_run(m
 def test_the_mpi_launcher_is_refused_with_the_reason_and_the_slurm_ways():
     with pytest.raises(HiresmedError, match=r"IPP_LAUNCHER='mpi' is not supported: .*mpi4py"):
         validate({"MODE": "distributed", "IPP_LAUNCHER": "mpi", "RENDEZVOUS_ADDR": "10.0.0.1"})
+
+
+class _RegisteredClient:
+    """Stands in for a client whose controller still lists every engine (no heartbeat missed)."""
+
+    ids = [0, 1, 2, 3]
+
+
+def test_engines_whose_slurm_job_ended_are_lost_at_the_next_remote_check(monkeypatch):
+    """The controller drops a dead engine only after 30 s of silence; Slurm knows at once."""
+    states = {"12": "CANCELLED", "13": "RUNNING", "14": "unknown (scontrol did not answer)"}
+    asked = []
+
+    def job_state(job: str) -> str:
+        asked.append(job)
+        return states[job]
+
+    monkeypatch.setattr(slurm, "job_state", job_state)
+    steps = ["12.0", "12.0", "13.0", "14.0"]
+    facts = [
+        EngineFacts(
+            index, f"node{index}", 100, "0", f"10.0.0.{index + 2}", "eth0", (), (), 1, 0, step
+        )
+        for index, step in enumerate(steps)
+    ]
+    engines = Engines(_RegisteredClient(), [0, 1, 2, 3], None, False, "", Path(), [], facts)
+
+    assert engines.lost(check_remote=False) == []
+    assert asked == []
+    assert engines.lost(check_remote=True) == [0, 1]  # the cancelled job's two engines
+    assert sorted(asked) == ["12", "13", "14"]  # one scontrol per job

@@ -187,18 +187,23 @@ class Engines:
     # Liveness -------------------------------------------------------------------------------
 
     def lost(self, check_remote: bool) -> list[int]:
-        """Indexes of engines that are gone: left the controller, or their process ended.
+        """Indexes of engines that are gone: left the controller, their process ended, or the
+        Slurm job they run in ended (cancelled, timed out...).
 
         Processes on this machine are checked every call; engines on other hosts only when
-        ``check_remote`` (one ssh per host).
+        ``check_remote`` (one ssh per host), and so are Slurm jobs (one ``scontrol`` per job):
+        the controller notices a dead engine only after its heartbeat's 30 s of silence.
         """
         registered = set(self.client.ids)
         gone = {i for i, engine_id in enumerate(self.engine_ids) if engine_id not in registered}
         remote: dict[EngineLaunch, list[int]] = {}
+        in_job: dict[str, list[int]] = {}
         for index, facts in enumerate(self.facts):
             launch = self.launch_of(index)
             if index in gone:
                 continue
+            if facts.slurm_job:
+                in_job.setdefault(facts.slurm_job.split(".")[0], []).append(index)
             if launch is not None and launch.location:
                 remote.setdefault(_host_key(launch), []).append(index)
             elif facts.machine == "localhost" and not process_alive(facts.pid):
@@ -206,6 +211,8 @@ class Engines:
         if check_remote:
             for launch, indexes in remote.items():
                 gone.update(self._remote_dead(launch, indexes))
+            for job in slurm.ended_jobs(list(in_job)):
+                gone.update(in_job[job])
         return sorted(gone)
 
     def _remote_dead(self, launch: EngineLaunch, indexes: list[int]) -> list[int]:

@@ -23,6 +23,11 @@ from hiresmed_nb.cluster.engine_tasks import route_address
 from hiresmed_nb.errors import HiresmedError
 
 SLURM_SECONDS = 30  # bound on one squeue or scontrol call
+# A job's states (``scontrol show job``) once it is ending or has ended: its processes are going.
+ENDED_STATES = frozenset(
+    {"BOOT_FAIL", "CANCELLED", "COMPLETED", "COMPLETING", "DEADLINE", "FAILED", "NODE_FAIL"}
+    | {"OUT_OF_MEMORY", "PREEMPTED", "TIMEOUT"}
+)
 _CONTROLLER_HOST = re.compile(r"^SlurmctldHost\[0\]\s*=\s*([^\s(]+)(?:\(([^)]+)\))?", re.M)
 
 
@@ -102,6 +107,13 @@ def job_state(job: str) -> str:
         return "unknown (scontrol did not answer)"
     found = re.search(r"\bJobState=(\S+)", done.stdout)
     return found.group(1) if done.returncode == 0 and found else "unknown to Slurm"
+
+
+def ended_jobs(jobs: list[str]) -> set[str]:
+    """The jobs of ``jobs`` that Slurm says are ending or have ended (CANCELLED, COMPLETING...),
+    one ``scontrol`` call each. A job Slurm cannot say anything of (no answer, no longer known)
+    is not among them."""
+    return {job for job in dict.fromkeys(jobs) if job_state(job) in ENDED_STATES}
 
 
 def cancel_steps(steps: list[str]) -> list[str]:
