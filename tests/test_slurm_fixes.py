@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from hiresmed_nb.cluster import engines as engines_module
 from hiresmed_nb.cluster import slurm
 from hiresmed_nb.cluster.engines import Engines, stop_cluster
 from hiresmed_nb.cluster.ranks import EngineFacts
@@ -141,3 +142,51 @@ def test_engines_whose_slurm_job_ended_are_lost_at_the_next_remote_check(monkeyp
     assert asked == []
     assert engines.lost(check_remote=True) == [0, 1]  # the cancelled job's two engines
     assert sorted(asked) == ["12", "13", "14"]  # one scontrol per job
+
+
+class _AskedClient:
+    """Stands in for an ipyparallel Client of a controller with ``ids``; records what is asked."""
+
+    def __init__(self, ids: list[int], steps: list[str]):
+        self.ids, self.steps = ids, steps
+        self.asked: list[str] = []
+
+    def __getitem__(self, key):
+        return self
+
+    def apply_async(self, function):
+        self.asked.append(function.__name__)
+        return self
+
+    def get(self, timeout: float) -> list[str]:
+        return self.steps
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("registered", "expected"),
+    [([0, 1], []), ([0, 1, 2], ["7.0"])],  # as many engines as launched; one more
+)
+def test_cluster_stop_asks_engines_for_their_job_step_only_past_what_its_launcher_started(
+    tmp_path: Path, monkeypatch, registered, expected
+):
+    """A cluster's own Slurm job is cancelled whole; only engines beyond those its launcher
+    started (srun ipengine in another allocation) are asked, so dead engines of a cancelled
+    job, still registered, hold nothing up."""
+    import ipyparallel
+
+    state = {
+        "cluster": {"cluster_id": "c1", "profile_dir": str(tmp_path)},
+        "engines": {"sets": {"s1": {"n": 2, "job_id": "5"}}},
+    }
+    cluster_file = tmp_path / "cluster-c1.json"
+    cluster_file.write_text(json.dumps(state))
+    client = _AskedClient(registered, ["5.0", "5.0", "7.0"][: len(registered)])
+    monkeypatch.setattr(ipyparallel, "Client", lambda *args, **kwargs: client)
+
+    steps = engines_module._job_steps_of_engines(str(cluster_file), state)
+
+    assert steps == expected  # the launcher's own job 5 is never a step to cancel
+    assert client.asked == (["slurm_step"] if expected else [])

@@ -523,18 +523,20 @@ def stop_cluster_file(cluster_file: str) -> tuple[str, list[str]]:
     # imports dotted paths only.
     engines["class"] = str(engines.get("class", "")).replace(":", ".")
     cluster = ipp.Cluster.from_dict(dict(state), cluster_file=str(path), log_level=40)
-    steps = _job_steps_of_engines(cluster_file, slurm.job_ids(state))
+    steps = _job_steps_of_engines(cluster_file, state)
     stopped = stop_cluster(cluster, cluster.cluster_id, Path(cluster.profile_dir), state)
     stopped += slurm.cancel_steps(steps)
     path.unlink(missing_ok=True)
     return cluster.cluster_id, stopped
 
 
-def _job_steps_of_engines(cluster_file: str, submitted_jobs: list[str]) -> list[str]:
-    """The Slurm job steps of the cluster's engines that its own launcher did not submit
+def _job_steps_of_engines(cluster_file: str, state: dict[str, Any]) -> list[str]:
+    """The Slurm job steps of the cluster's engines that its own launchers did not start
     (``srun ipengine --file=...`` inside an allocation): stopping the controller leaves those
-    engines running on their nodes, so their steps are cancelled. Asks every engine; [] when
-    the controller does not answer."""
+    engines running on their nodes, so their steps are cancelled. Asks every engine, but only
+    when the controller has more engines than the launchers of ``state`` (the cluster file)
+    started: an engine of a cancelled job stays registered until its heartbeat lapses, and
+    would hold the stop up to PROBE_SECONDS. [] when the controller does not answer."""
     import ipyparallel as ipp
 
     try:
@@ -543,12 +545,18 @@ def _job_steps_of_engines(cluster_file: str, submitted_jobs: list[str]) -> list[
     except Exception:
         return []
     try:
-        if not client.ids:
+        if len(client.ids) <= _launched_engines(state):
             return []
         steps = client[:].apply_async(engine_tasks.slurm_step).get(timeout=PROBE_SECONDS)
     except Exception:
         return []
     finally:
         client.close()
-    own = set(submitted_jobs)
+    own = set(slurm.job_ids(state))
     return sorted({step for step in steps if step and step.split(".")[0] not in own})
+
+
+def _launched_engines(cluster_state: dict[str, Any]) -> int:
+    """How many engines the launchers of a cluster's state started (its engine sets' ``n``)."""
+    sets = cluster_state.get("engines", {}).get("sets", {})
+    return sum(int(engine_set.get("n") or 0) for engine_set in sets.values())
