@@ -52,7 +52,7 @@ from hiresmed_nb.placement import Placement
 
 IPP_PROFILE_DIR = ".ipyparallel/profile_hiresmed"
 LIVENESS_POLL_SECONDS = 1.0
-REMOTE_LIVENESS_EVERY = 5  # polls between ssh liveness checks of engines on other hosts
+REMOTE_LIVENESS_EVERY = 5  # polls between checks of engines on other hosts (ssh) or in Slurm jobs
 
 
 def start_rendezvous(addr: str) -> tuple[Any, int]:
