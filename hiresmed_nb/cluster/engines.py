@@ -13,13 +13,13 @@ import contextlib
 import os
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hiresmed_nb.cluster import engine_tasks, launchers, slurm
-from hiresmed_nb.cluster.hosts import SSH_OPTIONS, HostSlots
+from hiresmed_nb.cluster.hosts import SSH_OPTIONS, HostSlots, ask_hosts, head_address
 from hiresmed_nb.cluster.processes import (
     cluster_processes,
     describe_process,
@@ -321,7 +321,7 @@ def _stop_on_host(launch: EngineLaunch, cluster_id: str) -> list[str]:
     return [line for line in ended if line.strip()]
 
 
-def _make_profile_private(profile_dir: Path, cluster_id: str) -> None:
+def make_profile_private(profile_dir: Path, cluster_id: str) -> None:
     security = profile_dir / "security"
     security.mkdir(parents=True, exist_ok=True, mode=0o700)
     security.chmod(0o700)
@@ -329,24 +329,56 @@ def _make_profile_private(profile_dir: Path, cluster_id: str) -> None:
         path.chmod(0o600)
 
 
-def start_engines(
+def controller_address(
+    rendezvous_addr: str,
+    cluster_id: str,
+    *,
+    launcher: str = "local",
+    hosts: Sequence[HostSlots] = (),
+    remote_python: str = "",
+) -> str:
+    """Where a cluster's controller (and the rendezvous server) listen: one address, never all.
+
+    ``rendezvous_addr`` when given (not 'auto'); else, with ``hosts``, the address every host
+    sees this machine at (each host is asked over ssh, also when the address is given: that
+    checks them); loopback for local engines; for Slurm's launcher this machine's address on
+    the route to Slurm's controller. Another launcher needs RENDEZVOUS_ADDR (a HiresmedError).
+    """
+    if hosts:
+        answers = ask_hosts(list(hosts), remote_python, remote_profile_dir(cluster_id))
+        found = head_address(answers)
+        return found if rendezvous_addr == "auto" else rendezvous_addr
+    if rendezvous_addr != "auto":
+        return rendezvous_addr
+    if launcher == "local":
+        return "127.0.0.1"
+    if launcher == "slurm":
+        return slurm.controller_address()  # where the nodes reach this machine
+    raise HiresmedError(
+        f"IPP_LAUNCHER={launcher!r} starts engines this machine cannot ask for its address: set "
+        "RENDEZVOUS_ADDR to this machine's address that the engines reach (or use HOSTS, or "
+        "attach to a running cluster with IPP_CLUSTER_FILE)"
+    )
+
+
+def new_cluster(
     n_engines: int,
     *,
     cluster_id: str,
     profile_dir: Path,
     controller_address: str,
+    owner: str,
     launcher: str = "local",
-    hosts: list[HostSlots] | None = None,
+    hosts: Sequence[HostSlots] = (),
     remote_python: str = "",
-    owner: str = "",
-) -> Engines:
-    """Start a controller listening on ``controller_address`` only, and ``n_engines`` engines:
-    locally, over ssh on ``hosts``, or with ipyparallel's ``launcher`` (slurm).
+) -> Any:
+    """The ipyparallel ``Cluster`` (not started) of every cluster the project starts: its
+    controller on ``controller_address`` only, its processes marked (:mod:`.processes`), its
+    engines local, over ssh on ``hosts`` (each cluster its own folder there) or started by
+    ipyparallel's ``launcher`` (slurm).
 
-    ``owner``: the identity of the process the cluster must not outlive (see
-    :mod:`.processes`); '' for a cluster that outlives this process (``cluster start``). On
-    failure the engines' last output is in the :class:`HiresmedError`; the caller stops what was
-    started.
+    ``owner``: the identity of the process the cluster must not outlive; '' for a cluster that
+    outlives this process (``cluster start``).
     """
     import ipyparallel as ipp
     from traitlets.config import Config
@@ -370,7 +402,7 @@ def start_engines(
         engine_class = launcher
         if launcher == "slurm":
             slurm.configure_launcher(config, profile_dir, cluster_id)
-    cluster = ipp.Cluster(
+    return ipp.Cluster(
         n=n_engines,
         engines=engine_class,
         profile_dir=str(profile_dir),
@@ -382,6 +414,34 @@ def start_engines(
         config=config,
         controller_args=list(CONTROLLER_ARGS),
     )
+
+
+def start_engines(
+    n_engines: int,
+    *,
+    cluster_id: str,
+    profile_dir: Path,
+    controller_address: str,
+    launcher: str = "local",
+    hosts: list[HostSlots] | None = None,
+    remote_python: str = "",
+    owner: str = "",
+) -> Engines:
+    """Start a controller listening on ``controller_address`` only, and ``n_engines`` engines:
+    locally, over ssh on ``hosts``, or with ipyparallel's ``launcher`` (slurm); see
+    :func:`new_cluster`. On failure what was started is stopped and the engines' last output is
+    in the :class:`HiresmedError`.
+    """
+    cluster = new_cluster(
+        n_engines,
+        cluster_id=cluster_id,
+        profile_dir=profile_dir,
+        controller_address=controller_address,
+        owner=owner,
+        launcher=launcher,
+        hosts=hosts or (),
+        remote_python=remote_python,
+    )
     with private_files():
         try:
             client = cluster.start_and_connect_sync(activate=False)
@@ -391,7 +451,7 @@ def start_engines(
             stop_cluster(cluster, cluster_id, profile_dir)
             raise HiresmedError(message) from None
         finally:
-            _make_profile_private(profile_dir, cluster_id)
+            make_profile_private(profile_dir, cluster_id)
     engine_ids = sorted(client.ids)[:n_engines]
     launches = engine_launches(cluster.to_dict())
     return Engines(client, engine_ids, cluster, True, cluster_id, profile_dir, launches)

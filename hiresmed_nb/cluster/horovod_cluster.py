@@ -21,16 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from hiresmed_nb import compat
-from hiresmed_nb.cluster import engine_tasks, preflight, scripts, slurm
+from hiresmed_nb.cluster import engine_tasks, preflight, scripts
 from hiresmed_nb.cluster.engines import (
     PROBE_SECONDS,
     Engines,
     attach_engines,
-    remote_profile_dir,
+    controller_address,
     start_engines,
 )
 from hiresmed_nb.cluster.errors import RankLostError, RunTimeoutError, as_rank_failure
-from hiresmed_nb.cluster.hosts import ask_hosts, head_address
 from hiresmed_nb.cluster.lifecycle import Started
 from hiresmed_nb.cluster.memory import EngineMemory, resident_bytes
 from hiresmed_nb.cluster.processes import (
@@ -178,24 +177,13 @@ class HorovodCluster(Started):
                     f"N_RANKS={placement.n_ranks} does not match the {slots} slots of HOSTS: "
                     "give N_RANKS equal to the total, or 0 for that total"
                 )
-            answers = ask_hosts(
-                list(placement.hosts),
-                placement.remote_python or sys.executable,
-                remote_profile_dir(self.cluster_id),
-            )
-            found = head_address(answers)
-            return found if placement.rendezvous_addr == "auto" else placement.rendezvous_addr
-        if placement.launcher == "local":
-            return "127.0.0.1" if placement.rendezvous_addr == "auto" else placement.rendezvous_addr
-        if placement.launcher == "slurm" and placement.rendezvous_addr == "auto":
-            return slurm.controller_address()  # where the nodes reach this machine
-        if placement.rendezvous_addr == "auto":
-            raise HiresmedError(
-                f"IPP_LAUNCHER={placement.launcher!r} starts engines this machine cannot ask for "
-                "its address: set RENDEZVOUS_ADDR to this machine's address that the engines reach "
-                "(or use HOSTS, or attach to a running cluster with IPP_CLUSTER_FILE)"
-            )
-        return placement.rendezvous_addr
+        return controller_address(
+            placement.rendezvous_addr,
+            self.cluster_id,
+            launcher=placement.launcher,
+            hosts=placement.hosts,
+            remote_python=placement.remote_python or sys.executable,
+        )
 
     def _attached_rendezvous_addr(self) -> str:
         """'auto' for an attached cluster: loopback when its engines are on this machine, else

@@ -20,20 +20,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hiresmed_nb.cluster import launchers
 from hiresmed_nb.cluster.devices import LOCAL_HOST, Slot, slot_environment
 from hiresmed_nb.cluster.engines import (
-    CONTROLLER_ARGS,
     PROBE_SECONDS,
     REGISTRATION_SECONDS,
-    SSH_POLL_SECONDS,
-    _make_profile_private,
+    controller_address,
+    make_profile_private,
+    new_cluster,
     private_files,
-    remote_profile_dir,
     stop_cluster,
 )
 from hiresmed_nb.cluster.horovod_cluster import IPP_PROFILE_DIR
-from hiresmed_nb.cluster.hosts import SSH_OPTIONS, ask_hosts, head_address
 from hiresmed_nb.cluster.lifecycle import Started
 from hiresmed_nb.cluster.memory import EngineMemory, resident_bytes
 from hiresmed_nb.cluster.processes import (
@@ -113,22 +110,23 @@ class SlotsCluster(Started):
 
     def start(self) -> None:
         """Start the controller and one engine per slot; wait until every slot's engine is up."""
-        import ipyparallel as ipp
-
         reap_orphans(self.profile_dir)
-        self.profile_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        controller = self._controller_address()
-        self._cluster = ipp.Cluster(
-            n=1,
-            engines=launchers.SSH if self.hosts else launchers.LOCAL,
-            profile_dir=str(self.profile_dir),
+        controller = controller_address(
+            self.rendezvous_addr,
+            self.cluster_id,
+            hosts=self.hosts,
+            remote_python=self.remote_python,
+        )
+        # Loopback for slots on this machine; with hosts, where every host sees us. The
+        # engines are started one engine set per slot below, not by the cluster itself.
+        self._cluster = new_cluster(
+            1,
             cluster_id=self.cluster_id,
-            controller_ip=controller,
-            controller_location=controller,
-            shutdown_atexit=True,
-            log_level=40,
-            config=self._config(),
-            controller_args=list(CONTROLLER_ARGS),
+            profile_dir=self.profile_dir,
+            controller_address=controller,
+            owner=process_identity(),
+            hosts=self.hosts,
+            remote_python=self.remote_python,
         )
         with private_files():
             try:
@@ -145,32 +143,9 @@ class SlotsCluster(Started):
                     f"controller on {controller}: {type(error).__name__}: {error}"
                 ) from None
             finally:
-                _make_profile_private(self.profile_dir, self.cluster_id)
+                make_profile_private(self.profile_dir, self.cluster_id)
         # Idle between runs, the engines must not outlive this process, also if it is killed.
         self._undertaker = start_undertaker(process_identity(), self.cluster_id, self.cluster_file)
-
-    def _config(self) -> Any:
-        from traitlets.config import Config
-
-        config = Config()
-        config.BaseLauncher.environment = marker_environment(self.cluster_id, process_identity())
-        if self.hosts:
-            settings = config.SSHEngineSetLauncher
-            settings.remote_python = self.remote_python
-            settings.remote_profile_dir = remote_profile_dir(self.cluster_id)
-            settings.poll_seconds = SSH_POLL_SECONDS
-            settings.ssh_args = list(SSH_OPTIONS)
-            settings.scp_args = list(SSH_OPTIONS)
-        return config
-
-    def _controller_address(self) -> str:
-        """Loopback for slots on this machine; with ``--hosts``, where every host sees us."""
-        if self.rendezvous_addr != "auto":
-            return self.rendezvous_addr
-        if not self.hosts:
-            return "127.0.0.1"
-        found = ask_hosts(self.hosts, self.remote_python, remote_profile_dir(self.cluster_id))
-        return head_address(found)
 
     def _start_engine(self, slot: Slot) -> None:
         """Start ``slot``'s engine, an engine set of its own, with the slot's environment; from
