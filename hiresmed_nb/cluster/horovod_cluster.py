@@ -13,7 +13,6 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import secrets
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -44,7 +43,7 @@ from hiresmed_nb.cluster.ranks import (
     host_identities,
     threads_per_rank,
 )
-from hiresmed_nb.cluster.undertaker import reap_orphans, start_undertaker
+from hiresmed_nb.cluster.undertaker import reap_orphans
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.params import resolve_path
 from hiresmed_nb.placement import Placement
@@ -125,7 +124,6 @@ class HorovodCluster(Started):
         self.broken = False
         self.memory = EngineMemory()
         self.engines: Engines | None = None
-        self._undertaker: subprocess.Popen | None = None
         self._polls = 0
 
     @property
@@ -160,11 +158,7 @@ class HorovodCluster(Started):
             )
             self.rendezvous_addr = controller
             if not self.detached:
-                # A warm cluster may idle between runs: it must not outlive this kernel, also
-                # when the kernel is killed before it can stop it.
-                self._undertaker = start_undertaker(
-                    process_identity(), self.cluster_id, self.cluster_file
-                )
+                self.watch_owner(self.cluster_id, self.cluster_file)
         self._place_ranks()
 
     def _controller_address(self) -> str:
@@ -363,11 +357,7 @@ class HorovodCluster(Started):
                 self.engines.stop()
             finally:
                 self.engines = None
-        if self._undertaker is not None:
-            # Its watch would end on its own within a poll; end it now so nothing outlives stop().
-            self._undertaker.terminate()
-            self._undertaker.wait()
-            self._undertaker = None
+        self.stop_watching()
 
 
 def run_timeout_of(args: Sequence[Any]) -> float | None:

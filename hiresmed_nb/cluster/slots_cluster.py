@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
 import sys
 import threading
 import time
@@ -38,7 +37,7 @@ from hiresmed_nb.cluster.processes import (
     owned_cluster_id,
     process_identity,
 )
-from hiresmed_nb.cluster.undertaker import reap_orphans, start_undertaker
+from hiresmed_nb.cluster.undertaker import reap_orphans
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.params import resolve_path
 from hiresmed_nb.placement import HostSlots
@@ -89,7 +88,6 @@ class SlotsCluster(Started):
         self._seen: set[int] = set()
         self._cluster: Any = None
         self._client: Any = None
-        self._undertaker: subprocess.Popen | None = None
         # Held only for bookkeeping and for starting or stopping engines, never while waiting
         # for them to register: other slots' runs go on meanwhile.
         self._lock = threading.Lock()
@@ -144,8 +142,7 @@ class SlotsCluster(Started):
                 ) from None
             finally:
                 make_profile_private(self.profile_dir, self.cluster_id)
-        # Idle between runs, the engines must not outlive this process, also if it is killed.
-        self._undertaker = start_undertaker(process_identity(), self.cluster_id, self.cluster_file)
+        self.watch_owner(self.cluster_id, self.cluster_file)
 
     def _start_engine(self, slot: Slot) -> None:
         """Start ``slot``'s engine, an engine set of its own, with the slot's environment; from
@@ -262,7 +259,4 @@ class SlotsCluster(Started):
                 client.close()
             if cluster is not None:
                 stop_cluster(cluster, self.cluster_id, self.profile_dir)
-        if self._undertaker is not None:
-            self._undertaker.terminate()
-            self._undertaker.wait()
-            self._undertaker = None
+        self.stop_watching()
