@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from hiresmed_nb.cluster import devices
-from hiresmed_nb.cluster.devices import Gpu, Slot
-from hiresmed_nb.cluster.engine_slots import EngineDevices, engine_devices, slots_of_engines
+from hiresmed_nb.cluster.devices import EngineDevices, Gpu, Slot, engine_devices, slots_of_engines
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.placement import HostSlots
 

@@ -1,11 +1,22 @@
-"""A packed study's cluster: one ipyparallel engine per slot, started with its slot's environment.
+"""A packed study's cluster: one ipyparallel engine per slot, started here or attached.
 
-Each engine starts with :func:`~hiresmed_nb.cluster.devices.slot_environment` of its slot (only
-its GPU visible, its share of the cores), so TensorFlow in it never sees another slot's GPU.
-Every slot's engine is an engine set of its own: after a rank failure the engines of that run's
-slots are replaced while the other slots' engines go on with their runs. Runs attach to the
-cluster with its file and the engine ids of the slots reserved for them (the notebook's
-``POOL_CLUSTER_FILE`` and ``POOL_ENGINES``); each run has its own Gloo rendezvous in its kernel.
+Started (owned): each engine starts with :func:`~hiresmed_nb.cluster.devices.slot_environment` of
+its slot (only its GPU visible, its share of the cores), so TensorFlow in it never sees another
+slot's GPU. Every slot's engine is an engine set of its own: after a rank failure the engines of
+that run's slots are replaced while the other slots' engines go on with their runs.
+
+Attached (``cluster_file``: ``-p IPP_CLUSTER_FILE``): engines started elsewhere (the Slurm recipe
+with one engine per GPU, ``cluster start``) keep the ``CUDA_VISIBLE_DEVICES`` they were started
+with; each reports what it sees (:func:`~hiresmed_nb.cluster.devices.engine_devices`), which
+makes one slot per engine, and is then told its slot's name and thread share (``HIRESMED_SLOT*``).
+The cluster is not ours: it is never stopped, changed or replaced here. A run whose rank fails
+is retried on the same engines while they are all still there; an engine that is gone (killed,
+its job cancelled) is an :class:`EngineLostError` naming it and its host, and its slots leave the
+study while the other slots go on.
+
+Runs attach to the cluster with its file and the engine ids of the slots reserved for them (the
+notebook's ``POOL_CLUSTER_FILE`` and ``POOL_ENGINES``); each run has its own Gloo rendezvous in
+its kernel.
 """
 
 from __future__ import annotations
@@ -19,17 +30,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hiresmed_nb.cluster.devices import LOCAL_HOST, Slot, slot_environment
+from hiresmed_nb.cluster.devices import (
+    LOCAL_HOST,
+    Slot,
+    engine_devices,
+    slot_environment,
+    slots_of_engines,
+)
 from hiresmed_nb.cluster.engines import (
     PROBE_SECONDS,
     REGISTRATION_SECONDS,
+    attached_engine_count,
     controller_address,
     make_profile_private,
     new_cluster,
     private_files,
     stop_cluster,
 )
-from hiresmed_nb.cluster.horovod_cluster import IPP_PROFILE_DIR
+from hiresmed_nb.cluster.errors import EngineLostError
+from hiresmed_nb.cluster.horovod_cluster import IPP_PROFILE_DIR, HorovodCluster
 from hiresmed_nb.cluster.lifecycle import Started
 from hiresmed_nb.cluster.memory import EngineMemory, resident_bytes
 from hiresmed_nb.cluster.processes import (
@@ -40,15 +59,21 @@ from hiresmed_nb.cluster.processes import (
 from hiresmed_nb.cluster.undertaker import reap_orphans
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.params import resolve_path
-from hiresmed_nb.placement import HostSlots
+from hiresmed_nb.placement import HostSlots, Placement
 
 POLL_SECONDS = 0.2
 MEMORY_READ_SECONDS = 10  # an idle engine answers in milliseconds
+SLOT_VARIABLES = ("HIRESMED_SLOT", "HIRESMED_SLOT_GPU", "HIRESMED_SLOT_THREADS")
 
 
 def engine_slot_key() -> str:
     """Run on an engine: the key of the slot it was started for ('' for another engine)."""
     return os.environ.get("HIRESMED_SLOT", "")
+
+
+def adopt_slot(variables: dict[str, str]) -> None:
+    """Run on an attached engine: take the name and thread share of its slot (its GPU is set)."""
+    os.environ.update(variables)
 
 
 def slot_hosts(slots: Sequence[Slot]) -> list[HostSlots]:
@@ -63,18 +88,25 @@ def slot_hosts(slots: Sequence[Slot]) -> list[HostSlots]:
 class SlotsCluster(Started):
     """``with SlotsCluster(slots) as cluster: cluster.engine_ids(some_slots)``.
 
-    Started and owned by this process (stopped on every host when it stops, and by its
-    undertaker if this process is killed). ``replace(slots)`` gives those slots fresh engines.
+    Given ``slots``: started and owned by this process (stopped on every host when it stops,
+    and by its undertaker if this process is killed); ``replace(slots)`` gives those slots fresh
+    engines. Given ``cluster_file`` instead: attached, one slot per engine of that running
+    cluster (:attr:`slots` once started); nothing is started, replaced or stopped.
     """
 
     def __init__(
         self,
-        slots: Sequence[Slot],
+        slots: Sequence[Slot] = (),
         *,
+        cluster_file: str = "",
         remote_python: str = "",
         rendezvous_addr: str = "auto",
         profile_dir: str | Path = IPP_PROFILE_DIR,
     ):
+        if bool(slots) == bool(cluster_file):
+            raise ValueError("give SlotsCluster either slots or cluster_file")
+        self.attached_file = cluster_file
+        self._attached: HorovodCluster | None = None  # the attached cluster's engines
         self.slots = list(slots)
         self.hosts = slot_hosts(self.slots)
         self.remote_python = remote_python or sys.executable
@@ -97,6 +129,8 @@ class SlotsCluster(Started):
 
     @property
     def cluster_file(self) -> str:
+        if self.attached_file:
+            return str(resolve_path(self.attached_file))
         return str(getattr(self._cluster, "cluster_file", ""))
 
     def engine_ids(self, slots: Sequence[Slot]) -> list[int]:
@@ -107,7 +141,11 @@ class SlotsCluster(Started):
     # Starting ---------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the controller and one engine per slot; wait until every slot's engine is up."""
+        """Start the controller and one engine per slot; wait until every slot's engine is up.
+        Attached: find the engines' slots and tell each engine its slot."""
+        if self.attached_file:
+            self._attach()
+            return
         reap_orphans(self.profile_dir)
         controller = controller_address(
             self.rendezvous_addr,
@@ -143,6 +181,40 @@ class SlotsCluster(Started):
             finally:
                 make_profile_private(self.profile_dir, self.cluster_id)
         self.watch_owner(self.cluster_id, self.cluster_file)
+
+    def _attach(self) -> None:
+        engines = attached_engine_count(self.attached_file)  # the controller's: job steps count
+        self._attached = HorovodCluster(
+            placement=Placement(engines, cluster_file=self.attached_file),
+            profile_dir=self.profile_dir,
+        )
+        self._attached.start()  # attaches, and names each engine's host as ranks would
+        engines = self._attached.engines
+        futures = [
+            view.apply_async(engine_devices, engine_id)
+            for view, engine_id in zip(engines.views, engines.engine_ids, strict=True)
+        ]
+        devices = [future.get(timeout=PROBE_SECONDS) for future in futures]
+        hosts = [rank.hostname for rank in self._attached.slots]
+        by_engine = slots_of_engines(devices, hosts)
+        self.slots = [by_engine[engine_id] for engine_id in engines.engine_ids]
+        adopted = []
+        for view, slot in zip(engines.views, self.slots, strict=True):
+            variables = slot_environment(slot)
+            chosen = {name: variables[name] for name in SLOT_VARIABLES}
+            adopted.append(view.apply_async(adopt_slot, chosen))
+        for engine_id, future in zip(engines.engine_ids, adopted, strict=True):
+            try:
+                future.get(timeout=PROBE_SECONDS)
+            except TimeoutError:
+                raise HiresmedError(
+                    f"IPP_CLUSTER_FILE={self.attached_file!r}: engine {engine_id} did not answer "
+                    f"within {PROBE_SECONDS} s: it is busy or its host is unreachable"
+                ) from None
+        self.engine_of = {
+            slot.key: engine_id
+            for slot, engine_id in zip(self.slots, engines.engine_ids, strict=True)
+        }
 
     def _start_engine(self, slot: Slot) -> None:
         """Start ``slot``'s engine, an engine set of its own, with the slot's environment; from
@@ -197,7 +269,13 @@ class SlotsCluster(Started):
     def replace(self, slots: Sequence[Slot]) -> None:
         """Give ``slots`` fresh engines (after a rank failure: the old ones may be stuck or
         gone; or grown too large). Same slots, same environment, new engine ids. The lock is
-        held while engines stop and start, not while the new ones register."""
+        held while engines stop and start, not while the new ones register.
+
+        Attached: the engines are not ours to replace, only :meth:`check` that they are all
+        still there (a retry then runs on them)."""
+        if self.attached_file:
+            self.check(slots)
+            return
         with self._lock:
             if self._stopped:
                 raise HiresmedError("the slots' cluster was stopped: no engine is replaced")
@@ -211,7 +289,18 @@ class SlotsCluster(Started):
 
     def check(self, slots: Sequence[Slot]) -> None:
         """Give fresh engines to the slots of ``slots`` whose engine has left the controller
-        (e.g. killed between runs), so the next run there does not target it."""
+        (e.g. killed between runs), so the next run there does not target it. Attached: raise
+        :class:`EngineLostError` for the first engine of ``slots`` that is gone."""
+        if self._attached is not None:
+            engines = self._attached.engines
+            lost = set(engines.lost(check_remote=True))
+            for slot in slots:
+                index = engines.engine_ids.index(self.engine_of[slot.key])
+                if index in lost:
+                    raise EngineLostError(
+                        self.engine_of[slot.key], engines.host_of(index), self.cluster_file
+                    )
+            return
         with self._lock:
             if self._client is None:
                 return
@@ -224,7 +313,8 @@ class SlotsCluster(Started):
         """After a run on ``slots``: read their engines' memory (an engine's first reading is its
         baseline) and give fresh engines to the slots whose engine has grown past the bound of
         :mod:`.memory`, as the pool does for a warm cluster. Returns the console line saying
-        which were replaced, or None."""
+        which were replaced, or None. An attached cluster's engines are not this study's to
+        replace, whatever their memory."""
         with self._lock:
             if self._client is None:  # stopped (Ctrl-C): nothing to read or replace
                 return None
@@ -250,7 +340,10 @@ class SlotsCluster(Started):
     def stop(self) -> None:
         """Stop the controller and every slot's engine, on every host; leave no file behind.
         Under the lock: an engine being started meanwhile is started first, then stopped with
-        the others, and no engine starts after (:meth:`replace` raises)."""
+        the others, and no engine starts after (:meth:`replace` raises). Attached: let the
+        cluster go (it keeps running)."""
+        if self._attached is not None:
+            self._attached.stop()
         with self._lock:
             self._stopped = True
             client, self._client = self._client, None

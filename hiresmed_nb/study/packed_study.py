@@ -74,7 +74,7 @@ class SlotRequest:
 def study_slots(request: SlotRequest) -> list[Slot] | None:
     """The slots of a study started here (None: no slots asked for and no GPU found, so the
     study runs one run at a time as without packing). An attached cluster's slots are its
-    engines': see :class:`AttachedSlots`."""
+    engines': see :class:`SlotsCluster`."""
     if request.hosts:
         hosts = parse_slot_hosts(request.hosts)
         check_slot_count(request.slots)
@@ -90,9 +90,7 @@ def study_slots(request: SlotRequest) -> list[Slot] | None:
 def start_slot_engines(request: SlotRequest, slots: list[Slot] | None) -> SlotEngines:
     """The engines of a packed study: attached (a cluster file) or started, one per slot."""
     if request.cluster_file:
-        from hiresmed_nb.cluster.attached_slots import AttachedSlots
-
-        return AttachedSlots(request.cluster_file)
+        return start_or_stop(SlotsCluster(cluster_file=request.cluster_file))
     if slots is None:
         raise ValueError("no slots to start engines for")
     return start_or_stop(SlotsCluster(slots))
