@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hiresmed_nb.cluster.engines import stop_cluster
+from hiresmed_nb.cluster.stopping import stop_cluster
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.params import validate
 from hiresmed_nb.science import training

@@ -12,7 +12,7 @@ One module per concern:
   GPUs, planning the slots, and the slots of an attached cluster's engines.
 - :mod:`.hosts`: the ssh check of every host of ``HOSTS``.
 - :mod:`.engines`: starting engines (local, ssh, slurm), attaching to a cluster file,
-  liveness, engine output, stopping everywhere.
+  liveness, engine output; :mod:`.stopping`: stopping a cluster everywhere.
 - :mod:`.launchers`: ipyparallel launchers that keep engine output and name each engine.
 - :mod:`.ranks`: Horovod rank numbers, host identities and ``HOROVOD_*`` variables.
 - :mod:`.preflight`: checks before ``hvd.init()`` that fail with one named error.

@@ -1,9 +1,9 @@
 """The engines that host the ranks: started here (locally or over ssh on ``HOSTS``), or attached
 from a running cluster's file (``IPP_CLUSTER_FILE``).
 
-A started cluster is owned: stopping it stops the controller and the engines on every host,
-the ssh sessions that watch them, and removes their files. An attached cluster is not: leaving
-it stops nothing. Every process started for a cluster carries its marker variables
+A started cluster is owned: stopping it (:mod:`.stopping`) stops the controller and the engines
+on every host, the ssh sessions that watch them, and removes their files. An attached cluster is
+not: leaving it stops nothing. Every process started for a cluster carries its marker variables
 (:mod:`.processes`), on every host, so stopping it ends those processes and no others.
 """
 
@@ -21,19 +21,19 @@ from typing import Any
 from hiresmed_nb.cluster import engine_tasks, launchers, slurm
 from hiresmed_nb.cluster.hosts import SSH_OPTIONS, HostSlots, ask_hosts, head_address
 from hiresmed_nb.cluster.processes import (
-    cluster_processes,
-    describe_process,
+    PROBE_SECONDS,
+    EngineLaunch,
+    engine_launches,
+    host_key,
     marker_environment,
     process_alive,
-    reap_processes,
-    summarize,
+    ssh,
 )
 from hiresmed_nb.cluster.ranks import EngineFacts
+from hiresmed_nb.cluster.stopping import read_cluster_file, stop_cluster
 from hiresmed_nb.errors import HiresmedError
-from hiresmed_nb.params import resolve_path
 
 REGISTRATION_SECONDS = 120
-PROBE_SECONDS = 30
 OUTPUT_TAIL_LINES = 40
 # ipyparallel watches each ssh engine with an ssh session that waits up to this long for the
 # engine to exit (its default, 60 s, would keep sessions open that long after a stop).
@@ -58,51 +58,6 @@ def remote_profile_dir(cluster_id: str) -> str:
     """The folder ssh engines use on their host (logs, IPython profile): one per cluster, never
     the project's profile, removed when the cluster stops."""
     return str(Path(tempfile.gettempdir()) / cluster_id)
-
-
-@dataclass(frozen=True)
-class EngineLaunch:
-    """How one engine was launched, as the cluster file records it: enough to find its output
-    and check its process from this machine (through ssh for an engine on another host)."""
-
-    identifier: str
-    pid: int
-    location: str = ""  # ssh destination; '' for an engine on this machine
-    ssh_args: tuple[str, ...] = ()
-    output_file: str = ""  # on this machine, or on ``location``
-    remote_folder: str = ""  # the engine's folder on ``location`` (ssh engines)
-    remote_python: str = ""  # the interpreter on ``location`` (ssh engines)
-
-
-def engine_launches(cluster_state: dict[str, Any]) -> list[EngineLaunch]:
-    """Every engine launch in a cluster's state (``Cluster.to_dict()`` or its cluster file)."""
-    found = []
-    for engine_set in cluster_state.get("engines", {}).get("sets", {}).values():
-        for identifier, state in engine_set.get("engines", {}).items():
-            host = state.get("hostname", "")
-            user = state.get("user", "")
-            found.append(
-                EngineLaunch(
-                    identifier=str(identifier),
-                    pid=int(state.get("pid", -1)),
-                    location=f"{user}@{host}" if user and host else host,
-                    ssh_args=tuple(state.get("ssh_args", ())),
-                    output_file=state.get("remote_output_file") or state.get("output_file", ""),
-                    remote_folder=state.get("remote_profile_dir", "") if host else "",
-                    remote_python=state.get("remote_python", "") if host else "",
-                )
-            )
-    return found
-
-
-def _ssh(launch: EngineLaunch, *command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ssh", *launch.ssh_args, launch.location, *command],
-        capture_output=True,
-        text=True,
-        timeout=15,
-        check=False,
-    )
 
 
 @dataclass
@@ -178,7 +133,7 @@ class Engines:
             return ""
         try:
             if launch.location:
-                return _ssh(launch, "tail", f"-n{lines}", launch.output_file).stdout
+                return ssh(launch, "tail", f"-n{lines}", launch.output_file).stdout
             text = Path(launch.output_file).read_text(errors="replace")
         except (OSError, subprocess.SubprocessError):
             return ""
@@ -200,7 +155,7 @@ class Engines:
             if index in gone:
                 continue
             if launch is not None and launch.location:
-                remote.setdefault(_host_key(launch), []).append(index)
+                remote.setdefault(host_key(launch), []).append(index)
             elif facts.machine == "localhost" and not process_alive(facts.pid):
                 gone.add(index)
         if check_remote:
@@ -211,7 +166,7 @@ class Engines:
     def _remote_dead(self, launch: EngineLaunch, indexes: list[int]) -> list[int]:
         pids = " ".join(str(self.facts[i].pid) for i in indexes)
         try:
-            done = _ssh(launch, f"for p in {pids}; do kill -0 $p 2>/dev/null || echo $p; done")
+            done = ssh(launch, f"for p in {pids}; do kill -0 $p 2>/dev/null || echo $p; done")
         except subprocess.TimeoutExpired:
             return []  # an unreachable host: the controller's heartbeat will drop its engines
         if done.returncode != 0:
@@ -235,90 +190,6 @@ class Engines:
             self.client.close()
         if self.owned:
             stop_cluster(self.cluster, self.cluster_id, self.profile_dir)
-
-
-def _host_key(launch: EngineLaunch) -> EngineLaunch:
-    return EngineLaunch("", -1, launch.location, launch.ssh_args)
-
-
-def stop_cluster(
-    cluster: Any, cluster_id: str, profile_dir: Path, recorded: dict[str, Any] | None = None
-) -> list[str]:
-    """Stop an ipyparallel cluster everywhere and leave nothing of it: its processes on this
-    machine and on ssh hosts (found by their marker, never by name; its undertaker too), the
-    engines' folders on those hosts, engine logs, connection and cluster files. ``recorded``: the
-    state its cluster file holds (its hosts are visited even if an engine there has ended).
-    Returns what it stopped, a line per host ('this host: controller (pid 12), engine (pids 13,
-    14)')."""
-    launches = engine_launches(recorded or cluster.to_dict())
-    # ipyparallel's Slurm launchers scancel these jobs
-    jobs = slurm.job_ids(recorded or cluster.to_dict())
-    here = [describe_process(process) for process in cluster_processes(cluster_id)]
-    stopped: dict[str, list[str]] = {}
-    try:
-        cluster.stop_cluster_sync()
-    except Exception:  # a half-started cluster: what is left is reaped below
-        pass
-    finally:
-        for launch in launches:  # engines on ssh hosts, which ipyparallel stopped by pid
-            if launch.location:
-                stopped.setdefault(launch.location, []).append(f"engine {launch.pid}")
-        remote_hosts = {_host_key(launch): launch for launch in launches if launch.location}
-        for host, launch in remote_hosts.items():
-            stopped[host.location].extend(_stop_on_host(launch, cluster_id))
-        here.extend(reap_processes(cluster_id))
-        stopped = {"this host": list(dict.fromkeys(here)), **stopped}
-        for leftover in cluster_files(profile_dir, cluster_id, cluster.to_dict()):
-            leftover.unlink(missing_ok=True)
-    return [
-        f"{host}: {summarize(ended) or 'nothing was running'}" for host, ended in stopped.items()
-    ] + slurm.after_cancel(jobs)
-
-
-def cluster_files(profile_dir: Path, cluster_id: str, cluster_state: dict[str, Any]) -> list[Path]:
-    """The files of one cluster in its profile folder: connection files, the logs and batch
-    scripts its launchers name, and, when it has an id, every file of the folder, ``log/`` and
-    ``security/`` whose name holds it. ``ipcluster start`` without ``--cluster-id`` leaves the
-    id empty: then only the files ipyparallel names for an id-less cluster, never another
-    cluster's files."""
-    prefix = f"ipcontroller-{cluster_id}" if cluster_id else "ipcontroller"
-    found = [profile_dir / "security" / f"{prefix}-{kind}.json" for kind in ("client", "engine")]
-    found += [Path(p) for p in _named_files(cluster_state) if Path(p).is_absolute()]
-    if cluster_id:  # the profile folder itself holds the Slurm launcher's batch scripts
-        for folder in ("", "log", "security"):
-            found.extend((profile_dir / folder).glob(f"*{cluster_id}*"))
-    inside = [p for p in found if p.resolve().is_relative_to(profile_dir.resolve())]
-    return [p for p in dict.fromkeys(inside) if p.is_file()]
-
-
-def _named_files(state: Any) -> Iterator[str]:
-    """Every launcher's output file and batch script named in a cluster's state."""
-    if isinstance(state, dict):
-        for key, value in state.items():
-            if key in ("output_file", "batch_file_name") and isinstance(value, str) and value:
-                yield value
-            else:
-                yield from _named_files(value)
-    elif isinstance(state, list):
-        for item in state:
-            yield from _named_files(item)
-
-
-def _stop_on_host(launch: EngineLaunch, cluster_id: str) -> list[str]:
-    """End what is left of ``cluster_id`` on an ssh host (its engines' nannies, say) and remove
-    the engines' folder there if the project made it. Returns what was ended there; an
-    unreachable host or a host without this package ends nothing."""
-    ended: list[str] = []
-    with contextlib.suppress(subprocess.SubprocessError, OSError):
-        if launch.remote_python:
-            reaped = _ssh(
-                launch, launch.remote_python, "-m", __package__ + ".processes", cluster_id
-            )
-            if reaped.returncode == 0:
-                ended = reaped.stdout.split("\n")
-        if Path(launch.remote_folder).name.startswith("hiresmed-"):  # only folders we made
-            _ssh(launch, "rm", "-rf", launch.remote_folder)
-    return [line for line in ended if line.strip()]
 
 
 def make_profile_private(profile_dir: Path, cluster_id: str) -> None:
@@ -491,7 +362,7 @@ def attach_engines(cluster_file: str, n_engines: int, engine_ids: tuple[int, ...
     """
     import ipyparallel as ipp
 
-    state, cluster_id, profile_dir, client_file = _read_cluster_file(cluster_file)
+    state, cluster_id, profile_dir, client_file = read_cluster_file(cluster_file)
     try:
         client = ipp.Client(str(client_file), timeout=PROBE_SECONDS)
         client.wait_for_engines(n_engines, timeout=PROBE_SECONDS, interactive=False)
@@ -513,28 +384,6 @@ def attach_engines(cluster_file: str, n_engines: int, engine_ids: tuple[int, ...
     return Engines(client, chosen, None, False, cluster_id, profile_dir, launches)
 
 
-def _read_cluster_file(cluster_file: str) -> tuple[dict[str, Any], str, Path, Path]:
-    """A cluster file's state, cluster id, profile folder and client connection file; one
-    HiresmedError naming IPP_CLUSTER_FILE when it is missing or not a cluster file."""
-    import json
-
-    path = resolve_path(cluster_file)
-    try:
-        state = json.loads(path.read_text())
-        cluster_id = state["cluster"]["cluster_id"]
-        profile_dir = Path(state["cluster"]["profile_dir"])
-    except FileNotFoundError:
-        raise HiresmedError(f"IPP_CLUSTER_FILE={cluster_file!r} does not exist") from None
-    except (OSError, ValueError, KeyError, TypeError):
-        raise HiresmedError(
-            f"IPP_CLUSTER_FILE={cluster_file!r} is not an ipyparallel cluster file"
-        ) from None
-    # ipyparallel names connection files after the cluster id ('ipcluster start' without
-    # --cluster-id leaves it empty).
-    prefix = f"ipcontroller-{cluster_id}" if cluster_id else "ipcontroller"
-    return state, cluster_id, profile_dir, profile_dir / "security" / f"{prefix}-client.json"
-
-
 def attached_engine_count(cluster_file: str) -> int:
     """How many engines the controller of ``cluster_file`` has now: what the file lists and
     engines started elsewhere (``srun ipengine --file=...`` job steps, an admin's pool) alike.
@@ -543,7 +392,7 @@ def attached_engine_count(cluster_file: str) -> int:
     not answer within PROBE_SECONDS."""
     import ipyparallel as ipp
 
-    _, _, _, client_file = _read_cluster_file(cluster_file)
+    _, _, _, client_file = read_cluster_file(cluster_file)
     try:
         client = ipp.Client(str(client_file), timeout=PROBE_SECONDS)
     except Exception as error:
@@ -555,50 +404,3 @@ def attached_engine_count(cluster_file: str) -> int:
         return len(client.ids)
     finally:
         client.close()
-
-
-def stop_cluster_file(cluster_file: str) -> tuple[str, list[str]]:
-    """Stop the cluster of ``cluster_file`` everywhere (``cluster stop``); returns its id and
-    what was stopped (see :func:`stop_cluster`)."""
-    import json
-
-    import ipyparallel as ipp
-
-    path = resolve_path(cluster_file)
-    if not path.is_file():
-        raise HiresmedError(f"cluster file {cluster_file!r} does not exist")
-    state = json.loads(path.read_text())
-    engines = state.get("engines", {})
-    # ipyparallel records a launcher class outside its own entry points as 'module:Class' but
-    # imports dotted paths only.
-    engines["class"] = str(engines.get("class", "")).replace(":", ".")
-    cluster = ipp.Cluster.from_dict(dict(state), cluster_file=str(path), log_level=40)
-    steps = _job_steps_of_engines(cluster_file, slurm.job_ids(state))
-    stopped = stop_cluster(cluster, cluster.cluster_id, Path(cluster.profile_dir), state)
-    stopped += slurm.cancel_steps(steps)
-    path.unlink(missing_ok=True)
-    return cluster.cluster_id, stopped
-
-
-def _job_steps_of_engines(cluster_file: str, submitted_jobs: list[str]) -> list[str]:
-    """The Slurm job steps of the cluster's engines that its own launcher did not submit
-    (``srun ipengine --file=...`` inside an allocation): stopping the controller leaves those
-    engines running on their nodes, so their steps are cancelled. Asks every engine; [] when
-    the controller does not answer."""
-    import ipyparallel as ipp
-
-    try:
-        _, _, _, client_file = _read_cluster_file(cluster_file)
-        client = ipp.Client(str(client_file), timeout=PROBE_SECONDS)
-    except Exception:
-        return []
-    try:
-        if not client.ids:
-            return []
-        steps = client[:].apply_async(engine_tasks.slurm_step).get(timeout=PROBE_SECONDS)
-    except Exception:
-        return []
-    finally:
-        client.close()
-    own = set(submitted_jobs)
-    return sorted({step for step in steps if step and step.split(".")[0] not in own})

@@ -45,7 +45,6 @@ from hiresmed_nb.cluster.engines import (
     make_profile_private,
     new_cluster,
     private_files,
-    stop_cluster,
 )
 from hiresmed_nb.cluster.errors import EngineLostError
 from hiresmed_nb.cluster.horovod_cluster import IPP_PROFILE_DIR, HorovodCluster
@@ -56,6 +55,7 @@ from hiresmed_nb.cluster.processes import (
     owned_cluster_id,
     process_identity,
 )
+from hiresmed_nb.cluster.stopping import stop_cluster
 from hiresmed_nb.cluster.undertaker import reap_orphans
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.params import resolve_path
