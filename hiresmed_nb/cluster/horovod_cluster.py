@@ -22,7 +22,6 @@ from typing import Any
 from hiresmed_nb import compat
 from hiresmed_nb.cluster import engine_tasks, preflight, scripts
 from hiresmed_nb.cluster.engines import (
-    PROBE_SECONDS,
     Engines,
     attach_engines,
     controller_address,
@@ -30,7 +29,7 @@ from hiresmed_nb.cluster.engines import (
 )
 from hiresmed_nb.cluster.errors import RankLostError, RunTimeoutError, as_rank_failure
 from hiresmed_nb.cluster.lifecycle import Started
-from hiresmed_nb.cluster.memory import EngineMemory, resident_bytes
+from hiresmed_nb.cluster.memory import EngineMemory, read_engine_memory
 from hiresmed_nb.cluster.processes import (
     detached_cluster_id,
     owned_cluster_id,
@@ -345,8 +344,7 @@ class HorovodCluster(Started):
 
     def engine_memory(self) -> list[int]:
         """Every engine's resident memory now, in bytes, in rank order."""
-        futures = [view.apply_async(resident_bytes) for view in self.engines.views]
-        return [future.get(timeout=PROBE_SECONDS) for future in futures]
+        return read_engine_memory(self.engines.client, self.engines.engine_ids)
 
     # Stopping -------------------------------------------------------------------------------
 

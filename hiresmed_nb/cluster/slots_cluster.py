@@ -49,7 +49,7 @@ from hiresmed_nb.cluster.engines import (
 from hiresmed_nb.cluster.errors import EngineLostError
 from hiresmed_nb.cluster.horovod_cluster import IPP_PROFILE_DIR, HorovodCluster
 from hiresmed_nb.cluster.lifecycle import Started
-from hiresmed_nb.cluster.memory import EngineMemory, resident_bytes
+from hiresmed_nb.cluster.memory import EngineMemory, read_engine_memory
 from hiresmed_nb.cluster.processes import (
     marker_environment,
     owned_cluster_id,
@@ -62,7 +62,6 @@ from hiresmed_nb.params import resolve_path
 from hiresmed_nb.placement import HostSlots, Placement
 
 POLL_SECONDS = 0.2
-MEMORY_READ_SECONDS = 10  # an idle engine answers in milliseconds
 SLOT_VARIABLES = ("HIRESMED_SLOT", "HIRESMED_SLOT_GPU", "HIRESMED_SLOT_THREADS")
 
 
@@ -319,9 +318,9 @@ class SlotsCluster(Started):
             if self._client is None:  # stopped (Ctrl-C): nothing to read or replace
                 return None
             engine_ids = [self.engine_of[slot.key] for slot in slots]
-            reading = self._client[engine_ids].apply_async(resident_bytes)
+            client = self._client
         try:  # bounded: a study stopped meanwhile must not leave this thread waiting forever
-            rss = reading.get(timeout=MEMORY_READ_SECONDS)
+            rss = read_engine_memory(client, engine_ids)
         except Exception:  # engines stopped or unreachable: no reading, nothing replaced
             return None
         outgrown: list[tuple[Slot, EngineMemory]] = []
