@@ -77,20 +77,31 @@ class Engines:
     def views(self) -> list[Any]:
         return [self.client[engine_id] for engine_id in self.engine_ids]
 
-    def describe(self, rendezvous_addr: str) -> list[EngineFacts]:
-        """Ask every engine for its :class:`EngineFacts` (at most PROBE_SECONDS)."""
+    def ask(self, function: Any, *args: Any, each: Sequence[tuple[Any, ...]] = ()) -> list[Any]:
+        """``function(*args, *each[i])`` on every engine ``i`` at once; their answers in engine
+        order. One HiresmedError naming the first engine that has not answered within
+        PROBE_SECONDS (busy, or its host unreachable)."""
+        extra = each or [()] * len(self.engine_ids)
         futures = [
-            view.apply_async(engine_tasks.describe_engine, rendezvous_addr) for view in self.views
+            view.apply_async(function, *args, *more)
+            for view, more in zip(self.views, extra, strict=True)
         ]
-        described = []
+        answers = []
         for engine_id, future in zip(self.engine_ids, futures, strict=True):
             try:
-                facts = future.get(timeout=PROBE_SECONDS)
+                answers.append(future.get(timeout=PROBE_SECONDS))
             except TimeoutError:
                 raise HiresmedError(
-                    f"engine {engine_id} did not answer within {PROBE_SECONDS} s: it is busy or "
-                    "its host is unreachable; restart the cluster"
+                    f"engine {engine_id} of cluster {self.cluster_id} did not answer within "
+                    f"{PROBE_SECONDS} s: it is busy or its host is unreachable; restart the cluster"
                 ) from None
+        return answers
+
+    def describe(self, rendezvous_addr: str) -> list[EngineFacts]:
+        """Ask every engine for its :class:`EngineFacts` (at most PROBE_SECONDS)."""
+        described = []
+        answers = self.ask(engine_tasks.describe_engine, rendezvous_addr)
+        for engine_id, facts in zip(self.engine_ids, answers, strict=True):
             facts["hostname_addresses"] = tuple(facts["hostname_addresses"])
             facts["addresses"] = tuple(facts["addresses"])
             described.append(EngineFacts(engine_id=engine_id, **facts))

@@ -182,34 +182,18 @@ class SlotsCluster(Started):
         self.watch_owner(self.cluster_id, self.cluster_file)
 
     def _attach(self) -> None:
-        engines = attached_engine_count(self.attached_file)  # the controller's: job steps count
+        count = attached_engine_count(self.attached_file)  # the controller's: job steps count
         self._attached = HorovodCluster(
-            placement=Placement(engines, cluster_file=self.attached_file),
+            placement=Placement(count, cluster_file=self.attached_file),
             profile_dir=self.profile_dir,
         )
         self._attached.start()  # attaches, and names each engine's host as ranks would
         engines = self._attached.engines
-        futures = [
-            view.apply_async(engine_devices, engine_id)
-            for view, engine_id in zip(engines.views, engines.engine_ids, strict=True)
-        ]
-        devices = [future.get(timeout=PROBE_SECONDS) for future in futures]
-        hosts = [rank.hostname for rank in self._attached.slots]
-        by_engine = slots_of_engines(devices, hosts)
+        devices = engines.ask(engine_devices, each=[(e,) for e in engines.engine_ids])
+        by_engine = slots_of_engines(devices, [rank.hostname for rank in self._attached.slots])
         self.slots = [by_engine[engine_id] for engine_id in engines.engine_ids]
-        adopted = []
-        for view, slot in zip(engines.views, self.slots, strict=True):
-            variables = slot_environment(slot)
-            chosen = {name: variables[name] for name in SLOT_VARIABLES}
-            adopted.append(view.apply_async(adopt_slot, chosen))
-        for engine_id, future in zip(engines.engine_ids, adopted, strict=True):
-            try:
-                future.get(timeout=PROBE_SECONDS)
-            except TimeoutError:
-                raise HiresmedError(
-                    f"IPP_CLUSTER_FILE={self.attached_file!r}: engine {engine_id} did not answer "
-                    f"within {PROBE_SECONDS} s: it is busy or its host is unreachable"
-                ) from None
+        variables = [slot_environment(slot) for slot in self.slots]
+        engines.ask(adopt_slot, each=[({k: v[k] for k in SLOT_VARIABLES},) for v in variables])
         self.engine_of = {
             slot.key: engine_id
             for slot, engine_id in zip(self.slots, engines.engine_ids, strict=True)
