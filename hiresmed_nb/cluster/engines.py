@@ -30,7 +30,7 @@ from hiresmed_nb.cluster.processes import (
     ssh,
 )
 from hiresmed_nb.cluster.ranks import EngineFacts
-from hiresmed_nb.cluster.stopping import read_cluster_file, stop_cluster
+from hiresmed_nb.cluster.stopping import connect, stop_cluster
 from hiresmed_nb.errors import HiresmedError
 
 REGISTRATION_SECONDS = 120
@@ -367,17 +367,14 @@ def attach_engines(cluster_file: str, n_engines: int, engine_ids: tuple[int, ...
     """Connect to the running cluster of ``cluster_file`` and take ``n_engines`` of its engines:
     exactly ``engine_ids`` when given (a packed study's reserved slots), else the first ones.
 
-    Only a client connects (no launcher is rebuilt here, so nothing of the cluster runs in this
-    process). Raises :class:`HiresmedError` naming IPP_CLUSTER_FILE when the file is missing or
+    Raises :class:`HiresmedError` naming IPP_CLUSTER_FILE when the file is missing or
     unreadable, its controller does not answer, or it has fewer engines than asked.
     """
-    import ipyparallel as ipp
-
-    state, cluster_id, profile_dir, client_file = read_cluster_file(cluster_file)
+    client, state, cluster_id, profile_dir = connect(cluster_file)
     try:
-        client = ipp.Client(str(client_file), timeout=PROBE_SECONDS)
         client.wait_for_engines(n_engines, timeout=PROBE_SECONDS, interactive=False)
     except Exception as error:
+        client.close()
         raise HiresmedError(
             f"IPP_CLUSTER_FILE={cluster_file!r}: cannot use {n_engines} engine(s) of that "
             f"cluster ({type(error).__name__}: {error}); is it running? "
@@ -401,16 +398,7 @@ def attached_engine_count(cluster_file: str) -> int:
 
     One HiresmedError naming IPP_CLUSTER_FILE when the file is not one or the controller does
     not answer within PROBE_SECONDS."""
-    import ipyparallel as ipp
-
-    _, _, _, client_file = read_cluster_file(cluster_file)
-    try:
-        client = ipp.Client(str(client_file), timeout=PROBE_SECONDS)
-    except Exception as error:
-        raise HiresmedError(
-            f"IPP_CLUSTER_FILE={cluster_file!r}: its controller does not answer "
-            f"({type(error).__name__}: {error}); is the cluster running?"
-        ) from None
+    client = connect(cluster_file)[0]
     try:
         return len(client.ids)
     finally:

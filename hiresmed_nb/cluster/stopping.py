@@ -129,6 +129,25 @@ def read_cluster_file(cluster_file: str) -> tuple[dict[str, Any], str, Path, Pat
     return state, cluster_id, profile_dir, profile_dir / "security" / f"{prefix}-client.json"
 
 
+def connect(cluster_file: str) -> tuple[Any, dict[str, Any], str, Path]:
+    """A client of the running cluster of ``cluster_file`` (only a client: nothing of the
+    cluster runs in this process), with the file's state, cluster id and profile folder. One
+    HiresmedError naming IPP_CLUSTER_FILE when the file is not one or its controller does not
+    answer within PROBE_SECONDS."""
+    import ipyparallel as ipp
+
+    state, cluster_id, profile_dir, client_file = read_cluster_file(cluster_file)
+    try:
+        client = ipp.Client(str(client_file), timeout=PROBE_SECONDS)
+    except Exception as error:
+        raise HiresmedError(
+            f"IPP_CLUSTER_FILE={cluster_file!r}: its controller does not answer "
+            f"({type(error).__name__}: {error}); is the cluster running? "
+            "(`python -m hiresmed_nb cluster start` prints a fresh file)"
+        ) from None
+    return client, state, cluster_id, profile_dir
+
+
 def stop_cluster_file(cluster_file: str) -> tuple[str, list[str]]:
     """Stop the cluster of ``cluster_file`` everywhere (``cluster stop``); returns its id and
     what was stopped (see :func:`stop_cluster`)."""
@@ -155,12 +174,9 @@ def _job_steps_of_engines(cluster_file: str, submitted_jobs: list[str]) -> list[
     (``srun ipengine --file=...`` inside an allocation): stopping the controller leaves those
     engines running on their nodes, so their steps are cancelled. Asks every engine; [] when
     the controller does not answer."""
-    import ipyparallel as ipp
-
     try:
-        _, _, _, client_file = read_cluster_file(cluster_file)
-        client = ipp.Client(str(client_file), timeout=PROBE_SECONDS)
-    except Exception:
+        client = connect(cluster_file)[0]
+    except HiresmedError:
         return []
     try:
         if not client.ids:
