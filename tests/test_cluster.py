@@ -397,3 +397,49 @@ def test_engines_sharing_a_launch_id_find_their_own_output_by_pid(tmp_path):
     engines = Engines(None, [0, 1], None, True, "c", tmp_path, launches, facts)
     assert "pid 4002 says" in engines.output_tail(1)
     assert "pid 4001 says" in engines.output_tail(0)
+
+
+def test_one_rule_gives_every_cluster_its_controller_address(monkeypatch):
+    from hiresmed_nb.cluster import engines, slurm
+
+    assert engines.controller_address("auto", "c") == "127.0.0.1"
+    assert engines.controller_address("10.1.2.3", "c", launcher="pbs") == "10.1.2.3"
+    monkeypatch.setattr(slurm, "controller_address", lambda: "10.9.9.9")
+    assert engines.controller_address("auto", "c", launcher="slurm") == "10.9.9.9"
+    with pytest.raises(HiresmedError, match="IPP_LAUNCHER='pbs'.*set RENDEZVOUS_ADDR"):
+        engines.controller_address("auto", "c", launcher="pbs")
+
+
+class _SilentView:
+    """An engine that answers 'yes' unless it is engine 1, which never answers."""
+
+    def __init__(self, engine_id):
+        self.engine_id = engine_id
+
+    def apply_async(self, function, *args):
+        return self
+
+    def get(self, timeout):
+        if self.engine_id == 1:
+            raise TimeoutError
+        return "yes"
+
+
+def test_a_question_to_the_engines_is_bounded_and_names_the_silent_engine(tmp_path):
+    from hiresmed_nb.cluster.engines import Engines
+
+    client = {engine_id: _SilentView(engine_id) for engine_id in (0, 1)}
+    assert Engines(client, [0], None, True, "c", tmp_path).ask(print) == ["yes"]
+    with pytest.raises(HiresmedError, match="engine 1 of cluster c did not answer within 30 s"):
+        Engines(client, [0, 1], None, True, "c", tmp_path).ask(print, each=[(1,), (2,)])
+
+
+def test_a_slots_cluster_is_given_its_slots_or_a_cluster_file_not_both():
+    from hiresmed_nb.cluster.devices import Slot
+    from hiresmed_nb.cluster.slots_cluster import SlotsCluster
+
+    with pytest.raises(ValueError, match="either slots or cluster_file"):
+        SlotsCluster()
+    with pytest.raises(ValueError, match="either slots or cluster_file"):
+        SlotsCluster([Slot("localhost", 0, "", None, 1)], cluster_file="cluster.json")
+    assert SlotsCluster(cluster_file="cluster.json").slots == []  # its engines', once started

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from hiresmed_nb.cluster import devices
-from hiresmed_nb.cluster.devices import Gpu, Slot
-from hiresmed_nb.cluster.engine_slots import EngineDevices, engine_devices, slots_of_engines
+from hiresmed_nb.cluster.devices import EngineDevices, Gpu, Slot, engine_devices, slots_of_engines
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.placement import HostSlots
 
@@ -169,11 +168,11 @@ def test_each_host_of_hosts_is_asked_over_ssh_for_its_gpus_and_cores(tmp_path, m
 
 
 def test_a_packed_study_on_hosts_plans_each_hosts_gpus_and_cores(monkeypatch):
-    from hiresmed_nb.study import packed_study
+    from hiresmed_nb.study import packed
 
     answers = {"a": (FOUR_GPUS, 32), "b": ([], 12)}
-    monkeypatch.setattr(packed_study, "ask_devices", lambda hosts, python: answers)
-    slots = packed_study.study_slots(packed_study.SlotRequest(hosts="a:2,b:3"))
+    monkeypatch.setattr(packed, "ask_devices", lambda hosts, python: answers)
+    slots = packed.study_slots(packed.SlotRequest(hosts="a:2,b:3"))
     assert [(s.key, s.cuda_visible_devices, s.threads) for s in slots] == [
         ("a/0", UUIDS[0], 16),
         ("a/1", UUIDS[1], 16),
@@ -183,7 +182,7 @@ def test_a_packed_study_on_hosts_plans_each_hosts_gpus_and_cores(monkeypatch):
     ]
     answers["a"] = (FOUR_GPUS[:1], 32)  # a host with fewer GPUs than its slots: named
     with pytest.raises(HiresmedError, match="--hosts asks for 2 slots on a, which shows 1 GPU"):
-        packed_study.study_slots(packed_study.SlotRequest(hosts="a:2,b:3"))
+        packed.study_slots(packed.SlotRequest(hosts="a:2,b:3"))
 
 
 def test_bad_hosts_are_named_errors():

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from hiresmed_nb.cluster import engines as engines_module
-from hiresmed_nb.cluster import slurm
-from hiresmed_nb.cluster.engines import Engines, stop_cluster
+from hiresmed_nb.cluster import slurm, stopping
+from hiresmed_nb.cluster.engines import Engines
 from hiresmed_nb.cluster.ranks import EngineFacts
+from hiresmed_nb.cluster.stopping import stop_cluster
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.params import validate
 from hiresmed_nb.science import training
@@ -167,7 +167,9 @@ class _AskedClient:
 
 @pytest.mark.parametrize(
     ("registered", "expected"),
-    [([0, 1], []), ([0, 1, 2], ["7.0"])],  # as many engines as launched; one more
+    # As many engines as launched; one more (a step of job 7); and one started in batch job 9
+    # outside srun, which names the whole allocation: never cancelled.
+    [([0, 1], []), ([0, 1, 2], ["7.0"]), ([0, 1, 2, 3], ["7.0"])],
 )
 def test_cluster_stop_asks_engines_for_their_job_step_only_past_what_its_launcher_started(
     tmp_path: Path, monkeypatch, registered, expected
@@ -183,10 +185,10 @@ def test_cluster_stop_asks_engines_for_their_job_step_only_past_what_its_launche
     }
     cluster_file = tmp_path / "cluster-c1.json"
     cluster_file.write_text(json.dumps(state))
-    client = _AskedClient(registered, ["5.0", "5.0", "7.0"][: len(registered)])
+    client = _AskedClient(registered, ["5.0", "5.0", "7.0", "9"][: len(registered)])
     monkeypatch.setattr(ipyparallel, "Client", lambda *args, **kwargs: client)
 
-    steps = engines_module._job_steps_of_engines(str(cluster_file), state)
+    steps = stopping._job_steps_of_engines(str(cluster_file), state)
 
     assert steps == expected  # the launcher's own job 5 is never a step to cancel
     assert client.asked == (["slurm_step"] if expected else [])

@@ -8,11 +8,11 @@ One module per concern:
 - :mod:`.pool`: warm clusters, reused by the next run with the same placement, for the kernel
   (:func:`.pool.kernel_pool`) and the study runner alike.
 - :mod:`.slots_cluster`: a packed study's engines, one per slot, each started with its slot's
-  GPU and thread share; :mod:`.attached_slots`: an attached cluster's engines as slots;
-  :mod:`.devices` and :mod:`.engine_slots`: finding GPUs and planning the slots.
+  GPU and thread share, or an attached cluster's engines as slots; :mod:`.devices`: finding
+  GPUs, planning the slots, and the slots of an attached cluster's engines.
 - :mod:`.hosts`: the ssh check of every host of ``HOSTS``.
 - :mod:`.engines`: starting engines (local, ssh, slurm), attaching to a cluster file,
-  liveness, engine output, stopping everywhere.
+  liveness, engine output; :mod:`.stopping`: stopping a cluster everywhere.
 - :mod:`.launchers`: ipyparallel launchers that keep engine output and name each engine.
 - :mod:`.ranks`: Horovod rank numbers, host identities and ``HOROVOD_*`` variables.
 - :mod:`.preflight`: checks before ``hvd.init()`` that fail with one named error.

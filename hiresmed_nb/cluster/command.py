@@ -7,9 +7,9 @@ with ``IPP_CLUSTER_FILE`` and leave it running. ``stop FILE`` stops it on every 
 
 from __future__ import annotations
 
-from hiresmed_nb.cluster.engines import stop_cluster_file
 from hiresmed_nb.cluster.horovod_cluster import HorovodCluster
 from hiresmed_nb.cluster.processes import cluster_processes, describe_process, summarize
+from hiresmed_nb.cluster.stopping import stop_cluster_file
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.placement import Placement, parse_hosts, total_slots
 

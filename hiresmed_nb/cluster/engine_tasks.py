@@ -85,7 +85,8 @@ def describe_engine(rendezvous_addr: str) -> dict[str, Any]:
 
 
 def slurm_step() -> str:
-    """'JOB.STEP' when this engine runs as a Slurm job step (``srun``), else ''."""
+    """'JOB.STEP' when this engine runs as a Slurm job step (``srun``), 'JOB' inside a job but
+    outside a step (a batch script's own process), else ''."""
     job = os.environ.get("SLURM_JOB_ID", "")
     step = os.environ.get("SLURM_STEP_ID", "")
     return f"{job}.{step}" if job and step else job

@@ -1,9 +1,9 @@
 """The engines that host the ranks: started here (locally or over ssh on ``HOSTS``), or attached
 from a running cluster's file (``IPP_CLUSTER_FILE``).
 
-A started cluster is owned: stopping it stops the controller and the engines on every host,
-the ssh sessions that watch them, and removes their files. An attached cluster is not: leaving
-it stops nothing. Every process started for a cluster carries its marker variables
+A started cluster is owned: stopping it (:mod:`.stopping`) stops the controller and the engines
+on every host, the ssh sessions that watch them, and removes their files. An attached cluster is
+not: leaving it stops nothing. Every process started for a cluster carries its marker variables
 (:mod:`.processes`), on every host, so stopping it ends those processes and no others.
 """
 
@@ -13,27 +13,27 @@ import contextlib
 import os
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hiresmed_nb.cluster import engine_tasks, launchers, slurm
-from hiresmed_nb.cluster.hosts import SSH_OPTIONS, HostSlots
+from hiresmed_nb.cluster.hosts import SSH_OPTIONS, HostSlots, ask_hosts, head_address
 from hiresmed_nb.cluster.processes import (
-    cluster_processes,
-    describe_process,
+    PROBE_SECONDS,
+    EngineLaunch,
+    engine_launches,
+    host_key,
     marker_environment,
     process_alive,
-    reap_processes,
-    summarize,
+    ssh,
 )
 from hiresmed_nb.cluster.ranks import EngineFacts
+from hiresmed_nb.cluster.stopping import connect, stop_cluster
 from hiresmed_nb.errors import HiresmedError
-from hiresmed_nb.params import resolve_path
 
 REGISTRATION_SECONDS = 120
-PROBE_SECONDS = 30
 OUTPUT_TAIL_LINES = 40
 # ipyparallel watches each ssh engine with an ssh session that waits up to this long for the
 # engine to exit (its default, 60 s, would keep sessions open that long after a stop).
@@ -60,51 +60,6 @@ def remote_profile_dir(cluster_id: str) -> str:
     return str(Path(tempfile.gettempdir()) / cluster_id)
 
 
-@dataclass(frozen=True)
-class EngineLaunch:
-    """How one engine was launched, as the cluster file records it: enough to find its output
-    and check its process from this machine (through ssh for an engine on another host)."""
-
-    identifier: str
-    pid: int
-    location: str = ""  # ssh destination; '' for an engine on this machine
-    ssh_args: tuple[str, ...] = ()
-    output_file: str = ""  # on this machine, or on ``location``
-    remote_folder: str = ""  # the engine's folder on ``location`` (ssh engines)
-    remote_python: str = ""  # the interpreter on ``location`` (ssh engines)
-
-
-def engine_launches(cluster_state: dict[str, Any]) -> list[EngineLaunch]:
-    """Every engine launch in a cluster's state (``Cluster.to_dict()`` or its cluster file)."""
-    found = []
-    for engine_set in cluster_state.get("engines", {}).get("sets", {}).values():
-        for identifier, state in engine_set.get("engines", {}).items():
-            host = state.get("hostname", "")
-            user = state.get("user", "")
-            found.append(
-                EngineLaunch(
-                    identifier=str(identifier),
-                    pid=int(state.get("pid", -1)),
-                    location=f"{user}@{host}" if user and host else host,
-                    ssh_args=tuple(state.get("ssh_args", ())),
-                    output_file=state.get("remote_output_file") or state.get("output_file", ""),
-                    remote_folder=state.get("remote_profile_dir", "") if host else "",
-                    remote_python=state.get("remote_python", "") if host else "",
-                )
-            )
-    return found
-
-
-def _ssh(launch: EngineLaunch, *command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ssh", *launch.ssh_args, launch.location, *command],
-        capture_output=True,
-        text=True,
-        timeout=15,
-        check=False,
-    )
-
-
 @dataclass
 class Engines:
     """A running set of engines and the client that talks to them."""
@@ -122,20 +77,31 @@ class Engines:
     def views(self) -> list[Any]:
         return [self.client[engine_id] for engine_id in self.engine_ids]
 
-    def describe(self, rendezvous_addr: str) -> list[EngineFacts]:
-        """Ask every engine for its :class:`EngineFacts` (at most PROBE_SECONDS)."""
+    def ask(self, function: Any, *args: Any, each: Sequence[tuple[Any, ...]] = ()) -> list[Any]:
+        """``function(*args, *each[i])`` on every engine ``i`` at once; their answers in engine
+        order. One HiresmedError naming the first engine that has not answered within
+        PROBE_SECONDS (busy, or its host unreachable)."""
+        extra = each or [()] * len(self.engine_ids)
         futures = [
-            view.apply_async(engine_tasks.describe_engine, rendezvous_addr) for view in self.views
+            view.apply_async(function, *args, *more)
+            for view, more in zip(self.views, extra, strict=True)
         ]
-        described = []
+        answers = []
         for engine_id, future in zip(self.engine_ids, futures, strict=True):
             try:
-                facts = future.get(timeout=PROBE_SECONDS)
+                answers.append(future.get(timeout=PROBE_SECONDS))
             except TimeoutError:
                 raise HiresmedError(
-                    f"engine {engine_id} did not answer within {PROBE_SECONDS} s: it is busy or "
-                    "its host is unreachable; restart the cluster"
+                    f"engine {engine_id} of cluster {self.cluster_id} did not answer within "
+                    f"{PROBE_SECONDS} s: it is busy or its host is unreachable; restart the cluster"
                 ) from None
+        return answers
+
+    def describe(self, rendezvous_addr: str) -> list[EngineFacts]:
+        """Ask every engine for its :class:`EngineFacts` (at most PROBE_SECONDS)."""
+        described = []
+        answers = self.ask(engine_tasks.describe_engine, rendezvous_addr)
+        for engine_id, facts in zip(self.engine_ids, answers, strict=True):
             facts["hostname_addresses"] = tuple(facts["hostname_addresses"])
             facts["addresses"] = tuple(facts["addresses"])
             described.append(EngineFacts(engine_id=engine_id, **facts))
@@ -178,7 +144,7 @@ class Engines:
             return ""
         try:
             if launch.location:
-                return _ssh(launch, "tail", f"-n{lines}", launch.output_file).stdout
+                return ssh(launch, "tail", f"-n{lines}", launch.output_file).stdout
             text = Path(launch.output_file).read_text(errors="replace")
         except (OSError, subprocess.SubprocessError):
             return ""
@@ -205,7 +171,7 @@ class Engines:
             if facts.slurm_job:
                 in_job.setdefault(facts.slurm_job.split(".")[0], []).append(index)
             if launch is not None and launch.location:
-                remote.setdefault(_host_key(launch), []).append(index)
+                remote.setdefault(host_key(launch), []).append(index)
             elif facts.machine == "localhost" and not process_alive(facts.pid):
                 gone.add(index)
         if check_remote:
@@ -218,7 +184,7 @@ class Engines:
     def _remote_dead(self, launch: EngineLaunch, indexes: list[int]) -> list[int]:
         pids = " ".join(str(self.facts[i].pid) for i in indexes)
         try:
-            done = _ssh(launch, f"for p in {pids}; do kill -0 $p 2>/dev/null || echo $p; done")
+            done = ssh(launch, f"for p in {pids}; do kill -0 $p 2>/dev/null || echo $p; done")
         except subprocess.TimeoutExpired:
             return []  # an unreachable host: the controller's heartbeat will drop its engines
         if done.returncode != 0:
@@ -244,91 +210,7 @@ class Engines:
             stop_cluster(self.cluster, self.cluster_id, self.profile_dir)
 
 
-def _host_key(launch: EngineLaunch) -> EngineLaunch:
-    return EngineLaunch("", -1, launch.location, launch.ssh_args)
-
-
-def stop_cluster(
-    cluster: Any, cluster_id: str, profile_dir: Path, recorded: dict[str, Any] | None = None
-) -> list[str]:
-    """Stop an ipyparallel cluster everywhere and leave nothing of it: its processes on this
-    machine and on ssh hosts (found by their marker, never by name; its undertaker too), the
-    engines' folders on those hosts, engine logs, connection and cluster files. ``recorded``: the
-    state its cluster file holds (its hosts are visited even if an engine there has ended).
-    Returns what it stopped, a line per host ('this host: controller (pid 12), engine (pids 13,
-    14)')."""
-    launches = engine_launches(recorded or cluster.to_dict())
-    # ipyparallel's Slurm launchers scancel these jobs
-    jobs = slurm.job_ids(recorded or cluster.to_dict())
-    here = [describe_process(process) for process in cluster_processes(cluster_id)]
-    stopped: dict[str, list[str]] = {}
-    try:
-        cluster.stop_cluster_sync()
-    except Exception:  # a half-started cluster: what is left is reaped below
-        pass
-    finally:
-        for launch in launches:  # engines on ssh hosts, which ipyparallel stopped by pid
-            if launch.location:
-                stopped.setdefault(launch.location, []).append(f"engine {launch.pid}")
-        remote_hosts = {_host_key(launch): launch for launch in launches if launch.location}
-        for host, launch in remote_hosts.items():
-            stopped[host.location].extend(_stop_on_host(launch, cluster_id))
-        here.extend(reap_processes(cluster_id))
-        stopped = {"this host": list(dict.fromkeys(here)), **stopped}
-        for leftover in cluster_files(profile_dir, cluster_id, cluster.to_dict()):
-            leftover.unlink(missing_ok=True)
-    return [
-        f"{host}: {summarize(ended) or 'nothing was running'}" for host, ended in stopped.items()
-    ] + slurm.after_cancel(jobs)
-
-
-def cluster_files(profile_dir: Path, cluster_id: str, cluster_state: dict[str, Any]) -> list[Path]:
-    """The files of one cluster in its profile folder: connection files, the logs and batch
-    scripts its launchers name, and, when it has an id, every file of the folder, ``log/`` and
-    ``security/`` whose name holds it. ``ipcluster start`` without ``--cluster-id`` leaves the
-    id empty: then only the files ipyparallel names for an id-less cluster, never another
-    cluster's files."""
-    prefix = f"ipcontroller-{cluster_id}" if cluster_id else "ipcontroller"
-    found = [profile_dir / "security" / f"{prefix}-{kind}.json" for kind in ("client", "engine")]
-    found += [Path(p) for p in _named_files(cluster_state) if Path(p).is_absolute()]
-    if cluster_id:  # the profile folder itself holds the Slurm launcher's batch scripts
-        for folder in ("", "log", "security"):
-            found.extend((profile_dir / folder).glob(f"*{cluster_id}*"))
-    inside = [p for p in found if p.resolve().is_relative_to(profile_dir.resolve())]
-    return [p for p in dict.fromkeys(inside) if p.is_file()]
-
-
-def _named_files(state: Any) -> Iterator[str]:
-    """Every launcher's output file and batch script named in a cluster's state."""
-    if isinstance(state, dict):
-        for key, value in state.items():
-            if key in ("output_file", "batch_file_name") and isinstance(value, str) and value:
-                yield value
-            else:
-                yield from _named_files(value)
-    elif isinstance(state, list):
-        for item in state:
-            yield from _named_files(item)
-
-
-def _stop_on_host(launch: EngineLaunch, cluster_id: str) -> list[str]:
-    """End what is left of ``cluster_id`` on an ssh host (its engines' nannies, say) and remove
-    the engines' folder there if the project made it. Returns what was ended there; an
-    unreachable host or a host without this package ends nothing."""
-    ended: list[str] = []
-    with contextlib.suppress(subprocess.SubprocessError, OSError):
-        if launch.remote_python:
-            reaped = _ssh(
-                launch, launch.remote_python, "-m", __package__ + ".processes", cluster_id
-            )
-            if reaped.returncode == 0:
-                ended = reaped.stdout.split("\n")
-        if Path(launch.remote_folder).name.startswith("hiresmed-"):  # only folders we made
-            _ssh(launch, "rm", "-rf", launch.remote_folder)
-    return [line for line in ended if line.strip()]
-
-
-def _make_profile_private(profile_dir: Path, cluster_id: str) -> None:
+def make_profile_private(profile_dir: Path, cluster_id: str) -> None:
     security = profile_dir / "security"
     security.mkdir(parents=True, exist_ok=True, mode=0o700)
     security.chmod(0o700)
@@ -336,24 +218,56 @@ def _make_profile_private(profile_dir: Path, cluster_id: str) -> None:
         path.chmod(0o600)
 
 
-def start_engines(
+def controller_address(
+    rendezvous_addr: str,
+    cluster_id: str,
+    *,
+    launcher: str = "local",
+    hosts: Sequence[HostSlots] = (),
+    remote_python: str = "",
+) -> str:
+    """Where a cluster's controller (and the rendezvous server) listen: one address, never all.
+
+    ``rendezvous_addr`` when given (not 'auto'); else, with ``hosts``, the address every host
+    sees this machine at (each host is asked over ssh, also when the address is given: that
+    checks them); loopback for local engines; for Slurm's launcher this machine's address on
+    the route to Slurm's controller. Another launcher needs RENDEZVOUS_ADDR (a HiresmedError).
+    """
+    if hosts:
+        answers = ask_hosts(list(hosts), remote_python, remote_profile_dir(cluster_id))
+        found = head_address(answers)
+        return found if rendezvous_addr == "auto" else rendezvous_addr
+    if rendezvous_addr != "auto":
+        return rendezvous_addr
+    if launcher == "local":
+        return "127.0.0.1"
+    if launcher == "slurm":
+        return slurm.controller_address()  # where the nodes reach this machine
+    raise HiresmedError(
+        f"IPP_LAUNCHER={launcher!r} starts engines this machine cannot ask for its address: set "
+        "RENDEZVOUS_ADDR to this machine's address that the engines reach (or use HOSTS, or "
+        "attach to a running cluster with IPP_CLUSTER_FILE)"
+    )
+
+
+def new_cluster(
     n_engines: int,
     *,
     cluster_id: str,
     profile_dir: Path,
     controller_address: str,
+    owner: str,
     launcher: str = "local",
-    hosts: list[HostSlots] | None = None,
+    hosts: Sequence[HostSlots] = (),
     remote_python: str = "",
-    owner: str = "",
-) -> Engines:
-    """Start a controller listening on ``controller_address`` only, and ``n_engines`` engines:
-    locally, over ssh on ``hosts``, or with ipyparallel's ``launcher`` (slurm).
+) -> Any:
+    """The ipyparallel ``Cluster`` (not started) of every cluster the project starts: its
+    controller on ``controller_address`` only, its processes marked (:mod:`.processes`), its
+    engines local, over ssh on ``hosts`` (each cluster its own folder there) or started by
+    ipyparallel's ``launcher`` (slurm).
 
-    ``owner``: the identity of the process the cluster must not outlive (see
-    :mod:`.processes`); '' for a cluster that outlives this process (``cluster start``). On
-    failure the engines' last output is in the :class:`HiresmedError`; the caller stops what was
-    started.
+    ``owner``: the identity of the process the cluster must not outlive; '' for a cluster that
+    outlives this process (``cluster start``).
     """
     import ipyparallel as ipp
     from traitlets.config import Config
@@ -377,7 +291,7 @@ def start_engines(
         engine_class = launcher
         if launcher == "slurm":
             slurm.configure_launcher(config, profile_dir, cluster_id)
-    cluster = ipp.Cluster(
+    return ipp.Cluster(
         n=n_engines,
         engines=engine_class,
         profile_dir=str(profile_dir),
@@ -393,6 +307,34 @@ def start_engines(
         # still pending, the engines' output).
         engine_timeout=int(REGISTRATION_SECONDS),
     )
+
+
+def start_engines(
+    n_engines: int,
+    *,
+    cluster_id: str,
+    profile_dir: Path,
+    controller_address: str,
+    launcher: str = "local",
+    hosts: list[HostSlots] | None = None,
+    remote_python: str = "",
+    owner: str = "",
+) -> Engines:
+    """Start a controller listening on ``controller_address`` only, and ``n_engines`` engines:
+    locally, over ssh on ``hosts``, or with ipyparallel's ``launcher`` (slurm); see
+    :func:`new_cluster`. On failure what was started is stopped and the engines' last output is
+    in the :class:`HiresmedError`.
+    """
+    cluster = new_cluster(
+        n_engines,
+        cluster_id=cluster_id,
+        profile_dir=profile_dir,
+        controller_address=controller_address,
+        owner=owner,
+        launcher=launcher,
+        hosts=hosts or (),
+        remote_python=remote_python,
+    )
     with private_files():
         try:
             client = cluster.start_and_connect_sync(activate=False)
@@ -401,7 +343,7 @@ def start_engines(
             stop_cluster(cluster, cluster_id, profile_dir)
             raise HiresmedError(message) from None
         finally:
-            _make_profile_private(profile_dir, cluster_id)
+            make_profile_private(profile_dir, cluster_id)
     engine_ids = sorted(client.ids)[:n_engines]
     launches = engine_launches(cluster.to_dict())
     return Engines(client, engine_ids, cluster, True, cluster_id, profile_dir, launches)
@@ -435,17 +377,14 @@ def attach_engines(cluster_file: str, n_engines: int, engine_ids: tuple[int, ...
     """Connect to the running cluster of ``cluster_file`` and take ``n_engines`` of its engines:
     exactly ``engine_ids`` when given (a packed study's reserved slots), else the first ones.
 
-    Only a client connects (no launcher is rebuilt here, so nothing of the cluster runs in this
-    process). Raises :class:`HiresmedError` naming IPP_CLUSTER_FILE when the file is missing or
+    Raises :class:`HiresmedError` naming IPP_CLUSTER_FILE when the file is missing or
     unreadable, its controller does not answer, or it has fewer engines than asked.
     """
-    import ipyparallel as ipp
-
-    state, cluster_id, profile_dir, client_file = _read_cluster_file(cluster_file)
+    client, state, cluster_id, profile_dir = connect(cluster_file)
     try:
-        client = ipp.Client(str(client_file), timeout=PROBE_SECONDS)
         client.wait_for_engines(n_engines, timeout=PROBE_SECONDS, interactive=False)
     except Exception as error:
+        client.close()
         raise HiresmedError(
             f"IPP_CLUSTER_FILE={cluster_file!r}: cannot use {n_engines} engine(s) of that "
             f"cluster ({type(error).__name__}: {error}); is it running? "
@@ -463,100 +402,14 @@ def attach_engines(cluster_file: str, n_engines: int, engine_ids: tuple[int, ...
     return Engines(client, chosen, None, False, cluster_id, profile_dir, launches)
 
 
-def _read_cluster_file(cluster_file: str) -> tuple[dict[str, Any], str, Path, Path]:
-    """A cluster file's state, cluster id, profile folder and client connection file; one
-    HiresmedError naming IPP_CLUSTER_FILE when it is missing or not a cluster file."""
-    import json
-
-    path = resolve_path(cluster_file)
-    try:
-        state = json.loads(path.read_text())
-        cluster_id = state["cluster"]["cluster_id"]
-        profile_dir = Path(state["cluster"]["profile_dir"])
-    except FileNotFoundError:
-        raise HiresmedError(f"IPP_CLUSTER_FILE={cluster_file!r} does not exist") from None
-    except (OSError, ValueError, KeyError, TypeError):
-        raise HiresmedError(
-            f"IPP_CLUSTER_FILE={cluster_file!r} is not an ipyparallel cluster file"
-        ) from None
-    # ipyparallel names connection files after the cluster id ('ipcluster start' without
-    # --cluster-id leaves it empty).
-    prefix = f"ipcontroller-{cluster_id}" if cluster_id else "ipcontroller"
-    return state, cluster_id, profile_dir, profile_dir / "security" / f"{prefix}-client.json"
-
-
 def attached_engine_count(cluster_file: str) -> int:
     """How many engines the controller of ``cluster_file`` has now: what the file lists and
     engines started elsewhere (``srun ipengine --file=...`` job steps, an admin's pool) alike.
 
     One HiresmedError naming IPP_CLUSTER_FILE when the file is not one or the controller does
     not answer within PROBE_SECONDS."""
-    import ipyparallel as ipp
-
-    _, _, _, client_file = _read_cluster_file(cluster_file)
-    try:
-        client = ipp.Client(str(client_file), timeout=PROBE_SECONDS)
-    except Exception as error:
-        raise HiresmedError(
-            f"IPP_CLUSTER_FILE={cluster_file!r}: its controller does not answer "
-            f"({type(error).__name__}: {error}); is the cluster running?"
-        ) from None
+    client = connect(cluster_file)[0]
     try:
         return len(client.ids)
     finally:
         client.close()
-
-
-def stop_cluster_file(cluster_file: str) -> tuple[str, list[str]]:
-    """Stop the cluster of ``cluster_file`` everywhere (``cluster stop``); returns its id and
-    what was stopped (see :func:`stop_cluster`)."""
-    import json
-
-    import ipyparallel as ipp
-
-    path = resolve_path(cluster_file)
-    if not path.is_file():
-        raise HiresmedError(f"cluster file {cluster_file!r} does not exist")
-    state = json.loads(path.read_text())
-    engines = state.get("engines", {})
-    # ipyparallel records a launcher class outside its own entry points as 'module:Class' but
-    # imports dotted paths only.
-    engines["class"] = str(engines.get("class", "")).replace(":", ".")
-    cluster = ipp.Cluster.from_dict(dict(state), cluster_file=str(path), log_level=40)
-    steps = _job_steps_of_engines(cluster_file, state)
-    stopped = stop_cluster(cluster, cluster.cluster_id, Path(cluster.profile_dir), state)
-    stopped += slurm.cancel_steps(steps)
-    path.unlink(missing_ok=True)
-    return cluster.cluster_id, stopped
-
-
-def _job_steps_of_engines(cluster_file: str, state: dict[str, Any]) -> list[str]:
-    """The Slurm job steps of the cluster's engines that its own launchers did not start
-    (``srun ipengine --file=...`` inside an allocation): stopping the controller leaves those
-    engines running on their nodes, so their steps are cancelled. Asks every engine, but only
-    when the controller has more engines than the launchers of ``state`` (the cluster file)
-    started: an engine of a cancelled job stays registered until its heartbeat lapses, and
-    would hold the stop up to PROBE_SECONDS. [] when the controller does not answer."""
-    import ipyparallel as ipp
-
-    try:
-        _, _, _, client_file = _read_cluster_file(cluster_file)
-        client = ipp.Client(str(client_file), timeout=PROBE_SECONDS)
-    except Exception:
-        return []
-    try:
-        if len(client.ids) <= _launched_engines(state):
-            return []
-        steps = client[:].apply_async(engine_tasks.slurm_step).get(timeout=PROBE_SECONDS)
-    except Exception:
-        return []
-    finally:
-        client.close()
-    own = set(slurm.job_ids(state))
-    return sorted({step for step in steps if step and step.split(".")[0] not in own})
-
-
-def _launched_engines(cluster_state: dict[str, Any]) -> int:
-    """How many engines the launchers of a cluster's state started (its engine sets' ``n``)."""
-    sets = cluster_state.get("engines", {}).get("sets", {})
-    return sum(int(engine_set.get("n") or 0) for engine_set in sets.values())

@@ -13,7 +13,6 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import secrets
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -21,18 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from hiresmed_nb import compat
-from hiresmed_nb.cluster import engine_tasks, preflight, scripts, slurm
+from hiresmed_nb.cluster import engine_tasks, preflight, scripts
 from hiresmed_nb.cluster.engines import (
-    PROBE_SECONDS,
     Engines,
     attach_engines,
-    remote_profile_dir,
+    controller_address,
     start_engines,
 )
 from hiresmed_nb.cluster.errors import RankLostError, RunTimeoutError, as_rank_failure
-from hiresmed_nb.cluster.hosts import ask_hosts, head_address
 from hiresmed_nb.cluster.lifecycle import Started
-from hiresmed_nb.cluster.memory import EngineMemory, resident_bytes
+from hiresmed_nb.cluster.memory import EngineMemory, read_engine_memory
 from hiresmed_nb.cluster.processes import (
     detached_cluster_id,
     owned_cluster_id,
@@ -45,7 +42,7 @@ from hiresmed_nb.cluster.ranks import (
     host_identities,
     threads_per_rank,
 )
-from hiresmed_nb.cluster.undertaker import reap_orphans, start_undertaker
+from hiresmed_nb.cluster.undertaker import reap_orphans
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.params import resolve_path
 from hiresmed_nb.placement import Placement
@@ -126,7 +123,6 @@ class HorovodCluster(Started):
         self.broken = False
         self.memory = EngineMemory()
         self.engines: Engines | None = None
-        self._undertaker: subprocess.Popen | None = None
         self._polls = 0
 
     @property
@@ -161,11 +157,7 @@ class HorovodCluster(Started):
             )
             self.rendezvous_addr = controller
             if not self.detached:
-                # A warm cluster may idle between runs: it must not outlive this kernel, also
-                # when the kernel is killed before it can stop it.
-                self._undertaker = start_undertaker(
-                    process_identity(), self.cluster_id, self.cluster_file
-                )
+                self.watch_owner(self.cluster_id, self.cluster_file)
         self._place_ranks()
 
     def _controller_address(self) -> str:
@@ -178,24 +170,13 @@ class HorovodCluster(Started):
                     f"N_RANKS={placement.n_ranks} does not match the {slots} slots of HOSTS: "
                     "give N_RANKS equal to the total, or 0 for that total"
                 )
-            answers = ask_hosts(
-                list(placement.hosts),
-                placement.remote_python or sys.executable,
-                remote_profile_dir(self.cluster_id),
-            )
-            found = head_address(answers)
-            return found if placement.rendezvous_addr == "auto" else placement.rendezvous_addr
-        if placement.launcher == "local":
-            return "127.0.0.1" if placement.rendezvous_addr == "auto" else placement.rendezvous_addr
-        if placement.launcher == "slurm" and placement.rendezvous_addr == "auto":
-            return slurm.controller_address()  # where the nodes reach this machine
-        if placement.rendezvous_addr == "auto":
-            raise HiresmedError(
-                f"IPP_LAUNCHER={placement.launcher!r} starts engines this machine cannot ask for "
-                "its address: set RENDEZVOUS_ADDR to this machine's address that the engines reach "
-                "(or use HOSTS, or attach to a running cluster with IPP_CLUSTER_FILE)"
-            )
-        return placement.rendezvous_addr
+        return controller_address(
+            placement.rendezvous_addr,
+            self.cluster_id,
+            launcher=placement.launcher,
+            hosts=placement.hosts,
+            remote_python=placement.remote_python or sys.executable,
+        )
 
     def _attached_rendezvous_addr(self) -> str:
         """'auto' for an attached cluster: loopback when its engines are on this machine, else
@@ -363,8 +344,7 @@ class HorovodCluster(Started):
 
     def engine_memory(self) -> list[int]:
         """Every engine's resident memory now, in bytes, in rank order."""
-        futures = [view.apply_async(resident_bytes) for view in self.engines.views]
-        return [future.get(timeout=PROBE_SECONDS) for future in futures]
+        return read_engine_memory(self.engines.client, self.engines.engine_ids)
 
     # Stopping -------------------------------------------------------------------------------
 
@@ -375,11 +355,7 @@ class HorovodCluster(Started):
                 self.engines.stop()
             finally:
                 self.engines = None
-        if self._undertaker is not None:
-            # Its watch would end on its own within a poll; end it now so nothing outlives stop().
-            self._undertaker.terminate()
-            self._undertaker.wait()
-            self._undertaker = None
+        self.stop_watching()
 
 
 def run_timeout_of(args: Sequence[Any]) -> float | None:

@@ -10,10 +10,13 @@ follows the model's size instead of a fixed count of runs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 RECYCLE_GROWTH_BYTES = 100 * 10**6  # growth per engine past which it is replaced
 MB = 10**6
+MEMORY_READ_SECONDS = 10  # an idle engine answers in milliseconds
 
 
 def resident_bytes() -> int:
@@ -21,6 +24,14 @@ def resident_bytes() -> int:
     import psutil
 
     return int(psutil.Process().memory_info().rss)
+
+
+def read_engine_memory(client: Any, engine_ids: Sequence[int]) -> list[int]:
+    """The resident memory of the engines ``engine_ids`` now, in bytes, in that order, read
+    through ``client`` (an ipyparallel Client). Bounded: raises ``TimeoutError`` when they have
+    not all answered within MEMORY_READ_SECONDS, and the client's error when it is closed."""
+    reading = client[list(engine_ids)].apply_async(resident_bytes)
+    return list(reading.get(timeout=MEMORY_READ_SECONDS))
 
 
 @dataclass

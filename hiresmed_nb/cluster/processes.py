@@ -15,6 +15,9 @@ whether the owner is gone (another host's process table does not hold it): every
 leaves such processes and files alone. An owned cluster's id names its owner, so that its files
 can be judged without its processes.
 
+:class:`EngineLaunch` is where an engine of a cluster was launched (from the cluster's state or
+file): enough to reach its process from this machine, through ssh for another host's engine.
+
 ``python -m hiresmed_nb.cluster.processes CLUSTER_ID`` ends a cluster's processes on the host it
 runs on (``cluster stop`` runs it over ssh on every host of the cluster) and prints what it ended.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +43,57 @@ CLUSTER_ID_VARIABLE = "HIRESMED_CLUSTER_ID"
 OWNER_VARIABLE = "HIRESMED_CLUSTER_OWNER"
 OWNER_HOST_VARIABLE = "HIRESMED_CLUSTER_OWNER_HOST"
 STOP_GRACE_SECONDS = 10
+PROBE_SECONDS = 30  # how long an engine, or its controller, has to answer a question
+
+
+@dataclass(frozen=True)
+class EngineLaunch:
+    """How one engine was launched, as the cluster file records it: enough to find its output
+    and check its process from this machine (through ssh for an engine on another host)."""
+
+    identifier: str
+    pid: int
+    location: str = ""  # ssh destination; '' for an engine on this machine
+    ssh_args: tuple[str, ...] = ()
+    output_file: str = ""  # on this machine, or on ``location``
+    remote_folder: str = ""  # the engine's folder on ``location`` (ssh engines)
+    remote_python: str = ""  # the interpreter on ``location`` (ssh engines)
+
+
+def engine_launches(cluster_state: dict[str, Any]) -> list[EngineLaunch]:
+    """Every engine launch in a cluster's state (``Cluster.to_dict()`` or its cluster file)."""
+    found = []
+    for engine_set in cluster_state.get("engines", {}).get("sets", {}).values():
+        for identifier, state in engine_set.get("engines", {}).items():
+            host = state.get("hostname", "")
+            user = state.get("user", "")
+            found.append(
+                EngineLaunch(
+                    identifier=str(identifier),
+                    pid=int(state.get("pid", -1)),
+                    location=f"{user}@{host}" if user and host else host,
+                    ssh_args=tuple(state.get("ssh_args", ())),
+                    output_file=state.get("remote_output_file") or state.get("output_file", ""),
+                    remote_folder=state.get("remote_profile_dir", "") if host else "",
+                    remote_python=state.get("remote_python", "") if host else "",
+                )
+            )
+    return found
+
+
+def ssh(launch: EngineLaunch, *command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ssh", *launch.ssh_args, launch.location, *command],
+        capture_output=True,
+        text=True,
+        timeout=15,
+        check=False,
+    )
+
+
+def host_key(launch: EngineLaunch) -> EngineLaunch:
+    """The host of ``launch``, as a key: its ssh destination and arguments, no engine."""
+    return EngineLaunch("", -1, launch.location, launch.ssh_args)
 
 
 def process_alive(pid: int) -> bool:

@@ -64,7 +64,7 @@ class EngineFacts:
     addresses: tuple[str, ...]
     cpu_count: int
     slot_threads: int = 0  # a packed study's slot engine: its share of the cores; 0: none
-    slurm_job: str = ""  # 'JOB.STEP' of an engine started as a Slurm job step; '' otherwise
+    slurm_job: str = ""  # 'JOB.STEP' of a Slurm job step, 'JOB' outside a step, '' outside Slurm
 
     @property
     def machine(self) -> str:

@@ -139,13 +139,10 @@ def check_ranks_see(cluster: Any, paths: Sequence[str]) -> None:
     directory must be at the same path on every host); HiresmedError naming the first missing
     path and its host."""
     from hiresmed_nb.cluster import engine_tasks
-    from hiresmed_nb.cluster.engines import PROBE_SECONDS
 
-    views = cluster.engines.views
     for path in paths:
-        futures = [view.apply_async(engine_tasks.sees_file, path) for view in views]
-        for index, future in enumerate(futures):
-            if not future.get(timeout=PROBE_SECONDS):
+        for index, seen in enumerate(cluster.engines.ask(engine_tasks.sees_file, path)):
+            if not seen:
                 raise HiresmedError(
                     f"{path} does not exist on {cluster.engines.host_of(index)} (rank {index}): "
                     "the ranks run it at the same path, so put it there (e.g. a shared filesystem)"

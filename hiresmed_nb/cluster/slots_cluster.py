@@ -1,18 +1,28 @@
-"""A packed study's cluster: one ipyparallel engine per slot, started with its slot's environment.
+"""A packed study's cluster: one ipyparallel engine per slot, started here or attached.
 
-Each engine starts with :func:`~hiresmed_nb.cluster.devices.slot_environment` of its slot (only
-its GPU visible, its share of the cores), so TensorFlow in it never sees another slot's GPU.
-Every slot's engine is an engine set of its own: after a rank failure the engines of that run's
-slots are replaced while the other slots' engines go on with their runs. Runs attach to the
-cluster with its file and the engine ids of the slots reserved for them (the notebook's
-``POOL_CLUSTER_FILE`` and ``POOL_ENGINES``); each run has its own Gloo rendezvous in its kernel.
+Started (owned): each engine starts with :func:`~hiresmed_nb.cluster.devices.slot_environment` of
+its slot (only its GPU visible, its share of the cores), so TensorFlow in it never sees another
+slot's GPU. Every slot's engine is an engine set of its own: after a rank failure the engines of
+that run's slots are replaced while the other slots' engines go on with their runs.
+
+Attached (``cluster_file``: ``-p IPP_CLUSTER_FILE``): engines started elsewhere (the Slurm recipe
+with one engine per GPU, ``cluster start``) keep the ``CUDA_VISIBLE_DEVICES`` they were started
+with; each reports what it sees (:func:`~hiresmed_nb.cluster.devices.engine_devices`), which
+makes one slot per engine, and is then told its slot's name and thread share (``HIRESMED_SLOT*``).
+The cluster is not ours: it is never stopped, changed or replaced here. A run whose rank fails
+is retried on the same engines while they are all still there; an engine that is gone (killed,
+its job cancelled) is an :class:`EngineLostError` naming it and its host, and its slots leave the
+study while the other slots go on.
+
+Runs attach to the cluster with its file and the engine ids of the slots reserved for them (the
+notebook's ``POOL_CLUSTER_FILE`` and ``POOL_ENGINES``); each run has its own Gloo rendezvous in
+its kernel.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-import subprocess
 import sys
 import threading
 import time
@@ -20,39 +30,49 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hiresmed_nb.cluster import launchers
-from hiresmed_nb.cluster.devices import LOCAL_HOST, Slot, slot_environment
+from hiresmed_nb.cluster.devices import (
+    LOCAL_HOST,
+    Slot,
+    engine_devices,
+    slot_environment,
+    slots_of_engines,
+)
 from hiresmed_nb.cluster.engines import (
-    CONTROLLER_ARGS,
     PROBE_SECONDS,
     REGISTRATION_SECONDS,
-    SSH_POLL_SECONDS,
-    _make_profile_private,
+    attached_engine_count,
+    controller_address,
+    make_profile_private,
+    new_cluster,
     private_files,
-    remote_profile_dir,
-    stop_cluster,
 )
-from hiresmed_nb.cluster.horovod_cluster import IPP_PROFILE_DIR
-from hiresmed_nb.cluster.hosts import SSH_OPTIONS, ask_hosts, head_address
+from hiresmed_nb.cluster.errors import EngineLostError
+from hiresmed_nb.cluster.horovod_cluster import IPP_PROFILE_DIR, HorovodCluster
 from hiresmed_nb.cluster.lifecycle import Started
-from hiresmed_nb.cluster.memory import EngineMemory, resident_bytes
+from hiresmed_nb.cluster.memory import EngineMemory, read_engine_memory
 from hiresmed_nb.cluster.processes import (
     marker_environment,
     owned_cluster_id,
     process_identity,
 )
-from hiresmed_nb.cluster.undertaker import reap_orphans, start_undertaker
+from hiresmed_nb.cluster.stopping import stop_cluster
+from hiresmed_nb.cluster.undertaker import reap_orphans
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.params import resolve_path
-from hiresmed_nb.placement import HostSlots
+from hiresmed_nb.placement import HostSlots, Placement
 
 POLL_SECONDS = 0.2
-MEMORY_READ_SECONDS = 10  # an idle engine answers in milliseconds
+SLOT_VARIABLES = ("HIRESMED_SLOT", "HIRESMED_SLOT_GPU", "HIRESMED_SLOT_THREADS")
 
 
 def engine_slot_key() -> str:
     """Run on an engine: the key of the slot it was started for ('' for another engine)."""
     return os.environ.get("HIRESMED_SLOT", "")
+
+
+def adopt_slot(variables: dict[str, str]) -> None:
+    """Run on an attached engine: take the name and thread share of its slot (its GPU is set)."""
+    os.environ.update(variables)
 
 
 def slot_hosts(slots: Sequence[Slot]) -> list[HostSlots]:
@@ -67,18 +87,25 @@ def slot_hosts(slots: Sequence[Slot]) -> list[HostSlots]:
 class SlotsCluster(Started):
     """``with SlotsCluster(slots) as cluster: cluster.engine_ids(some_slots)``.
 
-    Started and owned by this process (stopped on every host when it stops, and by its
-    undertaker if this process is killed). ``replace(slots)`` gives those slots fresh engines.
+    Given ``slots``: started and owned by this process (stopped on every host when it stops,
+    and by its undertaker if this process is killed); ``replace(slots)`` gives those slots fresh
+    engines. Given ``cluster_file`` instead: attached, one slot per engine of that running
+    cluster (:attr:`slots` once started); nothing is started, replaced or stopped.
     """
 
     def __init__(
         self,
-        slots: Sequence[Slot],
+        slots: Sequence[Slot] = (),
         *,
+        cluster_file: str = "",
         remote_python: str = "",
         rendezvous_addr: str = "auto",
         profile_dir: str | Path = IPP_PROFILE_DIR,
     ):
+        if bool(slots) == bool(cluster_file):
+            raise ValueError("give SlotsCluster either slots or cluster_file")
+        self.attached_file = cluster_file
+        self._attached: HorovodCluster | None = None  # the attached cluster's engines
         self.slots = list(slots)
         self.hosts = slot_hosts(self.slots)
         self.remote_python = remote_python or sys.executable
@@ -92,7 +119,6 @@ class SlotsCluster(Started):
         self._seen: set[int] = set()
         self._cluster: Any = None
         self._client: Any = None
-        self._undertaker: subprocess.Popen | None = None
         # Held only for bookkeeping and for starting or stopping engines, never while waiting
         # for them to register: other slots' runs go on meanwhile.
         self._lock = threading.Lock()
@@ -102,6 +128,8 @@ class SlotsCluster(Started):
 
     @property
     def cluster_file(self) -> str:
+        if self.attached_file:
+            return str(resolve_path(self.attached_file))
         return str(getattr(self._cluster, "cluster_file", ""))
 
     def engine_ids(self, slots: Sequence[Slot]) -> list[int]:
@@ -112,23 +140,28 @@ class SlotsCluster(Started):
     # Starting ---------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the controller and one engine per slot; wait until every slot's engine is up."""
-        import ipyparallel as ipp
-
+        """Start the controller and one engine per slot; wait until every slot's engine is up.
+        Attached: find the engines' slots and tell each engine its slot."""
+        if self.attached_file:
+            self._attach()
+            return
         reap_orphans(self.profile_dir)
-        self.profile_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        controller = self._controller_address()
-        self._cluster = ipp.Cluster(
-            n=1,
-            engines=launchers.SSH if self.hosts else launchers.LOCAL,
-            profile_dir=str(self.profile_dir),
+        controller = controller_address(
+            self.rendezvous_addr,
+            self.cluster_id,
+            hosts=self.hosts,
+            remote_python=self.remote_python,
+        )
+        # Loopback for slots on this machine; with hosts, where every host sees us. The
+        # engines are started one engine set per slot below, not by the cluster itself.
+        self._cluster = new_cluster(
+            1,
             cluster_id=self.cluster_id,
-            controller_ip=controller,
-            controller_location=controller,
-            shutdown_atexit=True,
-            log_level=40,
-            config=self._config(),
-            controller_args=list(CONTROLLER_ARGS),
+            profile_dir=self.profile_dir,
+            controller_address=controller,
+            owner=process_identity(),
+            hosts=self.hosts,
+            remote_python=self.remote_python,
         )
         with private_files():
             try:
@@ -145,32 +178,26 @@ class SlotsCluster(Started):
                     f"controller on {controller}: {type(error).__name__}: {error}"
                 ) from None
             finally:
-                _make_profile_private(self.profile_dir, self.cluster_id)
-        # Idle between runs, the engines must not outlive this process, also if it is killed.
-        self._undertaker = start_undertaker(process_identity(), self.cluster_id, self.cluster_file)
+                make_profile_private(self.profile_dir, self.cluster_id)
+        self.watch_owner(self.cluster_id, self.cluster_file)
 
-    def _config(self) -> Any:
-        from traitlets.config import Config
-
-        config = Config()
-        config.BaseLauncher.environment = marker_environment(self.cluster_id, process_identity())
-        if self.hosts:
-            settings = config.SSHEngineSetLauncher
-            settings.remote_python = self.remote_python
-            settings.remote_profile_dir = remote_profile_dir(self.cluster_id)
-            settings.poll_seconds = SSH_POLL_SECONDS
-            settings.ssh_args = list(SSH_OPTIONS)
-            settings.scp_args = list(SSH_OPTIONS)
-        return config
-
-    def _controller_address(self) -> str:
-        """Loopback for slots on this machine; with ``--hosts``, where every host sees us."""
-        if self.rendezvous_addr != "auto":
-            return self.rendezvous_addr
-        if not self.hosts:
-            return "127.0.0.1"
-        found = ask_hosts(self.hosts, self.remote_python, remote_profile_dir(self.cluster_id))
-        return head_address(found)
+    def _attach(self) -> None:
+        count = attached_engine_count(self.attached_file)  # the controller's: job steps count
+        self._attached = HorovodCluster(
+            placement=Placement(count, cluster_file=self.attached_file),
+            profile_dir=self.profile_dir,
+        )
+        self._attached.start()  # attaches, and names each engine's host as ranks would
+        engines = self._attached.engines
+        devices = engines.ask(engine_devices, each=[(e,) for e in engines.engine_ids])
+        by_engine = slots_of_engines(devices, [rank.hostname for rank in self._attached.slots])
+        self.slots = [by_engine[engine_id] for engine_id in engines.engine_ids]
+        variables = [slot_environment(slot) for slot in self.slots]
+        engines.ask(adopt_slot, each=[({k: v[k] for k in SLOT_VARIABLES},) for v in variables])
+        self.engine_of = {
+            slot.key: engine_id
+            for slot, engine_id in zip(self.slots, engines.engine_ids, strict=True)
+        }
 
     def _start_engine(self, slot: Slot) -> None:
         """Start ``slot``'s engine, an engine set of its own, with the slot's environment; from
@@ -225,7 +252,13 @@ class SlotsCluster(Started):
     def replace(self, slots: Sequence[Slot]) -> None:
         """Give ``slots`` fresh engines (after a rank failure: the old ones may be stuck or
         gone; or grown too large). Same slots, same environment, new engine ids. The lock is
-        held while engines stop and start, not while the new ones register."""
+        held while engines stop and start, not while the new ones register.
+
+        Attached: the engines are not ours to replace, only :meth:`check` that they are all
+        still there (a retry then runs on them)."""
+        if self.attached_file:
+            self.check(slots)
+            return
         with self._lock:
             if self._stopped:
                 raise HiresmedError("the slots' cluster was stopped: no engine is replaced")
@@ -239,7 +272,18 @@ class SlotsCluster(Started):
 
     def check(self, slots: Sequence[Slot]) -> None:
         """Give fresh engines to the slots of ``slots`` whose engine has left the controller
-        (e.g. killed between runs), so the next run there does not target it."""
+        (e.g. killed between runs), so the next run there does not target it. Attached: raise
+        :class:`EngineLostError` for the first engine of ``slots`` that is gone."""
+        if self._attached is not None:
+            engines = self._attached.engines
+            lost = set(engines.lost(check_remote=True))
+            for slot in slots:
+                index = engines.engine_ids.index(self.engine_of[slot.key])
+                if index in lost:
+                    raise EngineLostError(
+                        self.engine_of[slot.key], engines.host_of(index), self.cluster_file
+                    )
+            return
         with self._lock:
             if self._client is None:
                 return
@@ -252,14 +296,15 @@ class SlotsCluster(Started):
         """After a run on ``slots``: read their engines' memory (an engine's first reading is its
         baseline) and give fresh engines to the slots whose engine has grown past the bound of
         :mod:`.memory`, as the pool does for a warm cluster. Returns the console line saying
-        which were replaced, or None."""
+        which were replaced, or None. An attached cluster's engines are not this study's to
+        replace, whatever their memory."""
         with self._lock:
             if self._client is None:  # stopped (Ctrl-C): nothing to read or replace
                 return None
             engine_ids = [self.engine_of[slot.key] for slot in slots]
-            reading = self._client[engine_ids].apply_async(resident_bytes)
+            client = self._client
         try:  # bounded: a study stopped meanwhile must not leave this thread waiting forever
-            rss = reading.get(timeout=MEMORY_READ_SECONDS)
+            rss = read_engine_memory(client, engine_ids)
         except Exception:  # engines stopped or unreachable: no reading, nothing replaced
             return None
         outgrown: list[tuple[Slot, EngineMemory]] = []
@@ -278,7 +323,10 @@ class SlotsCluster(Started):
     def stop(self) -> None:
         """Stop the controller and every slot's engine, on every host; leave no file behind.
         Under the lock: an engine being started meanwhile is started first, then stopped with
-        the others, and no engine starts after (:meth:`replace` raises)."""
+        the others, and no engine starts after (:meth:`replace` raises). Attached: let the
+        cluster go (it keeps running)."""
+        if self._attached is not None:
+            self._attached.stop()
         with self._lock:
             self._stopped = True
             client, self._client = self._client, None
@@ -287,7 +335,4 @@ class SlotsCluster(Started):
                 client.close()
             if cluster is not None:
                 stop_cluster(cluster, self.cluster_id, self.profile_dir)
-        if self._undertaker is not None:
-            self._undertaker.terminate()
-            self._undertaker.wait()
-            self._undertaker = None
+        self.stop_watching()

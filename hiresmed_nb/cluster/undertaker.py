@@ -57,7 +57,7 @@ def watch(owner: str, cluster_file: Path) -> bool:
 
     while cluster_file.exists():
         if owner_gone(owner):
-            from hiresmed_nb.cluster.engines import stop_cluster_file
+            from hiresmed_nb.cluster.stopping import stop_cluster_file
 
             stop_cluster_file(str(cluster_file))
             return True
@@ -76,12 +76,12 @@ def reap_orphans(profile_dir: Path | None = None) -> list[str]:
     orphaned cluster on this host is then ended, and (given ``profile_dir``) the files of clusters
     whose owner is gone are removed.
     """
-    from hiresmed_nb.cluster.engines import stop_cluster_file
     from hiresmed_nb.cluster.processes import (
         orphaned_cluster_ids,
         reap_processes,
         remove_orphaned_files,
     )
+    from hiresmed_nb.cluster.stopping import stop_cluster_file
 
     orphaned = sorted(orphaned_cluster_ids(profile_dir))
     for cluster_id in orphaned:

@@ -3,8 +3,8 @@
 - :mod:`.grid`: parameter files, overrides, the grid and its checks (``plan``, ``expand``).
 - :mod:`.runner`: executing the runs and the report (``run_study``).
 - :mod:`.executor`: executing one notebook with papermill, in a kernel of its own.
-- :mod:`.packing`, :mod:`.packed`, :mod:`.occupancy`, :mod:`.packed_study`: a packed study,
-  several runs at once on slots (one engine per GPU or CPU share).
+- :mod:`.packing`, :mod:`.packed`, :mod:`.occupancy`: a packed study, several runs at once on
+  slots (one engine per GPU or CPU share).
 """
 
 from hiresmed_nb.study.grid import (
@@ -17,7 +17,7 @@ from hiresmed_nb.study.grid import (
     resolve_value,
     study_name,
 )
-from hiresmed_nb.study.packed_study import SlotRequest
+from hiresmed_nb.study.packed import SlotRequest
 from hiresmed_nb.study.runner import (
     REPORT_NOTEBOOK,
     TRAIN_NOTEBOOK,

@@ -1,4 +1,12 @@
-"""The packed study's loop: as many runs at once as the free slots allow.
+"""A packed study: as many of its notebooks at once as the free slots allow.
+
+The slots come from ``--slots``/the GPUs found (this machine), ``--hosts`` or an attached cluster
+(``IPP_CLUSTER_FILE``); :func:`study_slots` chooses. One engine per slot
+(:class:`~hiresmed_nb.cluster.slots_cluster.SlotsCluster`, started or attached) hosts the runs:
+:func:`run_packed` reserves each run's whole set of slots, and a thread executes its notebook
+with the engine ids of those slots (``POOL_ENGINES``), so a serial run trains on its slot's engine
+and a distributed run places its ranks on its gang's engines, each with its own rendezvous in its
+kernel.
 
 :func:`run_packed` is generic over how a run executes: ``start(run, slots)`` begins it and
 returns a handle, ``wait(handles)`` blocks until at least one has ended and returns each ended
@@ -10,13 +18,29 @@ thread per running run; tests pass a simulated clock and executor instead.
 from __future__ import annotations
 
 import concurrent.futures
+import sys
+import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from hiresmed_nb.cluster.devices import Slot
+from hiresmed_nb.cluster.devices import (
+    LOCAL_HOST,
+    Slot,
+    available_cores,
+    check_slot_count,
+    describe_slots,
+    installed_gpus,
+    parse_slot_hosts,
+    plan_slots,
+    plan_this_machine,
+)
+from hiresmed_nb.cluster.hosts import ask_devices
+from hiresmed_nb.cluster.lifecycle import start_or_stop
+from hiresmed_nb.cluster.slots_cluster import SlotsCluster
 from hiresmed_nb.errors import HiresmedError
+from hiresmed_nb.study.grid import Run
 from hiresmed_nb.study.occupancy import Occupancy
 from hiresmed_nb.study.packing import (
     Assignment,
@@ -187,3 +211,123 @@ class ThreadedRuns(Generic[RunT]):
             futures, timeout=self._poll_seconds, return_when=concurrent.futures.FIRST_COMPLETED
         )
         return [(future, future.exception()) for future in ended]
+
+
+# The runner's side: slots, their engines, one notebook per run --------------------------------
+
+
+@dataclass(frozen=True)
+class SlotRequest:
+    """How the user asked for slots: ``--slots``, ``--hosts``, an attached cluster's file."""
+
+    slots: int | None = None
+    hosts: str = ""
+    cluster_file: str = ""
+
+    @property
+    def given(self) -> bool:
+        return self.slots is not None or bool(self.hosts) or bool(self.cluster_file)
+
+
+def study_slots(request: SlotRequest) -> list[Slot] | None:
+    """The slots of a study started here (None: no slots asked for and no GPU found, so the
+    study runs one run at a time as without packing). An attached cluster's slots are its
+    engines': see :class:`SlotsCluster`."""
+    if request.hosts:
+        hosts = parse_slot_hosts(request.hosts)
+        check_slot_count(request.slots)
+        found = ask_devices(hosts, sys.executable)  # each host's GPUs and cores, over ssh
+        gpus = {host: gpus for host, (gpus, _) in found.items()}
+        cores = {host: cores for host, (_, cores) in found.items()}
+        return plan_slots(request.slots, hosts, gpus, cores)
+    if request.slots is None and not installed_gpus():
+        return None
+    return plan_this_machine(request.slots)
+
+
+def start_slot_engines(request: SlotRequest, slots: list[Slot] | None) -> SlotsCluster:
+    """The engines of a packed study, one per slot: attached (a cluster file) or started. A run
+    fails when its slots cannot have engines again: ``replace`` and ``check`` then raise."""
+    if request.cluster_file:
+        return start_or_stop(SlotsCluster(cluster_file=request.cluster_file))
+    if slots is None:
+        raise ValueError("no slots to start engines for")
+    return start_or_stop(SlotsCluster(slots))
+
+
+class RunOnSlots:
+    """The runner's pool for one run of a packed study: its notebook attaches to the engines of
+    its slots; after a rank failure those slots get fresh engines (the retry runs there). When
+    that replacement raises, :attr:`lost` keeps the error: the slots leave the study."""
+
+    def __init__(self, engines: SlotsCluster, slots: Sequence[Slot]):
+        self.engines = engines
+        self.slots = tuple(slots)
+        self.lost: BaseException | None = None
+
+    def attach_parameters(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            **parameters,
+            "POOL_CLUSTER_FILE": self.engines.cluster_file,
+            "POOL_ENGINES": self.engines.engine_ids(self.slots),
+        }
+
+    def retire_parameters(self, parameters: Mapping[str, Any]) -> None:
+        try:
+            self.engines.replace(self.slots)
+        except Exception as error:
+            self.lost = error
+            raise
+
+
+class RunFailed(Exception):
+    """A packed run that failed (its failure is recorded): the slot lines say so."""
+
+
+def run_on_slots(
+    runs: Sequence[Run],
+    engines: SlotsCluster,
+    execute: Callable[[Run, RunOnSlots], bool],
+    *,
+    echo: Callable[[str], None],
+    on_interrupt: Callable[[], None],
+) -> PackedResult[Run]:
+    """Execute ``runs`` packed onto ``engines``' slots; ``execute(run, pool)`` runs one
+    notebook to its end and returns whether it succeeded (it records its failure itself).
+    Ctrl-C: ``on_interrupt`` (stop the running notebooks), then the interrupt propagates."""
+    lock = threading.Lock()
+
+    def locked_echo(line: str) -> None:
+        with lock:
+            echo(line)
+
+    def execute_on(run: Run, slots: tuple[Slot, ...]) -> None:
+        pool = RunOnSlots(engines, slots)
+        if not execute(run, pool):
+            if pool.lost is None:
+                try:  # a run can fail because an engine went away between runs
+                    engines.check(slots)
+                except Exception as error:
+                    pool.lost = error
+            if pool.lost is not None:
+                raise SlotsLost(slots, f"{type(pool.lost).__name__}: {pool.lost}")
+            raise RunFailed(run.run_id)
+        try:  # before the slots go to the next run
+            replaced = engines.recycle_outgrown(slots)
+        except Exception as error:  # the run is done; its slots have no engines now
+            raise SlotsLost(slots, f"{type(error).__name__}: {error}", run_ok=True) from error
+        if replaced:
+            locked_echo(replaced)
+
+    echo(describe_slots(engines.slots, {LOCAL_HOST: available_cores()}))
+    with ThreadedRuns(execute_on, len(engines.slots), poll_seconds=0.2) as threaded:
+        result = run_packed(
+            runs,
+            engines.slots,
+            threaded.start,
+            threaded.wait,
+            echo=locked_echo,
+            on_interrupt=lambda _running: on_interrupt(),
+        )
+    echo(result.occupancy.summary())
+    return result

@@ -24,7 +24,7 @@ Wiring it into the runner and the pool (intended design):
   from :func:`hiresmed_nb.cluster.devices.plan_this_machine` (``--slots`` or one per GPU) or
   :func:`~hiresmed_nb.cluster.devices.plan_slots` (``--hosts``, GPUs listed on each host by
   ``nvidia-smi`` over ssh); an attached cluster (``-p IPP_CLUSTER_FILE``) gives one slot per
-  engine it holds (:mod:`hiresmed_nb.cluster.engine_slots`: each engine reports the GPU it sees,
+  engine it holds (:func:`hiresmed_nb.cluster.devices.engine_devices`: each reports the GPU it sees,
   its recipe having set its ``CUDA_VISIBLE_DEVICES``, e.g. ``srun --gpus-per-task=1``).
 - :func:`hiresmed_nb.study.packed.run_packed` with ``ThreadedRuns``: ``execute(run, slots)``
   runs the run's notebook with papermill, giving it the cluster file and the engine ids of its

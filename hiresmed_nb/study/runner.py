@@ -30,13 +30,13 @@ from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.science.records import write_json_atomic
 from hiresmed_nb.study.executor import kill_running_kernels, papermill_executor
 from hiresmed_nb.study.grid import Run
-from hiresmed_nb.study.packed_study import (
+from hiresmed_nb.study.packed import (
     SlotRequest,
-    check_fits,
     run_on_slots,
     start_slot_engines,
     study_slots,
 )
+from hiresmed_nb.study.packing import check_fits
 
 TRAIN_NOTEBOOK = "notebooks/01_train.ipynb"
 REPORT_NOTEBOOK = "notebooks/02_report.ipynb"
@@ -115,7 +115,7 @@ def run_study(
 
     ``slots`` (``--slots``, ``--hosts``, an attached cluster's file), or GPUs found on this
     machine, pack the study: as many runs at once as the free slots allow, each on its own
-    slots' engines (:mod:`.packed_study`); a run wider than the slots is an error before
+    slots' engines (:mod:`.packed`); a run wider than the slots is an error before
     anything starts. Without them the runs execute one at a time.
 
     The console shows one progress bar over the runs (the current run id, runs done and left, an
