@@ -439,12 +439,20 @@ def test_tiny_allreduce_scripts_and_packing_measure_what_they_name(tiny_results)
     assert figure_median(packing, "slot_overlaps") == 0
     assert packing["raw"]["runs"] == 3 and packing["raw"]["slots"] == 2  # 1 seed, 2 slots
     overhead = results["overhead"]
-    for arm in ("serial_one_at_a_time", "distributed_one_at_a_time", "serial_packed2"):
-        raw = overhead["raw"][arm]
-        assert raw["runs"] == 3 and raw["warm"][0] is False and any(raw["warm"])
+    # Each arm's runs in the order they started, warm or cold, from the runs' own records.
+    assert {arm: raw["warm"] for arm, raw in overhead["raw"].items()} == {
+        "serial_one_at_a_time": [False, True],
+        "distributed_one_at_a_time": [False, True],
+        "serial_packed2": [False, False, True],  # the packed pair starts cold, then a warm run
+        "distributed_packed2": [False, True],  # a 2-rank run holds both slots
+    }
+    assert overhead["config"]["runs_per_arm"] == {
+        arm: len(raw["warm"]) for arm, raw in overhead["raw"].items()
+    }
+    for raw in overhead["raw"].values():
+        assert raw["runs"] == len(raw["warm"]) == len(raw["overhead_seconds"])
         assert all(seconds > 0 for seconds in raw["overhead_seconds"])  # a notebook is not free
         assert raw["study_seconds"] > raw["train_seconds"] > 0
-    assert overhead["raw"]["distributed_packed2"]["warm"] == [False, True, True]  # both slots
 
 
 @pytest.mark.notebook
@@ -548,3 +556,91 @@ def test_a_runs_overhead_is_its_notebooks_time_less_training_and_warm_after_its_
     assert found["overhead_seconds"] == [4.0, 2.5, 2.5]
     assert found["warm"] == [False, False, True]  # c is engine 11's second run
     assert found["study_overhead_per_run"] == (20.0 - 4.5) / 3
+
+
+@pytest.mark.parametrize(
+    ("runs", "expected"),
+    [
+        (2, [2, 2, 3, 2]),  # tiny: the packed serial pair starts cold, so one more run
+        (3, [3, 3, 3, 3]),
+        (6, [6, 6, 6, 6]),  # quick and full
+    ],
+)
+def test_each_overhead_arm_takes_the_levels_runs_and_one_past_its_cold_start(runs, expected):
+    from hiresmed_nb.bench.overhead import ARMS, arm_runs
+
+    assert [arm_runs(mode, slots, runs) for mode, slots in ARMS] == expected
+    assert arm_runs("serial", 4, 2) == 5  # 4 runs start together on 4 slots
+    assert arm_runs("distributed", 4, 2) == 3  # two 2-rank runs fit 4 slots
+
+
+def test_the_tiny_overhead_level_runs_two_per_arm_and_three_packed_serial():
+    from hiresmed_nb.bench.overhead import ARMS, arm_name, arm_runs
+
+    runs = bench.LEVELS["tiny"]["overhead"]["runs"]
+    assert {arm_name(*arm): arm_runs(*arm, runs) for arm in ARMS} == {
+        "serial_one_at_a_time": 2,
+        "distributed_one_at_a_time": 2,
+        "serial_packed2": 3,
+        "distributed_packed2": 2,
+    }
+    for level in ("quick", "full"):
+        assert {arm_runs(*arm, bench.LEVELS[level]["overhead"]["runs"]) for arm in ARMS} == {6}
+
+
+@pytest.mark.parametrize(
+    ("mode", "slots", "runs", "message"),
+    [
+        ("serial", None, 1, r"runs must be a whole number >= 2 .* got 1"),
+        ("serial", None, 2.0, r"runs must be a whole number >= 2 .* got 2\.0"),
+        ("serial", None, True, r"runs must be a whole number >= 2 .* got True"),
+        ("parallel", None, 2, r"mode must be 'serial' or 'distributed', got 'parallel'"),
+        ("distributed", 1, 2, r"slots must be >= 2 for a distributed run of 2 rank\(s\), got 1"),
+        ("serial", 0, 2, r"slots must be >= 1 for a serial run of 1 rank\(s\), got 0"),
+    ],
+)
+def test_overhead_arm_runs_refuses_bad_input_naming_it(mode, slots, runs, message):
+    from hiresmed_nb.bench.overhead import arm_runs
+
+    with pytest.raises(HiresmedError, match=message):
+        arm_runs(mode, slots, runs)
+
+
+def test_resolution_probes_share_one_settings_and_each_config_runs_once(monkeypatch):
+    from hiresmed_nb.bench import resolution
+
+    level = {
+        **bench.LEVELS["tiny"],
+        "probe_steps": (1, 3),
+        "resolution": [("compact", 32, 2, "float32"), ("compact", 64, 2, "float32")],
+        "planner": {"arch": "compact", "size": 32, "probes": [1, 2], "check": 4},
+    }
+    started = []
+
+    def fake_worker(task: str, config: dict) -> tuple[dict, float]:
+        """A probe's result without a process: peak RSS 100 MB + 10 MB per image."""
+        started.append((task, config))
+        seconds = [0.5] * config["steps"]
+        rss = 100 * MiB + 10 * MiB * config["batch"]
+        return {
+            **config,
+            "step_seconds": seconds,
+            "images_per_second": [config["batch"] / s for s in seconds],
+            "peak_rss_bytes": rss,
+        }, 0.0
+
+    monkeypatch.setattr(resolution, "run_worker", fake_worker)
+    found = resolution.measure(level)
+    settings = {"warmup": 1, "steps": 3, "threads": os.cpu_count() or 1}
+    assert resolution.probe_settings(level) == settings
+    # compact 32 px at batch 2 is a config and a planner probe: one process for both.
+    assert [(c["size"], c["batch"]) for _, c in started] == [(32, 2), (64, 2), (32, 1), (32, 4)]
+    assert all(task == "probe" and settings.items() <= c.items() for task, c in started)
+    assert found["planner"]["probes"][1] == found["configs"][0]
+    assert found["planner"]["bytes_per_image"] == pytest.approx(10 * MiB)
+    assert found["planner"]["relative_error"] == pytest.approx(0)
+    assert set(found["figures"]) >= {
+        "compact_32px_float32_images_per_second",
+        "compact_64px_float32_images_per_second",
+        "planner_relative_error",
+    }

@@ -7,8 +7,10 @@ its record's ``train_seconds``: the notebook's kernel start and imports, its che
 attaching to its engines, the rendezvous, the record and plots. A run is *warm* when its rank 0
 engine had already trained a run of the study (no engine start, no TensorFlow import there);
 the study's overhead per run is its whole wall time, engines' start included, minus the training
-seconds, divided by its runs. ``python -m hiresmed_nb bench --only overhead`` writes
-``overhead.json``.
+seconds, divided by its runs. :func:`arm_runs` says how many runs each arm takes: the level's
+``runs``, or one past the runs that start together when the arm starts more than that at once (a
+packed serial arm's first runs all start cold). ``python -m hiresmed_nb bench --only overhead``
+writes ``overhead.json``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,35 @@ ARMS = (("serial", None), ("distributed", None), ("serial", 2), ("distributed", 
 
 def arm_name(mode: str, slots: int | None) -> str:
     return f"{mode}_{'one_at_a_time' if slots is None else f'packed{slots}'}"
+
+
+def arm_runs(mode: str, slots: int | None, runs: int) -> int:
+    """Runs of the arm ``mode`` on ``slots`` CPU slots (None: one at a time) for the level's
+    ``runs`` per arm: ``runs``, but at least one more than the runs the arm starts at once. Those
+    all start on cold engines, so the arm needs one past them for a warm run: a serial arm packed
+    on 2 slots starts 2 together and takes at least 3; a 2-rank run holds both of 2 slots, so
+    that packed arm starts one run at a time, as the arms one at a time do.
+
+    Raises HiresmedError for fewer than 2 ``runs`` (the first run of an arm is always cold), an
+    unknown ``mode``, or ``slots`` too few for one run.
+    """
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 2:
+        raise HiresmedError(
+            f"overhead benchmark: runs must be a whole number >= 2 (an arm's first run is cold), "
+            f"got {runs!r}"
+        )
+    if mode not in ("serial", "distributed"):
+        raise HiresmedError(
+            f"overhead benchmark: mode must be 'serial' or 'distributed', got {mode!r}"
+        )
+    ranks = TINY["N_RANKS"] if mode == "distributed" else 1
+    if slots is not None and slots < ranks:
+        raise HiresmedError(
+            f"overhead benchmark: slots must be >= {ranks} for a {mode} run of {ranks} rank(s), "
+            f"got {slots}"
+        )
+    together = 1 if slots is None else slots // ranks  # runs that start at once, all cold
+    return max(runs, together + 1)
 
 
 def study_overhead(mode: str, slots: int | None, runs: int) -> dict[str, Any]:
@@ -100,9 +131,14 @@ def overheads(records: list[dict[str, Any]], seconds: dict[str, float], wall: fl
 
 
 def measure(level: dict[str, Any]) -> dict[str, Any]:
-    """Every arm of :data:`ARMS` with ``level["overhead"]["runs"]`` runs, as the suite's result."""
+    """Every arm of :data:`ARMS` with :func:`arm_runs` runs (``level["overhead"]["runs"]`` per
+    arm, more where an arm needs them for a warm run), as the suite's result."""
     runs = level["overhead"]["runs"]
-    raw = {arm_name(mode, slots): study_overhead(mode, slots, runs) for mode, slots in ARMS}
+    per_arm = {arm_name(mode, slots): arm_runs(mode, slots, runs) for mode, slots in ARMS}
+    raw = {
+        name: study_overhead(mode, slots, per_arm[name])
+        for name, (mode, slots) in zip(per_arm, ARMS, strict=True)
+    }
     figures = {}
     for name, arm in raw.items():
         warm = [
@@ -116,7 +152,7 @@ def measure(level: dict[str, Any]) -> dict[str, Any]:
     return {
         "benchmark": "overhead",
         "title": "9. Per-run overhead of a study: wall time minus training seconds",
-        "config": {**TINY, "runs_per_arm": runs, "arms": [arm_name(*arm) for arm in ARMS]},
+        "config": {**TINY, "runs_per_arm": per_arm, "arms": list(per_arm)},
         "figures": figures,
         "goals": [
             goal(
@@ -131,7 +167,9 @@ def measure(level: dict[str, Any]) -> dict[str, Any]:
         ],
         "notes": [
             f"Tiny runs of the SYNTHETIC skin dataset ({TINY['IMAGE_SIZE']} px, compact CNN, "
-            f"{TINY['EPOCHS']} epoch), {runs} per arm. A run's overhead is its notebook's "
+            f"{TINY['EPOCHS']} epoch); runs per arm: "
+            + ", ".join(f"{name} {count}" for name, count in per_arm.items())
+            + ". A run's overhead is its notebook's "
             "execution time as the runner sees it (kernel start to kernel end) minus its record's "
             "training seconds; warm runs are those whose rank 0 engine had trained before in the "
             "same study. The study figure also counts the runner's own start, starting engines "

@@ -8,10 +8,11 @@ batches (:func:`fit_memory`) and picks the largest batch for a memory budget
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -113,19 +114,18 @@ def probe(config: dict[str, Any]) -> dict[str, Any]:
 # --- the benchmark -------------------------------------------------------------------------------
 
 
-def _probe(level: dict[str, Any], arch: str, size: int, batch: int, precision: str) -> dict:
-    """One :func:`probe` in a fresh process; a failure (out of memory, time) is kept as
-    ``error`` in the returned config instead of stopping the benchmark."""
+def probe_settings(level: dict[str, Any]) -> dict[str, Any]:
+    """What every probe of ``level`` shares, built once: ``warmup`` and ``steps`` (from
+    ``level["probe_steps"]``) and ``threads`` (all cores)."""
     warmup, steps = level["probe_steps"]
-    config = {
-        "arch": arch,
-        "size": size,
-        "batch": batch,
-        "precision": precision,
-        "warmup": warmup,
-        "steps": steps,
-        "threads": os.cpu_count() or 1,
-    }
+    return {"warmup": warmup, "steps": steps, "threads": os.cpu_count() or 1}
+
+
+def _probe(settings: dict[str, Any], arch: str, size: int, batch: int, precision: str) -> dict:
+    """One :func:`probe` in a fresh process (``settings`` from :func:`probe_settings`); a failure
+    (out of memory, time) is kept as ``error`` in the returned config instead of stopping the
+    benchmark."""
+    config = {"arch": arch, "size": size, "batch": batch, "precision": precision, **settings}
     try:
         result, _ = run_worker("probe", config)
     except (HiresmedError, subprocess.TimeoutExpired) as error:
@@ -181,13 +181,12 @@ def _bf16_goal(figures: dict[str, Any], arch_size: str) -> dict[str, Any]:
     )
 
 
-def _planner(level: dict[str, Any]) -> dict[str, Any]:
-    """Probes at the planner's small batches and its check batch; the fit, its error at the
-    check and the plan for each budget of :data:`BUDGETS_GIB` (when two probes and the check
-    ran)."""
-    plan = level["planner"]
-    probes = [_probe(level, plan["arch"], plan["size"], b, "float32") for b in plan["probes"]]
-    check = _probe(level, plan["arch"], plan["size"], plan["check"], "float32")
+def _planner(plan: dict[str, Any], probe: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """Probes (``probe(arch, size, batch, precision)``) at the planner's small batches and its
+    check batch, as ``plan`` (``level["planner"]``) names them; the fit, its error at the check
+    and the plan for each budget of :data:`BUDGETS_GIB` (when two probes and the check ran)."""
+    probes = [probe(plan["arch"], plan["size"], b, "float32") for b in plan["probes"]]
+    check = probe(plan["arch"], plan["size"], plan["check"], "float32")
     planner: dict[str, Any] = {"config": plan, "probes": probes, "check": check}
     usable = [(p["batch"], p["peak_rss_bytes"]) for p in probes if "error" not in p]
     if len(usable) < 2 or "error" in check:
@@ -213,10 +212,15 @@ def _planner(level: dict[str, Any]) -> dict[str, Any]:
 
 
 def measure(level: dict[str, Any]) -> dict[str, Any]:
-    """Every config of the level, then the planner; goals: the planner's error, bf16 speedups."""
-    configs = [_probe(level, *config) for config in level["resolution"]]
+    """Every config of the level, then the planner; goals: the planner's error, bf16 speedups.
+
+    A config is probed once: one the planner also asks for (the tiny level's config is one of
+    its probes) gets that same fresh process's reading.
+    """
+    probe = functools.cache(functools.partial(_probe, probe_settings(level)))
+    configs = [probe(*config) for config in level["resolution"]]
     figures = _config_figures(configs)
-    planner = _planner(level)
+    planner = _planner(level["planner"], probe)
     goals = []
     if "relative_error" in planner:
         plan = planner["config"]
@@ -252,5 +256,6 @@ def measure(level: dict[str, Any]) -> dict[str, Any]:
             "img/s is over the timed steps after the warm-up (tracing) step(s); peak RSS "
             "(ru_maxrss) is one reading per process (n=1).",
             "Images are in memory, so this is the model's cost alone; the pipeline's is in 2.",
+            "A config that is also one of the planner's probes is probed once; both read it.",
         ],
     }

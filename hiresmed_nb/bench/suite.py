@@ -62,7 +62,7 @@ LEVELS: dict[str, dict[str, Any]] = {
             "repeats": 2,
         },
         "packing": {"slots": 2, "seeds": 1},
-        "overhead": {"runs": 3},  # 3 runs on 2 slots: one runs on a warm engine
+        "overhead": {"runs": 2},  # a cold run and a warm one; packed serial: 2 cold, 1 warm
     },
     "quick": {
         "train": {"IMAGE_SIZE": 128, "IMAGES_PER_CLASS": 20, "EPOCHS": 4, "BATCH_SIZE": 8},
