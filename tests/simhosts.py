@@ -6,9 +6,10 @@ hostname (``unshare --uts``) with its own ``/etc/hosts`` (``/etc/netns/<ns>/host
 ``ip netns exec`` bind-mounts for sshd and everything it starts). By default a host also has its
 own process table (``unshare --pid --fork --mount-proc``: sshd is the namespace's init) and its
 own ``/tmp`` (a tmpfs), as a real node has; the rest of the root filesystem is shared, so the
-project's ``.venv`` is at the same path on every host. Folders under ``/tmp`` that the hosts must
-share (the instance's keys and sshd config, a test's temporary folder) are bound into each host's
-``/tmp`` at the same path. Needs root, ``ip netns``, ``unshare``
+project's ``.venv`` is at the same path on every host (a project or interpreter under ``/tmp``
+is bound into each host's ``/tmp``, as a shared project filesystem would be). Folders under
+``/tmp`` that the hosts must share (the instance's keys and sshd config, a test's temporary
+folder) are bound into each host's ``/tmp`` at the same path. Needs root, ``ip netns``, ``unshare``
 and ``/usr/sbin/sshd``; :func:`unavailable_reason` says which one is missing.
 
 Names carry the creating pid (``hmt<pid><n>...``) so a later session can remove what a crashed
@@ -28,6 +29,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -40,6 +42,10 @@ from hiresmed_nb.errors import HiresmedError
 PREFIX = "hmt"
 SSHD = "/usr/sbin/sshd"
 TMP = Path("/tmp")
+# The project and its interpreter: on a real cluster the project's filesystem is shared, so a
+# checkout under /tmp (a clone made there) is bound into each host's own /tmp like the folders
+# a test shares.
+PROJECT_DIRS = (Path(__file__).resolve().parents[1], Path(sys.prefix).resolve())
 NETNS_ETC = Path("/etc/netns")
 LOCK_FILE = Path("/run/lock/hiresmed-simhosts.lock")
 SUBNETS = ipaddress.ip_network("10.213.0.0/16")  # candidate /24s; the first unused one is taken
@@ -479,8 +485,7 @@ class SimHosts:
         namespace, with the host's name and a tmpfs on /tmp into which the shared folders are
         bound back (each opened before the tmpfs hides it). The Popen pid is unshare's: the
         namespace's init is its one child."""
-        shared = [self.directory, *self.shared_dirs]
-        under_tmp = [f for f in dict.fromkeys(shared) if f.is_relative_to(TMP) and f != TMP]
+        under_tmp = folders_to_bind([self.directory, *self.shared_dirs, *PROJECT_DIRS])
         steps = ['hostname "$1"', "shift"]
         steps += [f"exec {3 + i}<{shlex.quote(str(f))}" for i, f in enumerate(under_tmp)]
         steps.append(f"mount -t tmpfs -o mode=1777 tmpfs {TMP}")
@@ -667,3 +672,10 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
     except OSError:
         return "?"
+
+
+def folders_to_bind(folders: Sequence[Path]) -> list[Path]:
+    """The folders under /tmp (not /tmp itself) among ``folders`` that a host with its own /tmp
+    must get bound back, each once, none inside another one bound (it comes with it)."""
+    under_tmp = [f for f in dict.fromkeys(folders) if f.is_relative_to(TMP) and f != TMP]
+    return [f for f in under_tmp if not any(f != g and f.is_relative_to(g) for g in under_tmp)]

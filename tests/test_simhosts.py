@@ -63,6 +63,15 @@ def test_bad_specs_are_named_errors():
         SimHosts([HostSpec("hostA", hostname="no such")])
 
 
+def test_folders_under_tmp_are_bound_once_and_never_inside_one_bound():
+    """A checkout cloned under /tmp (its .venv inside it) reaches the hosts with the test's own
+    folders; /tmp itself and folders elsewhere are not bound."""
+    project, basetemp = Path("/tmp/clone"), Path("/tmp/pytest-of-root/pytest-1")
+    venv, elsewhere = project / ".venv", Path("/work/p")
+    folders = [Path("/tmp/hmt1a"), basetemp, project, venv, elsewhere, Path("/tmp")]
+    assert simhosts.folders_to_bind(folders) == [Path("/tmp/hmt1a"), basetemp, project]
+
+
 def test_what_is_missing_is_named(monkeypatch):
     monkeypatch.setattr(simhosts.os, "geteuid", lambda: 1000)
     assert (
