@@ -485,15 +485,8 @@ class SimHosts:
         namespace, with the host's name and a tmpfs on /tmp into which the shared folders are
         bound back (each opened before the tmpfs hides it). The Popen pid is unshare's: the
         namespace's init is its one child."""
-        under_tmp = folders_to_bind([self.directory, *self.shared_dirs, *PROJECT_DIRS])
         steps = ['hostname "$1"', "shift"]
-        steps += [f"exec {3 + i}<{shlex.quote(str(f))}" for i, f in enumerate(under_tmp)]
-        steps.append(f"mount -t tmpfs -o mode=1777 tmpfs {TMP}")
-        for i, folder in enumerate(under_tmp):
-            quoted = shlex.quote(str(folder))
-            steps.append(f"mkdir -p {quoted}")
-            steps.append(f"mount -c --bind /proc/self/fd/{3 + i} {quoted}")
-            steps.append(f"exec {3 + i}<&-")
+        steps += own_tmp_steps([self.directory, *self.shared_dirs])
         script = " && ".join([*steps, 'exec "$@"'])
         unshare = ["unshare", "--uts", "--pid", "--fork", "--mount-proc"]
         return [
@@ -672,6 +665,21 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
     except OSError:
         return "?"
+
+
+def own_tmp_steps(folders: Sequence[Path], tmpfs_name: str = "tmpfs") -> list[str]:
+    """Shell steps that give a new mount namespace its own /tmp (a tmpfs named ``tmpfs_name``)
+    with ``folders`` and the project (:data:`PROJECT_DIRS`) that lie under /tmp bound back at
+    their paths, each opened before the tmpfs hides it."""
+    under_tmp = folders_to_bind([*folders, *PROJECT_DIRS])
+    steps = [f"exec {3 + i}<{shlex.quote(str(f))}" for i, f in enumerate(under_tmp)]
+    steps.append(f"mount -t tmpfs -o mode=1777 {shlex.quote(tmpfs_name)} {TMP}")
+    for i, folder in enumerate(under_tmp):
+        quoted = shlex.quote(str(folder))
+        steps.append(f"mkdir -p {quoted}")
+        steps.append(f"mount -c --bind /proc/self/fd/{3 + i} {quoted}")
+        steps.append(f"exec {3 + i}<&-")
+    return steps
 
 
 def folders_to_bind(folders: Sequence[Path]) -> list[Path]:

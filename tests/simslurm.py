@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -72,22 +73,17 @@ SlurmdTimeout=60
 {nodes}
 PartitionName=sim Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
-# Runs inside a node's new namespaces: its host name, a tmpfs on /tmp with the rig's folder bound
-# back at its own path (opened as fd 3 before the tmpfs hides it), its own /etc/hosts; then slurmd,
-# as a child, so that this shell (pid 1 of the node) reaps whatever Slurm leaves orphaned.
-NODE_SCRIPT = """set -eu
-name=$1 rig=$2 hosts=$3
-shift 3
-hostname "$name"
-exec 3<"$rig"
-mount -t tmpfs -o mode=1777 "tmp-$name" /tmp
-mkdir -p "$rig"
-mount -c --bind /proc/self/fd/3 "$rig"
-exec 3<&-
-mount --bind "$hosts" /etc/hosts
-"$@" &
-wait $!
-"""
+
+
+def node_script(node: str, rig: Path) -> str:
+    """What runs inside a node's new namespaces: its host name, a tmpfs on /tmp with the rig's
+    folder (and a project under /tmp) bound back at its own path, its own /etc/hosts (``$1``);
+    then slurmd (the rest of the arguments), as a child, so that this shell (pid 1 of the node)
+    reaps whatever Slurm leaves orphaned."""
+    steps = ["set -eu", f"hostname {shlex.quote(node)}"]
+    steps += simhosts.own_tmp_steps([rig], f"tmp-{node}")
+    steps += ['mount --bind "$1" /etc/hosts', "shift", '"$@" &', "wait $!"]
+    return "\n".join(steps) + "\n"
 
 
 def unavailable_reason() -> str | None:
@@ -187,9 +183,9 @@ class SimSlurm:
         (self.directory / "spool" / node).mkdir()
         netns = self.hosts.netns(node)
         own_ns = ["unshare", "--uts", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc"]
-        argv = ["nsenter", f"--net=/run/netns/{netns}", "--", *own_ns, "sh", "-c", NODE_SCRIPT]
-        hosts_file = simhosts.NETNS_ETC / netns / "hosts"
-        argv += ["sh", node, str(self.directory), str(hosts_file)]
+        script = node_script(node, self.directory)
+        argv = ["nsenter", f"--net=/run/netns/{netns}", "--", *own_ns, "sh", "-c", script]
+        argv += ["sh", str(simhosts.NETNS_ETC / netns / "hosts")]
         argv += ["slurmd", "-D", "-N", node, "-f", str(self.conf)]
         self._daemon(argv, f"slurmd-{node}")
 
