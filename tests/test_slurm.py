@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import simhosts
 import simslurm
 from ipyparallel import Client
 
@@ -72,12 +73,16 @@ def test_srun_on_two_nodes_runs_on_each_node(idle_slurm):
 
 
 def test_each_node_has_its_own_tmp_and_process_table(idle_slurm):
-    script = "echo $(hostname) $(ls /tmp | wc -l) $(tr '\\0' ' ' </proc/1/cmdline)"
+    script = "echo $(hostname) $(ls /tmp | tr '\\n' /) $(tr '\\0' ' ' </proc/1/cmdline)"
     done = idle_slurm.run(["srun", "-N2", "sh", "-c", script])
     seen = {line.split()[0]: line.split(maxsplit=2)[1:] for line in done.stdout.splitlines()}
     assert sorted(seen) == ["nodeA", "nodeB"]
+    # The rig's folder, and the project's when it lies under /tmp (a clone made there).
+    bound = simhosts.folders_to_bind([idle_slurm.directory, *simhosts.PROJECT_DIRS])
+    expected = sorted({folder.relative_to("/tmp").parts[0] for folder in bound})
     for node, (tmp_entries, init) in seen.items():
-        assert tmp_entries == "1", f"{node}'s /tmp holds more than the rig's folder"
+        found = sorted(tmp_entries.strip("/").split("/"))
+        assert found == expected, f"{node}'s /tmp holds more than the rig's and project's folders"
         assert f"slurmd -D -N {node}" in init, f"{node}'s pid 1 is not its own: {init}"
 
 
