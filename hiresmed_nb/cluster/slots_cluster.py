@@ -37,6 +37,7 @@ from hiresmed_nb.cluster.devices import (
     slot_environment,
     slots_of_engines,
 )
+from hiresmed_nb.cluster.engine_tasks import set_environment
 from hiresmed_nb.cluster.engines import (
     PROBE_SECONDS,
     REGISTRATION_SECONDS,
@@ -68,11 +69,6 @@ SLOT_VARIABLES = ("HIRESMED_SLOT", "HIRESMED_SLOT_GPU", "HIRESMED_SLOT_THREADS")
 def engine_slot_key() -> str:
     """Run on an engine: the key of the slot it was started for ('' for another engine)."""
     return os.environ.get("HIRESMED_SLOT", "")
-
-
-def adopt_slot(variables: dict[str, str]) -> None:
-    """Run on an attached engine: take the name and thread share of its slot (its GPU is set)."""
-    os.environ.update(variables)
 
 
 def slot_hosts(slots: Sequence[Slot]) -> list[HostSlots]:
@@ -193,7 +189,8 @@ class SlotsCluster(Started):
         by_engine = slots_of_engines(devices, [rank.hostname for rank in self._attached.slots])
         self.slots = [by_engine[engine_id] for engine_id in engines.engine_ids]
         variables = [slot_environment(slot) for slot in self.slots]
-        engines.ask(adopt_slot, each=[({k: v[k] for k in SLOT_VARIABLES},) for v in variables])
+        # Each engine takes its slot's name and thread share (its GPU is set already).
+        engines.ask(set_environment, each=[({k: v[k] for k in SLOT_VARIABLES},) for v in variables])
         self.engine_of = {
             slot.key: engine_id
             for slot, engine_id in zip(self.slots, engines.engine_ids, strict=True)

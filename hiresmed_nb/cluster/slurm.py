@@ -25,8 +25,18 @@ from hiresmed_nb.errors import HiresmedError
 SLURM_SECONDS = 30  # bound on one squeue or scontrol call
 # A job's states (``scontrol show job``) once it is ending or has ended: its processes are going.
 ENDED_STATES = frozenset(
-    {"BOOT_FAIL", "CANCELLED", "COMPLETED", "COMPLETING", "DEADLINE", "FAILED", "NODE_FAIL"}
-    | {"OUT_OF_MEMORY", "PREEMPTED", "TIMEOUT"}
+    {
+        "BOOT_FAIL",
+        "CANCELLED",
+        "COMPLETED",
+        "COMPLETING",
+        "DEADLINE",
+        "FAILED",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+        "PREEMPTED",
+        "TIMEOUT",
+    }
 )
 _CONTROLLER_HOST = re.compile(r"^SlurmctldHost\[0\]\s*=\s*([^\s(]+)(?:\(([^)]+)\))?", re.M)
 
