@@ -175,6 +175,30 @@ def test_warm_memory_series_needs_two_runs():
         warm.memory_series({}, 1)
 
 
+def test_two_warm_memory_runs_are_the_warm_paths_own_and_more_run_on_a_cluster_of_their_own(
+    monkeypatch,
+):
+    own = fake_memory_series([300, 600, 620], [300, 610, 615])
+    separate = fake_memory_series(*[[300] + [600] * 10] * 2)
+    started = []
+
+    def fresh_cluster_series(params: dict, runs: int) -> dict:
+        started.append(runs)
+        return separate
+
+    monkeypatch.setattr(warm, "memory_series", fresh_cluster_series)
+
+    def warm_runs() -> list[dict]:
+        return [{"pid": 7, "memory": own}, {"pid": 7, "memory": separate}]
+
+    runs = warm_runs()
+    assert launchers._warm_memory({}, 2, runs) is own and started == []  # tiny: no cluster
+    assert runs == [{"pid": 7}, {"pid": 7}]  # the raw runs keep their timings only
+    assert launchers._warm_memory({}, 10, warm_runs()) is separate and started == [10]
+    assert launchers._warm_memory({}, 0, warm_runs()) is None
+    assert launchers._warm_memory({}, 2, []) is None  # the warm path did not run
+
+
 def test_runs_on_replaced_engines_are_refused():
     warm._same_engines([{"pid": 7}, {"pid": 8}], [{"pid": 7}, {"pid": 8}])
     with pytest.raises(HiresmedError, match=r"replaced between runs: pids \[7, 8\] -> \[7, 9\]"):
@@ -401,6 +425,8 @@ def test_tiny_launch_paths_time_the_call_to_first_step_in_two_parts(tiny_results
     # The memory series: each rank's RSS after start and after each of its 2 runs.
     memory = launch["raw"]["warm_memory"]
     assert len(set(memory["engine_pids"])) == 2
+    assert memory["engine_pids"] == first_run  # tiny: the warm path's own two runs
+    assert "memory" not in run
     assert [len(rss) for rss in memory["rss_bytes"]] == [3, 3]  # started, run 1, run 2
     assert all(rss > 50 * warm.MB for rank in memory["rss_bytes"] for rss in rank)
     assert launch["figures"]["warm_rss_growth_mb"]["n"] == 2  # one per rank

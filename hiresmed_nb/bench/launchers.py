@@ -250,10 +250,26 @@ def _run_paths(
     return {name: done for name, done in runs.items() if done}
 
 
+def _warm_memory(
+    params: dict[str, Any], series_runs: int, warm_runs: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The warm engines' memory over ``series_runs`` runs (None for 0 or without the warm
+    path). Two runs are what the warm path's first repeat did on its own cluster, so they are
+    taken from it; more run on a fresh cluster of their own. Every warm run's ``memory`` is
+    moved out of it (the raw runs keep their timings only)."""
+    own = [run.pop("memory") for run in warm_runs]
+    if not series_runs or not warm_runs:
+        return None
+    if series_runs == 2:
+        return own[0]
+    return warm.memory_series(params, series_runs)
+
+
 def measure(level: dict[str, Any], paths: Sequence[str] = tuple(PATHS)) -> dict[str, Any]:
     """Each of ``paths`` ``launch_repeats`` times, then (with the warm path)
-    ``warm_memory_runs`` runs on one warm cluster. The 2-host path is skipped, with the reason
-    in ``skipped``, where simulated hosts cannot be built or its run fails."""
+    ``warm_memory_runs`` runs on one warm cluster (:func:`_warm_memory`). The 2-host path is
+    skipped, with the reason in ``skipped``, where simulated hosts cannot be built or its run
+    fails."""
     params = train_params(level, Path("unused"))
     chosen = [name for name in PATHS if name in paths]
     skipped: dict[str, str] = {}
@@ -263,9 +279,8 @@ def measure(level: dict[str, Any], paths: Sequence[str] = tuple(PATHS)) -> dict[
             if reason:
                 skipped["two_hosts"] = reason
         runs = _run_paths(params, chosen, level["launch_repeats"], skipped)
-    memory = None
-    if "warm" in chosen and level.get("warm_memory_runs"):
-        memory = warm.memory_series(params, level["warm_memory_runs"])
+    series_runs = level.get("warm_memory_runs", 0)
+    memory = _warm_memory(params, series_runs, runs.get("warm", []))
     figures: dict[str, Any] = {}
     for name, done in runs.items():
         figures.update(_path_figures(name, done))
@@ -283,17 +298,28 @@ def measure(level: dict[str, Any], paths: Sequence[str] = tuple(PATHS)) -> dict[
             "two_hosts": two_hosts.bench_hosts(),
             "two_hosts_threads_per_rank": two_hosts.rank_threads(),
             "warm_memory_runs": len(memory["first_step_seconds"]) if memory else 0,
+            "warm_memory_cluster": _series_cluster(series_runs) if memory else "",
         },
         "figures": figures,
         "goals": _goals(figures, memory),
         "skipped": skipped,
-        "notes": _notes(runs, memory, skipped),
+        "notes": _notes(runs, memory, skipped, _series_cluster(series_runs)),
         "raw": {**runs, "warm_memory": memory},
     }
 
 
+def _series_cluster(series_runs: int) -> str:
+    """Which cluster ran the warm memory series of ``series_runs`` runs (:func:`_warm_memory`)."""
+    if series_runs == 2:
+        return "the warm path's own, its two runs; the pool's first reading is its baseline"
+    return "one of its own, started after the launch paths"
+
+
 def _notes(
-    runs: dict[str, list[dict[str, Any]]], memory: dict[str, Any] | None, skipped: dict[str, str]
+    runs: dict[str, list[dict[str, Any]]],
+    memory: dict[str, Any] | None,
+    skipped: dict[str, str],
+    series_cluster: str,
 ) -> list[str]:
     """What each figure's clock measures, the 2-host placement or why it was skipped, and the
     warm engines' RSS after every run."""
@@ -321,7 +347,8 @@ def _notes(
     if memory is not None:
         notes.append(
             f"Warm memory: {len(memory['first_step_seconds'])} consecutive runs of this training "
-            "on one warm cluster (each with its own RESULTS_DIR), recycling off: in use, engines "
+            f"on one warm cluster ({series_cluster}; each run with its own RESULTS_DIR), "
+            "recycling off: in use, engines "
             "grown by more than 100 MB since their first run are replaced before the next run "
             f"(hiresmed_nb.cluster.memory). Engine RSS after each run, in MB (10^6 bytes): "
             f"{warm.rss_lines(memory)}."

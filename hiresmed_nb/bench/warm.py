@@ -44,18 +44,35 @@ def via_warm_engines(params: dict[str, Any]) -> dict[str, Any]:
     """2 ranks on warm engines: one untimed run first (the engines import TensorFlow and
     Horovod and train), then the clock starts just before the second run's ``pool.run`` call.
 
-    Returns rank 0's result of the second run plus ``called`` and both runs' ``engine_pids``
-    (rank order). Raises HiresmedError when the second run did not reuse the engines.
+    Returns rank 0's result of the second run plus ``called``, both runs' ``engine_pids``
+    (rank order) and ``memory``, these two runs as a :func:`memory_series` (the engines' RSS is
+    read after they started and after each run, outside the clock). Raises HiresmedError when
+    the second run did not reuse the engines.
     """
     from hiresmed_nb.cluster import Placement, Pool
 
     with Pool() as pool:  # 2 ranks on this machine, as the cold ipyparallel path
-        run = partial(_timed_run, partial(pool.run, Placement(2)))
+        placement = Placement(2)
+        cluster = pool.cluster(placement)
+        engines, rss = list(cluster.engine_pids), [cluster.engine_memory()]
+        run = partial(_timed_run, partial(pool.run, placement))
         first = in_fresh_results_dir(run, params)
+        rss.append(cluster.engine_memory())
         second = in_fresh_results_dir(run, params)
+        rss.append(cluster.engine_memory())
     _same_engines(first, second)
     pids = [[result["pid"] for result in run] for run in (first, second)]
-    return {**second[0], "engine_pids": pids}
+    memory = _series(engines, rss, [first_step_seconds(run[0]) for run in (first, second)])
+    return {**second[0], "engine_pids": pids, "memory": memory}
+
+
+def _series(pids: list[int], rss: list[list[int]], first_steps: list[float]) -> dict[str, Any]:
+    """A :func:`memory_series` result from the readings in time order (each: every rank's)."""
+    return {
+        "engine_pids": pids,
+        "rss_bytes": [list(column) for column in zip(*rss, strict=True)],
+        "first_step_seconds": first_steps,
+    }
 
 
 def memory_series(params: dict[str, Any], runs: int) -> dict[str, Any]:
@@ -80,11 +97,7 @@ def memory_series(params: dict[str, Any], runs: int) -> dict[str, Any]:
             _same_engines([{"pid": pid} for pid in pids], results)
             rss.append(cluster.engine_memory())
             first_steps.append(first_step_seconds(results[0]))
-    return {
-        "engine_pids": pids,
-        "rss_bytes": [list(column) for column in zip(*rss, strict=True)],
-        "first_step_seconds": first_steps,
-    }
+    return _series(pids, rss, first_steps)
 
 
 def _per_rank_mb(series: dict[str, Any]) -> np.ndarray:
