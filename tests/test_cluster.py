@@ -115,12 +115,19 @@ def assert_same_weights(got: list[np.ndarray], want: list[np.ndarray]) -> None:
         np.testing.assert_allclose(got_array, want_array, rtol=1e-5, atol=1e-6)
 
 
+@pytest.fixture(scope="module")
+def two_ranks():
+    """One 2-rank cluster for the module's gradient checks (its lifecycle is tested above):
+    every run is a fresh rendezvous and Horovod initialisation on the same warm engines."""
+    with HorovodCluster(2) as running:
+        yield running
+
+
 @pytest.mark.distributed
-def test_two_ranks_average_gradients_like_one_serial_step_on_both_halves():
+def test_two_ranks_average_gradients_like_one_serial_step_on_both_halves(two_ranks):
     images, labels = tiny_batch(seed=0)
     serial = sgd_steps.one_sgd_step(images, labels, distributed=False)
-    with HorovodCluster(2) as running:
-        per_rank = running.run(sgd_steps.one_sgd_step, images, labels, True)
+    per_rank = two_ranks.run(sgd_steps.one_sgd_step, images, labels, True)
     initial = sgd_steps.one_sgd_step(images, labels, distributed=False, learning_rate=0.0)
     assert any(not np.allclose(a, b) for a, b in zip(serial, initial, strict=True))
     for rank_weights in per_rank:
@@ -138,13 +145,12 @@ def test_accumulated_micro_batches_give_the_weights_of_one_big_serial_step():
 
 
 @pytest.mark.distributed
-def test_two_accumulation_steps_on_one_rank_equal_one_step_on_two_ranks():
+def test_two_accumulation_steps_on_one_rank_equal_one_step_on_two_ranks(two_ranks):
     images, labels = tiny_batch(seed=2)
     accumulated = sgd_steps.one_sgd_step(images, labels, distributed=False, accumulation_steps=2)
-    with HorovodCluster(2) as running:
-        per_rank = running.run(sgd_steps.one_sgd_step, images, labels, True, 0.1, 2)
-        two_ranks = running.run(sgd_steps.one_sgd_step, images, labels, True)
-    assert_same_weights(two_ranks[0], accumulated)
+    per_rank = two_ranks.run(sgd_steps.one_sgd_step, images, labels, True, 0.1, 2)
+    one_step = two_ranks.run(sgd_steps.one_sgd_step, images, labels, True)
+    assert_same_weights(one_step[0], accumulated)
     assert_same_weights(per_rank[1], accumulated)  # both levers at once
 
 

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from test_warm import interrupt_after_first_run, processes_of_clusters_owned_by
@@ -11,6 +12,7 @@ from test_warm import interrupt_after_first_run, processes_of_clusters_owned_by
 from hiresmed_nb import study
 from hiresmed_nb.__main__ import main
 from hiresmed_nb.errors import HiresmedError
+from hiresmed_nb.study.executor import papermill_executor
 from hiresmed_nb.study.occupancy import slot_overlaps
 
 TINY = {
@@ -52,25 +54,17 @@ def test_a_packed_grid_runs_side_by_side_on_its_own_slots_and_equals_runs_one_at
     monkeypatch.setenv("HIRESMED_INJECT_FAULT", f"kill-rank-after-checkpoint:1:0:{marker}")
     grid = {**TINY, "EPOCHS": 2, "MODE": ["distributed", "serial"]}
     good = study.expand({**grid, "SEEDS": [0, 1]})
-    # A run that fails in its notebook (its data folder does not exist): the others go on.
-    bad = study.expand({**TINY, "MODE": "serial", "SEEDS": [2], "DATA_DIR": str(tmp_path / "no")})
-    lines: list[str] = []
-    result = study.run_study(
-        good + bad,
-        tmp_path / "packed",
-        report=False,
-        progress=False,
-        echo=lines.append,
-        slots=study.SlotRequest(slots=3),
-    )
+    # The same grid as a plain study, one run at a time, as a user runs it on one core: started
+    # now, beside the packed study (its records do not depend on what else runs), compared below.
+    alone = start_plain_study_on_one_core(tmp_path, grid, [0, 1])
+    try:
+        records, lines, result = run_packed_with_a_failing_run(tmp_path, good)
+    finally:  # on a failure above too: the baseline ends, as `subprocess.run` would end it
+        alone_records = plain_study_records(alone, tmp_path)
     assert sorted(result.executed) == sorted(run.run_id for run in good)
-    assert list(result.failed) == [bad[0].run_id]
+    assert [failure["ename"] for failure in result.failed.values()] == ["HiresmedError"]
     # The slots' engines stopped with the study.
     assert processes_of_clusters_owned_by(os.getpid()) == []
-    records = {
-        run.run_id: json.loads((tmp_path / "packed" / "runs" / f"{run.run_id}.json").read_text())
-        for run in good
-    }
     # Every rank on a slot of its own; no slot ever ran two runs at once (from records alone).
     assert slot_overlaps(records.values()) == []
     for record in records.values():
@@ -91,41 +85,86 @@ def test_a_packed_grid_runs_side_by_side_on_its_own_slots_and_equals_runs_one_at
     assert len(retried["history"]["loss"]) == 2  # resumed, neither restarted nor short
     # The slots' first engines are 0, 1 and 2: the retry ran on replacements for its two slots.
     assert min(rank["slot"]["engine"] for rank in retried["ranks"]) >= 3
-    monkeypatch.delenv("HIRESMED_INJECT_FAULT")
-    # The same grid as a plain study, one run at a time, as a user runs it on one core
-    # (`taskset -c 0`): every run on engines with one thread each, the packed slots' share on
-    # this machine. Nothing else differs: no variable is set for it.
+    # The plain study (`taskset -c 0`): every run on engines with one thread each, the packed
+    # slots' share on this machine. Nothing else differs: no variable is set for it.
     threads = {rank["slot"]["threads"] for record in records.values() for rank in record["ranks"]}
     assert threads == {1}
-    alone = plain_study_on_one_core(tmp_path, grid, [0, 1])
-    assert sorted(alone) == sorted(records)
+    assert sorted(alone_records) == sorted(records)
     for run_id, packed in records.items():
-        assert [r["weights_digest"] for r in alone[run_id]["ranks"]] == [
+        assert [r["weights_digest"] for r in alone_records[run_id]["ranks"]] == [
             r["weights_digest"] for r in packed["ranks"]
         ]
-        assert {k: alone[run_id][k] for k in SAME_RESULT} == {k: packed[k] for k in SAME_RESULT}
+        assert {k: alone_records[run_id][k] for k in SAME_RESULT} == {
+            k: packed[k] for k in SAME_RESULT
+        }
 
 
-def plain_study_on_one_core(tmp_path, grid: dict, seeds: list[int]) -> dict[str, dict]:
-    """Run ``grid`` as ``taskset -c 0 python -m hiresmed_nb run grid.yaml`` (one run at a time,
-    no slots); its records by run id."""
+def fail_runs_without_data(executor):
+    """``executor``, except that a run whose DATA_DIR does not exist fails at once, as its
+    notebook's checks cell would, without a kernel (a real notebook's failure is recorded by
+    the same code, shown in test_study.py)."""
+
+    def execute(notebook, output, parameters, cwd):
+        if parameters.get("DATA_DIR") and not Path(parameters["DATA_DIR"]).exists():
+            raise HiresmedError(f"DATA_DIR {parameters['DATA_DIR']} does not exist")
+        executor(notebook, output, parameters, cwd)
+
+    return execute
+
+
+def run_packed_with_a_failing_run(tmp_path, good: list) -> tuple[dict, list[str], object]:
+    """``good`` and one run that fails (its data folder does not exist), packed on 3 slots:
+    the good runs' records by run id, the study's lines and its result."""
+    bad = study.expand({**TINY, "MODE": "serial", "SEEDS": [2], "DATA_DIR": str(tmp_path / "no")})
+    lines: list[str] = []
+    result = study.run_study(
+        good + bad,
+        tmp_path / "packed",
+        executor=fail_runs_without_data(papermill_executor),
+        report=False,
+        progress=False,
+        echo=lines.append,
+        slots=study.SlotRequest(slots=3),
+    )
+    assert list(result.failed) == [bad[0].run_id]
+    records = {
+        run.run_id: json.loads((tmp_path / "packed" / "runs" / f"{run.run_id}.json").read_text())
+        for run in good
+        if run.run_id in result.executed
+    }
+    return records, lines, result
+
+
+def start_plain_study_on_one_core(tmp_path, grid: dict, seeds: list[int]) -> subprocess.Popen:
+    """Start ``grid`` as ``taskset -c 0 python -m hiresmed_nb run grid.yaml`` (one run at a
+    time, no slots)."""
     import yaml
 
     grid_file = tmp_path / "alone.yaml"
     grid_file.write_text(yaml.safe_dump({**grid, "STUDY": "alone", "SEEDS": seeds}))
     outputs = tmp_path / "alone-outputs"
     command = ["taskset", "-c", "0", sys.executable, "-m", "hiresmed_nb", "run", str(grid_file)]
-    subprocess.run(
+    return subprocess.Popen(
         [*command, "--no-report", "--outputs", str(outputs)],
         env={k: v for k, v in os.environ.items() if k != "HIRESMED_INJECT_FAULT"},
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=900,
-        check=True,
     )
+
+
+def plain_study_records(plain: subprocess.Popen, tmp_path) -> dict[str, dict]:
+    """Wait for the plain study (killed past 900 s); its records by run id. Fails, with its
+    output, unless it exited 0."""
+    try:
+        output, _ = plain.communicate(timeout=900)
+    except subprocess.TimeoutExpired:
+        plain.kill()  # the process this test started, by its Popen
+        output, _ = plain.communicate()
+    assert plain.returncode == 0, output
     return {
         path.stem: json.loads(path.read_text())
-        for path in (outputs / "alone" / "runs").glob("*.json")
+        for path in (tmp_path / "alone-outputs" / "alone" / "runs").glob("*.json")
         if not path.name.endswith(".failed.json")
     }
 
@@ -156,7 +195,9 @@ def test_the_command_line_names_a_bad_slot_count(tmp_path, capsys):
 
 @pytest.mark.notebook
 def test_ctrl_c_stops_every_packed_notebook_and_engine_and_a_rerun_resumes(tmp_path, skin_dir):
-    config = {**TINY, "MODE": "serial", "SEEDS": [0, 1, 2, 3]}
+    # Two slots: when the first run is done, the second and third are running (as with more
+    # runs); the rerun trains the one or two not recorded.
+    config = {**TINY, "MODE": "serial", "SEEDS": [0, 1, 2]}
     done = interrupt_after_first_run(config, tmp_path, slots=2)  # each with its record
     runs = tmp_path / "runs"
     # A run may have written its record as Ctrl-C came, before its runner said done.
