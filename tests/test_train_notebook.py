@@ -2,6 +2,7 @@
 
 import ast
 import json
+from pathlib import Path
 
 import nbformat
 import papermill as pm
@@ -15,6 +16,8 @@ from hiresmed_nb.science import records
 
 NOTEBOOK = project_root() / "notebooks" / "01_train.ipynb"
 TINY = {"IMAGE_SIZE": 32, "IMAGES_PER_CLASS": 4, "EPOCHS": 1, "BATCH_SIZE": 4}
+# Test images per class where a test needs no more: rank 0 decodes each one (1024 px).
+SMALL_TEST_SET = 5
 
 
 # Appended to the notebook as its last cell: asks the kernel what it imported.
@@ -81,15 +84,24 @@ def test_parameters_cell_is_rendered_from_the_run_configuration():
     assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code")
 
 
+@pytest.fixture(scope="module")
+def serial_run(tmp_path_factory, skin_dir) -> tuple[Path, dict, Path]:
+    """One tiny serial run of 01_train, trained once for this module: its folder (``runs/``
+    holds its record), its record and its executed notebook."""
+    folder = tmp_path_factory.mktemp("serial")
+    record, executed = execute(folder, MODE="serial", TEST_IMAGES_PER_CLASS=SMALL_TEST_SET)
+    return folder, record, executed
+
+
 @pytest.mark.notebook
-def test_serial_run_writes_and_glues_a_complete_record(tmp_path, skin_dir):
-    record, executed = execute(tmp_path, MODE="serial")
+def test_serial_run_writes_and_glues_a_complete_record(serial_run):
+    folder, record, executed = serial_run
     assert record == records.read_glued(executed)
     assert record["run_id"] == "synthetic-skin_compact_32px_4ipc_serial1_seed0"
     assert record["synthetic"] is True and record["n_ranks"] == 1
-    assert record["n_train"] == 16 and record["n_test"] == 80
+    assert record["n_train"] == 16 and record["n_test"] == 4 * SMALL_TEST_SET
     assert 0.0 <= record["accuracy"] <= 1.0
-    assert sum(map(sum, record["confusion_matrix"])) == 80
+    assert sum(map(sum, record["confusion_matrix"])) == 4 * SMALL_TEST_SET
     assert record["effective_batch_size"] == 4
     assert len(record["ranks"][0]["train_files"]) == 16
     assert record["versions"]["tensorflow"] == "2.15.1"
@@ -97,7 +109,7 @@ def test_serial_run_writes_and_glues_a_complete_record(tmp_path, skin_dir):
     assert len(record["history"]["loss"]) == 1
     assert record["data_locality"]["images_opened_per_rank"] == [16]
     assert record["data_locality"]["ok"]
-    run_logs = assert_logs_match_record(tmp_path / "runs", record)
+    run_logs = assert_logs_match_record(folder / "runs", record)
     assert writer_pids(run_logs) == {record["ranks"][0]["pid"]}  # its engine, rank 0 of 1
     # It trained on an engine: the kernel only orchestrated, without TensorFlow.
     assert not kernel_imported_tensorflow(executed)
@@ -106,7 +118,9 @@ def test_serial_run_writes_and_glues_a_complete_record(tmp_path, skin_dir):
 @pytest.mark.notebook
 @pytest.mark.distributed
 def test_two_rank_run_reads_disjoint_shards_and_ends_with_equal_weights(tmp_path, skin_dir):
-    record, executed = execute(tmp_path, MODE="distributed", N_RANKS=2, EPOCHS=2)
+    record, executed = execute(
+        tmp_path, MODE="distributed", N_RANKS=2, EPOCHS=2, TEST_IMAGES_PER_CLASS=SMALL_TEST_SET
+    )
     assert record["run_id"].endswith("_distributed2_seed0")
     assert record["n_ranks"] == 2 and record["effective_batch_size"] == 8
     shards = [set(rank["train_files"]) for rank in record["ranks"]]
@@ -161,10 +175,21 @@ def test_bad_input_stops_in_the_checks_cell_before_any_cluster(
     assert sorted(p.name for p in keep.parent.iterdir()) == ["earlier.json"]
 
 
+def files_under(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` by its relative path, with its contents."""
+    files = (path for path in folder.rglob("*") if path.is_file())
+    return {str(path.relative_to(folder)): path.read_bytes() for path in files}
+
+
 @pytest.mark.notebook
-def test_a_finished_run_is_not_overwritten(tmp_path, skin_dir):
-    record, _ = execute(tmp_path)
+def test_a_finished_run_is_not_overwritten(serial_run, tmp_path):
+    folder, record, _ = serial_run
+    runs = folder / "runs"
+    files_before = files_under(runs)
     with pytest.raises(PapermillExecutionError, match="already holds a finished run"):
-        execute(tmp_path)
-    [record_file] = (tmp_path / "runs").glob("*.json")
+        execute(
+            tmp_path, MODE="serial", TEST_IMAGES_PER_CLASS=SMALL_TEST_SET, RESULTS_DIR=str(runs)
+        )
+    [record_file] = runs.glob("*.json")
     assert json.loads(record_file.read_text()) == record
+    assert files_under(runs) == files_before  # nor its logs or checkpoints
