@@ -20,7 +20,14 @@ from hiresmed_nb.science import checkpoints
 
 pytestmark = pytest.mark.distributed
 
-TINY = {"IMAGE_SIZE": 32, "IMAGES_PER_CLASS": 4, "BATCH_SIZE": 4, "EPOCHS": 2}
+# Four test images per class: rank 0 decodes each (1024 px) once, whatever the result compares.
+TINY = {
+    "IMAGE_SIZE": 32,
+    "IMAGES_PER_CLASS": 4,
+    "TEST_IMAGES_PER_CLASS": 4,
+    "BATCH_SIZE": 4,
+    "EPOCHS": 2,
+}
 SAME_RESULT = (
     "weights_digest",
     "accuracy",
@@ -112,15 +119,31 @@ def test_a_failed_run_stops_the_warm_cluster_and_the_next_run_starts_a_new_one()
     ]
 
 
-def test_attaching_leaves_a_cluster_it_did_not_start_running(tmp_path, skin_dir):
+def horovod_world() -> dict:
+    """A rank's stand-in for training, where attaching is under test: join Horovod and return
+    this rank, the ranks' count and every rank's pid (one allgather over the ranks)."""
+    import horovod.tensorflow as hvd
+
+    hvd.init()  # Horovod: join the run's ranks, as training does.
+    return {"rank": hvd.rank(), "size": hvd.size(), "pids": hvd.allgather_object(os.getpid())}
+
+
+def assert_one_horovod_world(ranks: list[dict]) -> list[int]:
+    """``ranks`` (results of :func:`horovod_world`) formed one world; returns its pids."""
+    assert [(rank["rank"], rank["size"]) for rank in ranks] == [(0, 2), (1, 2)]
+    assert ranks[0]["pids"] == ranks[1]["pids"] and len(set(ranks[0]["pids"])) == 2
+    return ranks[0]["pids"]
+
+
+def test_attaching_leaves_a_cluster_it_did_not_start_running(tmp_path):
     started = command.start_detached(2)
     cluster_file, engine_pids = started.cluster_file, started.engine_pids
     try:
-        params = tiny_params(tmp_path, EPOCHS=1, IPP_CLUSTER_FILE=cluster_file)
+        params = tiny_params(tmp_path, IPP_CLUSTER_FILE=cluster_file)
         assert params["N_RANKS"] == 2  # N_RANKS 0: the cluster's engines
-        first = cluster.run_training(params)
+        ranks = cluster.kernel_pool().run(params.placement, horovod_world)
         cluster.kernel_pool().close()  # what a kernel's exit does
-        assert sorted(pids(first)) == sorted(engine_pids)
+        assert sorted(assert_one_horovod_world(ranks)) == sorted(engine_pids)
         assert all(psutil.pid_exists(pid) for pid in engine_pids)
     finally:
         command.stop(cluster_file)
@@ -132,7 +155,6 @@ def test_attaching_leaves_a_cluster_it_did_not_start_running(tmp_path, skin_dir)
 SMOKE_DISTRIBUTED = {
     "STUDY": "warm",
     **TINY,
-    "TEST_IMAGES_PER_CLASS": 4,
     "WEIGHTS": None,
     "MODE": "distributed",
     "N_RANKS": 2,
@@ -298,8 +320,10 @@ def test_an_interrupted_study_leaves_nothing_running(tmp_path, skin_dir):
     interrupt_after_first_run({**SMOKE_DISTRIBUTED, "EPOCHS": 1, "SEEDS": [0, 1, 2]}, tmp_path)
 
 
-def test_a_cluster_started_by_ipcluster_itself_can_be_attached(tmp_path, skin_dir):
-    """What the Slurm recipe does inside an allocation (with the local launcher here)."""
+def test_a_cluster_started_by_ipcluster_itself_can_be_attached(tmp_path):
+    """What the Slurm recipe does inside an allocation (with the local launcher here): its
+    engines become one run's Horovod ranks. Training on an attached cluster: test_slurm.py and
+    test_multihost.py."""
     ipcluster = [sys.executable, "-m", "ipyparallel.cluster"]
     profile = f"--profile-dir={tmp_path / 'profile'}"
     subprocess.run(
@@ -310,11 +334,11 @@ def test_a_cluster_started_by_ipcluster_itself_can_be_attached(tmp_path, skin_di
     )
     try:
         [cluster_file] = (tmp_path / "profile" / "security").glob("cluster-*.json")
-        ranks = cluster.run_training(
-            tiny_params(tmp_path / "runs", EPOCHS=1, IPP_CLUSTER_FILE=str(cluster_file))
-        )
+        params = tiny_params(tmp_path / "runs", IPP_CLUSTER_FILE=str(cluster_file))
+        assert params["N_RANKS"] == 2  # N_RANKS 0: the cluster's engines
+        ranks = cluster.kernel_pool().run(params.placement, horovod_world)
         cluster.kernel_pool().close()
-        assert len(ranks) == 2 and ranks[0]["weights_digest"] == ranks[1]["weights_digest"]
-        assert all(psutil.pid_exists(pid) for pid in pids(ranks))  # not ours to stop
+        engine_pids = assert_one_horovod_world(ranks)
+        assert all(psutil.pid_exists(pid) for pid in engine_pids)  # not ours to stop
     finally:
         subprocess.run([*ipcluster, "stop", profile], capture_output=True, timeout=300)
