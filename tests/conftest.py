@@ -27,6 +27,19 @@ def xray_dir() -> Path:
     return synthetic.ensure_dataset("synthetic-xray")
 
 
+@pytest.fixture(scope="session")
+def serial_twin(tmp_path_factory, skin_dir) -> tuple[Path, dict, Path]:
+    """The run of ``serial_twin.SERIAL_TWIN`` through 01_train, trained once per test run: its
+    folder (``runs/`` holds its record), its record and its executed notebook. Tests only read
+    it."""
+    from serial_twin import SERIAL_TWIN
+    from test_train_notebook import execute
+
+    folder = tmp_path_factory.mktemp("serial-twin")
+    record, executed = execute(folder, **SERIAL_TWIN)
+    return folder, record, executed
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark ``dataset`` every test that uses an embedded dataset (``make test-fast`` leaves them
     out: a fresh clone generates them first, minutes of 1024 px images)."""

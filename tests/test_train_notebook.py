@@ -9,6 +9,7 @@ import papermill as pm
 import psutil
 import pytest
 from papermill.exceptions import PapermillExecutionError
+from serial_twin import SERIAL_TWIN
 from test_tensorboard_logs import assert_logs_match_record, writer_pids
 
 from hiresmed_nb.params import PARAMETERS, parameters_cell, project_root
@@ -84,30 +85,23 @@ def test_parameters_cell_is_rendered_from_the_run_configuration():
     assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code")
 
 
-@pytest.fixture(scope="module")
-def serial_run(tmp_path_factory, skin_dir) -> tuple[Path, dict, Path]:
-    """One tiny serial run of 01_train, trained once for this module: its folder (``runs/``
-    holds its record), its record and its executed notebook."""
-    folder = tmp_path_factory.mktemp("serial")
-    record, executed = execute(folder, MODE="serial", TEST_IMAGES_PER_CLASS=SMALL_TEST_SET)
-    return folder, record, executed
-
-
 @pytest.mark.notebook
-def test_serial_run_writes_and_glues_a_complete_record(serial_run):
-    folder, record, executed = serial_run
+def test_serial_run_writes_and_glues_a_complete_record(serial_twin):
+    """The session's serial twin (tests/serial_twin.py): 5 training and 4 test images per class
+    of 4, batch 8, 4 epochs."""
+    folder, record, executed = serial_twin
     assert record == records.read_glued(executed)
-    assert record["run_id"] == "synthetic-skin_compact_32px_4ipc_serial1_seed0"
+    assert record["run_id"] == "synthetic-skin_compact_32px_5ipc_serial1_seed0"
     assert record["synthetic"] is True and record["n_ranks"] == 1
-    assert record["n_train"] == 16 and record["n_test"] == 4 * SMALL_TEST_SET
+    assert record["n_train"] == 20 and record["n_test"] == 16
     assert 0.0 <= record["accuracy"] <= 1.0
-    assert sum(map(sum, record["confusion_matrix"])) == 4 * SMALL_TEST_SET
-    assert record["effective_batch_size"] == 4
-    assert len(record["ranks"][0]["train_files"]) == 16
+    assert sum(map(sum, record["confusion_matrix"])) == 16
+    assert record["effective_batch_size"] == 8
+    assert len(record["ranks"][0]["train_files"]) == 20
     assert record["versions"]["tensorflow"] == "2.15.1"
     assert record["versions"]["horovod"] == "0.28.1"
-    assert len(record["history"]["loss"]) == 1
-    assert record["data_locality"]["images_opened_per_rank"] == [16]
+    assert len(record["history"]["loss"]) == 4
+    assert record["data_locality"]["images_opened_per_rank"] == [20]
     assert record["data_locality"]["ok"]
     run_logs = assert_logs_match_record(folder / "runs", record)
     assert writer_pids(run_logs) == {record["ranks"][0]["pid"]}  # its engine, rank 0 of 1
@@ -182,14 +176,12 @@ def files_under(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.notebook
-def test_a_finished_run_is_not_overwritten(serial_run, tmp_path):
-    folder, record, _ = serial_run
+def test_a_finished_run_is_not_overwritten(serial_twin, tmp_path):
+    folder, record, _ = serial_twin
     runs = folder / "runs"
     files_before = files_under(runs)
     with pytest.raises(PapermillExecutionError, match="already holds a finished run"):
-        execute(
-            tmp_path, MODE="serial", TEST_IMAGES_PER_CLASS=SMALL_TEST_SET, RESULTS_DIR=str(runs)
-        )
+        execute(tmp_path, **SERIAL_TWIN, RESULTS_DIR=str(runs))
     [record_file] = runs.glob("*.json")
     assert json.loads(record_file.read_text()) == record
     assert files_under(runs) == files_before  # nor its logs or checkpoints
