@@ -393,3 +393,25 @@ def test_a_lost_engine_of_an_attached_cluster_fails_its_run_by_name_and_its_slot
     assert len(engines) == 1
     assert f"engine {engines.pop()}" not in failure["evalue"]
     assert any("lost: EngineLostError" in line for line in lines)
+
+
+def test_a_packed_study_recycles_slot_engines_only_while_a_run_waits_for_slots():
+    from hiresmed_nb.study.packed import run_on_slots
+
+    class CountingEngines(FakeEngines):
+        def __init__(self, slots):
+            super().__init__(slots, broken_slot="")
+            self.recycled: list[tuple[str, ...]] = []
+
+        def recycle_outgrown(self, slots):
+            self.recycled.append(tuple(slot.key for slot in slots))
+            return None
+
+    engines = CountingEngines([Slot("localhost", 0, "", None, 1)])
+    runs = study.expand({**TINY, "SEEDS": [0, 1, 2]})  # 3 serial runs, one after the other
+    result = run_on_slots(
+        runs, engines, lambda run, pool: True, echo=lambda line: None, on_interrupt=lambda: None
+    )
+    assert not result.failed
+    # After the first two runs a run waits for the slot; after the last one none does.
+    assert engines.recycled == [("localhost/0",)] * 2

@@ -296,12 +296,15 @@ def run_on_slots(
     notebook to its end and returns whether it succeeded (it records its failure itself).
     Ctrl-C: ``on_interrupt`` (stop the running notebooks), then the interrupt propagates."""
     lock = threading.Lock()
+    not_started = [len(runs)]  # runs no thread has begun yet: a later one may take these slots
 
     def locked_echo(line: str) -> None:
         with lock:
             echo(line)
 
     def execute_on(run: Run, slots: tuple[Slot, ...]) -> None:
+        with lock:
+            not_started[0] -= 1
         pool = RunOnSlots(engines, slots)
         if not execute(run, pool):
             if pool.lost is None:
@@ -312,6 +315,9 @@ def run_on_slots(
             if pool.lost is not None:
                 raise SlotsLost(slots, f"{type(pool.lost).__name__}: {pool.lost}")
             raise RunFailed(run.run_id)
+        with lock:
+            if not not_started[0]:  # no run will use these slots again: they stop with the study
+                return
         try:  # before the slots go to the next run
             replaced = engines.recycle_outgrown(slots)
         except Exception as error:  # the run is done; its slots have no engines now
