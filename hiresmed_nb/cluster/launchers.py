@@ -4,9 +4,16 @@ ipyparallel deletes an engine's output file when the engine stops, which loses w
 rank said (Gloo and TensorFlow write fatal errors there). These launchers keep the file until the
 cluster is stopped, and give every engine ``HIRESMED_LAUNCH_ID`` (the launcher's identifier,
 e.g. ``hostA/0``), so the cluster can tell which host and output file belong to which engine.
+
+When an engine stops, ipyparallel fetches its output only to log it (debug level; warning for a
+failed exit): these launchers skip that fetch, for a remote engine two ssh calls, when the
+launcher's log would not show it.
 """
 
 from __future__ import annotations
+
+import logging
+from typing import Any
 
 from ipyparallel.cluster import launcher as ipp_launcher
 from traitlets import default
@@ -15,10 +22,16 @@ from hiresmed_nb.cluster.engine_tasks import LAUNCH_ID_VARIABLE
 
 
 class _KeepsOutput:
-    """Mixin: never remove the output file; tag the environment with the launch id."""
+    """Mixin: never remove the output file; tag the environment with the launch id; fetch the
+    output at a stop only for a log that shows it."""
 
     def get_output(self, remove: bool = False) -> str:
         return super().get_output(remove=False)
+
+    def _log_output(self, stop_data: dict[str, Any] | None = None) -> None:
+        failed = bool(stop_data) and stop_data.get("exit_code", 0) != 0
+        if self.log.isEnabledFor(logging.WARNING if failed else logging.DEBUG):
+            super()._log_output(stop_data)
 
     def get_env(self) -> dict[str, str]:
         env = super().get_env()
