@@ -8,8 +8,8 @@ file (``cluster stop``, the undertaker), also ending engines started into it as 
 
 from __future__ import annotations
 
-import contextlib
 import json
+import shlex
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,17 +96,24 @@ def _named_files(state: Any) -> Iterator[str]:
 
 def _stop_on_host(launch: EngineLaunch, cluster_id: str) -> list[str]:
     """End what is left of ``cluster_id`` on an ssh host (its engines' nannies, say) and remove
-    the engines' folder there if the project made it. Returns what was ended there; an
-    unreachable host or a host without this package ends nothing."""
-    ended: list[str] = []
-    with contextlib.suppress(subprocess.SubprocessError, OSError):
-        if launch.remote_python:
-            reaped = ssh(launch, launch.remote_python, "-m", __package__ + ".processes", cluster_id)
-            if reaped.returncode == 0:
-                ended = reaped.stdout.split("\n")
-        if Path(launch.remote_folder).name.startswith("hiresmed-"):  # only folders we made
-            ssh(launch, "rm", "-rf", launch.remote_folder)
-    return [line for line in ended if line.strip()]
+    the engines' folder there if the project made it, in one ssh session. Returns what was
+    ended there; an unreachable host or a host without this package ends nothing."""
+    steps = []
+    if launch.remote_python:  # the reaper's exit status is the session's
+        reaper = [launch.remote_python, "-m", __package__ + ".processes", cluster_id]
+        steps.append(f"{shlex.join(reaper)}; status=$?")
+    if Path(launch.remote_folder).name.startswith("hiresmed-"):  # only folders we made
+        steps.append(shlex.join(["rm", "-rf", launch.remote_folder]))
+    if not steps:
+        return []
+    script = "; ".join(steps) + ("; exit $status" if launch.remote_python else "")
+    try:
+        done = ssh(launch, script)
+    except (subprocess.SubprocessError, OSError):
+        return []
+    if not launch.remote_python or done.returncode != 0:
+        return []
+    return [line for line in done.stdout.split("\n") if line.strip()]
 
 
 def read_cluster_file(cluster_file: str) -> tuple[dict[str, Any], str, Path, Path]:
