@@ -337,6 +337,23 @@ def test_a_stopped_engines_output_is_read_only_for_a_log_that_shows_it_and_is_ke
     assert output.read_text() == "last words\n"  # and kept, for a lost rank's error
 
 
+def test_stopping_ssh_engines_fetches_no_output_and_a_failed_start_still_reads_it():
+    from hiresmed_nb.cluster.launchers import SSHEngines
+
+    class Engine:  # stands in for an ssh engine, whose get_output is two ssh sessions
+        reads: list[bool] = []
+
+        def get_output(self, remove: bool = False) -> str:
+            self.reads.append(remove)
+            return "last words\n"
+
+    engines = SSHEngines()
+    engines.launchers = {"hostA/0": Engine()}
+    assert engines.get_output(remove=True) == ""  # ipyparallel's stop_engines asks this
+    assert Engine.reads == []
+    assert "last words" in engines.get_output()  # what a failed start reports
+
+
 def test_engine_memory_is_outgrown_only_past_the_bound_over_the_first_reading():
     mb = memory.MB
     watch = memory.EngineMemory()

@@ -6,8 +6,9 @@ cluster is stopped, and give every engine ``HIRESMED_LAUNCH_ID`` (the launcher's
 e.g. ``hostA/0``), so the cluster can tell which host and output file belong to which engine.
 
 When an engine stops, ipyparallel fetches its output only to log it (debug level; warning for a
-failed exit): these launchers skip that fetch, for a remote engine two ssh calls, when the
-launcher's log would not show it.
+failed exit), and again when it stops the engine set, to delete the files: these launchers
+skip the first fetch when the launcher's log would not show it and the second always (for a
+remote engine each is two ssh sessions).
 """
 
 from __future__ import annotations
@@ -88,6 +89,12 @@ class SSHEngines(ipp_launcher.SSHEngineSetLauncher):
 
     launcher_class = SSHEngine
     entrypoint_name = f"{__name__}.SSHEngines"
+
+    def get_output(self, remove: bool = False) -> str:
+        """Every engine's output; '' when asked to remove it (ipyparallel's stop of the set, two
+        ssh sessions per engine to fetch files it would delete): the cluster's stop removes the
+        engines' folder on each host, and a lost rank's error reads its tail itself."""
+        return "" if remove else super().get_output(remove=False)
 
 
 LOCAL = LocalEngines.entrypoint_name
