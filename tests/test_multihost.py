@@ -92,6 +92,10 @@ def test_two_ranks_per_host_listen_only_on_the_cluster_address_and_train_to_the_
         {
             **TINY,
             **SMALL_TEST_SET,
+            # Two optimizer steps: 16 images on 4 ranks of batch 4 make one step an epoch, and
+            # Horovod broadcasts rank 0's weights after the first step, equal with or without
+            # averaged gradients; the second step's weights are equal only if averaged.
+            "EPOCHS": 2,
             "MODE": "distributed",
             "HOSTS": "hostA:2,hostB:2",
             "RESULTS_DIR": str(tmp_path),
