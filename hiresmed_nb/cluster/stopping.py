@@ -23,6 +23,7 @@ from hiresmed_nb.cluster.processes import (
     describe_process,
     engine_launches,
     host_key,
+    process_alive,
     reap_processes,
     ssh,
     summarize,
@@ -184,7 +185,10 @@ def _job_steps_of_engines(cluster_file: str, state: dict[str, Any]) -> list[str]
     started: an engine of a cancelled job stays registered until its heartbeat lapses, and
     would hold the stop up to PROBE_SECONDS. Only steps ('JOB.STEP'): an engine started in a
     batch job outside ``srun`` names its whole job, which is the user's allocation, never
-    cancelled here. [] when the controller does not answer."""
+    cancelled here. [] when the controller does not answer, at once when its process here has
+    ended (a client would wait PROBE_SECONDS for it)."""
+    if _controller_gone(state):
+        return []
     try:
         client = connect(cluster_file)[0]
     except HiresmedError:
@@ -199,6 +203,14 @@ def _job_steps_of_engines(cluster_file: str, state: dict[str, Any]) -> list[str]
         client.close()
     own = set(slurm.job_ids(state))
     return sorted({step for step in steps if "." in step and step.split(".")[0] not in own})
+
+
+def _controller_gone(cluster_state: dict[str, Any]) -> bool:
+    """Whether the controller of a cluster's state ran on this machine and its process ended."""
+    launched = (cluster_state.get("controller") or {}).get("state") or {}
+    pid = launched.get("pid")
+    here = not launched.get("hostname") and not launched.get("location")
+    return isinstance(pid, int) and pid > 0 and here and not process_alive(pid)
 
 
 def _launched_engines(cluster_state: dict[str, Any]) -> int:
