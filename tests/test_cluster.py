@@ -1,5 +1,6 @@
 """Rank placement, GPU selection, and a real 2-rank cluster: results, errors, clean stop."""
 
+import logging
 import os
 import socket
 import stat
@@ -311,6 +312,46 @@ def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def test_a_stopped_engines_output_is_read_only_for_a_log_that_shows_it_and_is_kept(tmp_path):
+    # For an ssh engine a read is two ssh sessions; a cluster logs at ERROR, which never shows it.
+    from hiresmed_nb.cluster.launchers import LocalEngine
+
+    output = tmp_path / "engine.out"
+    output.write_text("last words\n")
+    log = logging.getLogger("test-launcher-output")
+    for level, exit_code, shown in [
+        (logging.ERROR, 1, False),
+        (logging.WARNING, 0, False),  # a clean exit's output is logged at debug level
+        (logging.WARNING, 1, True),
+        (logging.DEBUG, 0, True),
+    ]:
+        log.setLevel(level)
+        engine = LocalEngine(log=log, output_file=str(output))
+        reads = []
+        engine.get_output = lambda remove=False, reads=reads: reads.append(remove) or ""
+        engine.notify_stop({"exit_code": exit_code, "pid": 1, "identifier": "0"})
+        assert bool(reads) is shown, (level, exit_code)
+    LocalEngine(log=log, output_file=str(output)).notify_stop({"exit_code": 1})  # read, logged
+    assert output.read_text() == "last words\n"  # and kept, for a lost rank's error
+
+
+def test_stopping_ssh_engines_fetches_no_output_and_a_failed_start_still_reads_it():
+    from hiresmed_nb.cluster.launchers import SSHEngines
+
+    class Engine:  # stands in for an ssh engine, whose get_output is two ssh sessions
+        reads: list[bool] = []
+
+        def get_output(self, remove: bool = False) -> str:
+            self.reads.append(remove)
+            return "last words\n"
+
+    engines = SSHEngines()
+    engines.launchers = {"hostA/0": Engine()}
+    assert engines.get_output(remove=True) == ""  # ipyparallel's stop_engines asks this
+    assert Engine.reads == []
+    assert "last words" in engines.get_output()  # what a failed start reports
 
 
 def test_engine_memory_is_outgrown_only_past_the_bound_over_the_first_reading():

@@ -5,7 +5,9 @@ lost with their job."""
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -192,3 +194,31 @@ def test_cluster_stop_asks_engines_for_their_job_step_only_past_what_its_launche
 
     assert steps == expected  # the launcher's own job 5 is never a step to cancel
     assert client.asked == (["slurm_step"] if expected else [])
+
+
+def test_cluster_stop_does_not_wait_for_a_controller_whose_process_has_ended(
+    tmp_path: Path, monkeypatch
+):
+    """Its client would wait PROBE_SECONDS (30 s) for an answer that cannot come; a controller
+    still running is asked as before."""
+    import ipyparallel
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()  # reaped: its pid names no process
+    state = {
+        "cluster": {"cluster_id": "c1", "profile_dir": str(tmp_path)},
+        "controller": {"class": "Local", "state": {"pid": ended.pid}},
+        "engines": {"sets": {"s1": {"n": 2}}},
+    }
+    cluster_file = tmp_path / "cluster-c1.json"
+    cluster_file.write_text(json.dumps(state))
+    connected: list[int] = []
+    client = _AskedClient([0, 1, 2], ["7.0", "7.0", "7.0"])
+    monkeypatch.setattr(
+        ipyparallel, "Client", lambda *args, **kwargs: connected.append(1) or client
+    )
+    assert stopping._job_steps_of_engines(str(cluster_file), state) == []
+    assert connected == []
+    state["controller"]["state"]["pid"] = os.getpid()  # a live controller is asked
+    assert stopping._job_steps_of_engines(str(cluster_file), state) == ["7.0"]
+    assert connected == [1]

@@ -8,8 +8,8 @@ file (``cluster stop``, the undertaker), also ending engines started into it as 
 
 from __future__ import annotations
 
-import contextlib
 import json
+import shlex
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +23,7 @@ from hiresmed_nb.cluster.processes import (
     describe_process,
     engine_launches,
     host_key,
+    process_alive,
     reap_processes,
     ssh,
     summarize,
@@ -96,17 +97,24 @@ def _named_files(state: Any) -> Iterator[str]:
 
 def _stop_on_host(launch: EngineLaunch, cluster_id: str) -> list[str]:
     """End what is left of ``cluster_id`` on an ssh host (its engines' nannies, say) and remove
-    the engines' folder there if the project made it. Returns what was ended there; an
-    unreachable host or a host without this package ends nothing."""
-    ended: list[str] = []
-    with contextlib.suppress(subprocess.SubprocessError, OSError):
-        if launch.remote_python:
-            reaped = ssh(launch, launch.remote_python, "-m", __package__ + ".processes", cluster_id)
-            if reaped.returncode == 0:
-                ended = reaped.stdout.split("\n")
-        if Path(launch.remote_folder).name.startswith("hiresmed-"):  # only folders we made
-            ssh(launch, "rm", "-rf", launch.remote_folder)
-    return [line for line in ended if line.strip()]
+    the engines' folder there if the project made it, in one ssh session. Returns what was
+    ended there; an unreachable host or a host without this package ends nothing."""
+    steps = []
+    if launch.remote_python:  # the reaper's exit status is the session's
+        reaper = [launch.remote_python, "-m", __package__ + ".processes", cluster_id]
+        steps.append(f"{shlex.join(reaper)}; status=$?")
+    if Path(launch.remote_folder).name.startswith("hiresmed-"):  # only folders we made
+        steps.append(shlex.join(["rm", "-rf", launch.remote_folder]))
+    if not steps:
+        return []
+    script = "; ".join(steps) + ("; exit $status" if launch.remote_python else "")
+    try:
+        done = ssh(launch, script)
+    except (subprocess.SubprocessError, OSError):
+        return []
+    if not launch.remote_python or done.returncode != 0:
+        return []
+    return [line for line in done.stdout.split("\n") if line.strip()]
 
 
 def read_cluster_file(cluster_file: str) -> tuple[dict[str, Any], str, Path, Path]:
@@ -177,7 +185,10 @@ def _job_steps_of_engines(cluster_file: str, state: dict[str, Any]) -> list[str]
     started: an engine of a cancelled job stays registered until its heartbeat lapses, and
     would hold the stop up to PROBE_SECONDS. Only steps ('JOB.STEP'): an engine started in a
     batch job outside ``srun`` names its whole job, which is the user's allocation, never
-    cancelled here. [] when the controller does not answer."""
+    cancelled here. [] when the controller does not answer, at once when its process here has
+    ended (a client would wait PROBE_SECONDS for it)."""
+    if _controller_gone(state):
+        return []
     try:
         client = connect(cluster_file)[0]
     except HiresmedError:
@@ -192,6 +203,14 @@ def _job_steps_of_engines(cluster_file: str, state: dict[str, Any]) -> list[str]
         client.close()
     own = set(slurm.job_ids(state))
     return sorted({step for step in steps if "." in step and step.split(".")[0] not in own})
+
+
+def _controller_gone(cluster_state: dict[str, Any]) -> bool:
+    """Whether the controller of a cluster's state ran on this machine and its process ended."""
+    launched = (cluster_state.get("controller") or {}).get("state") or {}
+    pid = launched.get("pid")
+    here = not launched.get("hostname") and not launched.get("location")
+    return isinstance(pid, int) and pid > 0 and here and not process_alive(pid)
 
 
 def _launched_engines(cluster_state: dict[str, Any]) -> int:
