@@ -199,8 +199,9 @@ def test_cluster_stop_asks_engines_for_their_job_step_only_past_what_its_launche
 def test_cluster_stop_does_not_wait_for_a_controller_whose_process_has_ended(
     tmp_path: Path, monkeypatch
 ):
-    """Its client would wait PROBE_SECONDS (30 s) for an answer that cannot come; a controller
-    still running is asked as before."""
+    """When the owner was judged gone on this host: its client would wait PROBE_SECONDS (30 s)
+    for an answer that cannot come. A controller still running, or one whose owner nobody
+    judged here, is asked as before."""
     import ipyparallel
 
     ended = subprocess.Popen(["true"])
@@ -217,8 +218,12 @@ def test_cluster_stop_does_not_wait_for_a_controller_whose_process_has_ended(
     monkeypatch.setattr(
         ipyparallel, "Client", lambda *args, **kwargs: connected.append(1) or client
     )
-    assert stopping._job_steps_of_engines(str(cluster_file), state) == []
+    # Its owner judged gone on this host (the undertaker, reap_orphans): not asked.
+    assert stopping._job_steps_of_engines(str(cluster_file), state, owner_gone_here=True) == []
     assert connected == []
-    state["controller"]["state"]["pid"] = os.getpid()  # a live controller is asked
+    # `cluster stop` judged nothing: the pid may be another host's (a shared profile folder).
     assert stopping._job_steps_of_engines(str(cluster_file), state) == ["7.0"]
     assert connected == [1]
+    state["controller"]["state"]["pid"] = os.getpid()  # a live controller is asked
+    assert stopping._job_steps_of_engines(str(cluster_file), state, owner_gone_here=True) == ["7.0"]
+    assert connected == [1, 1]

@@ -156,9 +156,10 @@ def connect(cluster_file: str) -> tuple[Any, dict[str, Any], str, Path]:
     return client, state, cluster_id, profile_dir
 
 
-def stop_cluster_file(cluster_file: str) -> tuple[str, list[str]]:
+def stop_cluster_file(cluster_file: str, *, owner_gone_here: bool = False) -> tuple[str, list[str]]:
     """Stop the cluster of ``cluster_file`` everywhere (``cluster stop``); returns its id and
-    what was stopped (see :func:`stop_cluster`)."""
+    what was stopped (see :func:`stop_cluster`). ``owner_gone_here``: the caller judged, on this
+    host, that the process which started the cluster (and its controller, here) is gone."""
     import ipyparallel as ipp
 
     path = resolve_path(cluster_file)
@@ -170,14 +171,16 @@ def stop_cluster_file(cluster_file: str) -> tuple[str, list[str]]:
     # imports dotted paths only.
     engines["class"] = str(engines.get("class", "")).replace(":", ".")
     cluster = ipp.Cluster.from_dict(dict(state), cluster_file=str(path), log_level=40)
-    steps = _job_steps_of_engines(cluster_file, state)
+    steps = _job_steps_of_engines(cluster_file, state, owner_gone_here)
     stopped = stop_cluster(cluster, cluster.cluster_id, Path(cluster.profile_dir), state)
     stopped += slurm.cancel_steps(steps)
     path.unlink(missing_ok=True)
     return cluster.cluster_id, stopped
 
 
-def _job_steps_of_engines(cluster_file: str, state: dict[str, Any]) -> list[str]:
+def _job_steps_of_engines(
+    cluster_file: str, state: dict[str, Any], owner_gone_here: bool = False
+) -> list[str]:
     """The Slurm job steps of the cluster's engines that its own launchers did not start
     (``srun ipengine --file=...`` inside an allocation): stopping the controller leaves those
     engines running on their nodes, so their steps are cancelled. Asks every engine, but only
@@ -185,9 +188,11 @@ def _job_steps_of_engines(cluster_file: str, state: dict[str, Any]) -> list[str]
     started: an engine of a cancelled job stays registered until its heartbeat lapses, and
     would hold the stop up to PROBE_SECONDS. Only steps ('JOB.STEP'): an engine started in a
     batch job outside ``srun`` names its whole job, which is the user's allocation, never
-    cancelled here. [] when the controller does not answer, at once when its process here has
-    ended (a client would wait PROBE_SECONDS for it)."""
-    if _controller_gone(state):
+    cancelled here. [] when the controller does not answer; at once when the cluster's owner
+    was judged gone on this host (``owner_gone_here``) and its controller's process here has
+    ended too (a client would wait PROBE_SECONDS for it). Without that judgement a pid in the
+    file may be another host's (a shared profile folder), so the controller is asked."""
+    if owner_gone_here and _controller_gone(state):
         return []
     try:
         client = connect(cluster_file)[0]
@@ -206,7 +211,8 @@ def _job_steps_of_engines(cluster_file: str, state: dict[str, Any]) -> list[str]
 
 
 def _controller_gone(cluster_state: dict[str, Any]) -> bool:
-    """Whether the controller of a cluster's state ran on this machine and its process ended."""
+    """Whether the controller's process of a cluster's state, started on this machine by an
+    owner judged gone here, has ended."""
     launched = (cluster_state.get("controller") or {}).get("state") or {}
     pid = launched.get("pid")
     here = not launched.get("hostname") and not launched.get("location")

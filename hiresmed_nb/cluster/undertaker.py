@@ -59,7 +59,7 @@ def watch(owner: str, cluster_file: Path) -> bool:
         if owner_gone(owner):
             from hiresmed_nb.cluster.stopping import stop_cluster_file
 
-            stop_cluster_file(str(cluster_file))
+            stop_cluster_file(str(cluster_file), owner_gone_here=True)
             return True
         time.sleep(POLL_SECONDS)
     return False
@@ -90,7 +90,7 @@ def reap_orphans(profile_dir: Path | None = None) -> list[str]:
             if cluster_file.is_file():
                 # Best effort: a file that cannot be read still leaves the local reap below.
                 with contextlib.suppress(Exception):
-                    stop_cluster_file(str(cluster_file))
+                    stop_cluster_file(str(cluster_file), owner_gone_here=True)
         reap_processes(cluster_id)
     if profile_dir is not None:
         remove_orphaned_files(profile_dir)
