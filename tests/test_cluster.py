@@ -1,10 +1,14 @@
 """Rank placement, GPU selection, and a real 2-rank cluster: results, errors, clean stop."""
 
+import json
 import logging
 import os
 import socket
 import stat
 import subprocess
+import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -88,6 +92,52 @@ def test_cluster_runs_on_every_rank_then_leaves_nothing_behind():
     assert not any(port_is_open(port) for port in ports)
     assert len(set(pids)) == 2
     assert cluster.cluster_processes(running.cluster_id) == []
+
+
+def registered_engines(started: Any) -> int:
+    """How many engines the controller of ``started`` (an ipyparallel Cluster) has registered,
+    from the engine state file the controller rewrites at each registration."""
+    state = Path(started.profile_dir) / "log" / f"engines{started.cluster_id}.json"
+    try:
+        return len(json.loads(state.read_text())["engines"])
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return 0
+
+
+@pytest.mark.distributed
+def test_a_start_counts_every_engine_however_late_its_client_subscribes(monkeypatch):
+    """ipyparallel's client learns of engines from the controller's answer when it connects,
+    then only from notifications: an engine that registers in between is in neither (seen once:
+    a 4-engine start counted 3 for 120 s). Here a client's subscriptions wait, once engines are
+    started, until the controller has registered both: a start whose client connects while
+    its engines register waits out REGISTRATION_SECONDS and fails."""
+    import ipyparallel
+    import zmq
+    from ipyparallel import util
+
+    from hiresmed_nb.cluster import engines
+
+    started: list[Any] = []  # clusters whose engines were started
+    start_engines, connect = ipyparallel.Cluster.start_engines, util.connect
+
+    async def start_engines_and_note(self, *args, **kwargs):
+        result = await start_engines(self, *args, **kwargs)
+        started.append(self)
+        return result
+
+    def subscribe_once_registered(socket, url, **kwargs):
+        if socket.socket_type == zmq.SUB and started:
+            deadline = time.monotonic() + 60
+            while registered_engines(started[-1]) < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+        return connect(socket, url, **kwargs)
+
+    monkeypatch.setattr(ipyparallel.Cluster, "start_engines", start_engines_and_note)
+    monkeypatch.setattr(util, "connect", subscribe_once_registered)
+    monkeypatch.setattr(engines, "REGISTRATION_SECONDS", 30)  # the bound when it fails
+    with HorovodCluster(2) as running:
+        assert registered_engines(started[-1]) == 2
+        assert len(set(running.run(os.getpid))) == 2
 
 
 @pytest.mark.distributed

@@ -33,7 +33,7 @@ from hiresmed_nb.cluster.ranks import EngineFacts
 from hiresmed_nb.cluster.stopping import connect, stop_cluster
 from hiresmed_nb.errors import HiresmedError
 
-REGISTRATION_SECONDS = 120
+REGISTRATION_SECONDS = 120  # for every engine to register; then a failure names what it found
 OUTPUT_TAIL_LINES = 40
 # ipyparallel watches each ssh engine with an ssh session that waits up to this long for the
 # engine to exit (its default, 60 s, would keep sessions open that long after a stop).
@@ -302,10 +302,6 @@ def new_cluster(
         log_level=40,
         config=config,
         controller_args=list(CONTROLLER_ARGS),
-        # start_and_connect waits this long for the engines to register (ipyparallel's default,
-        # 60 s, would be the bound instead), then a failure names what it found (a Slurm job
-        # still pending, the engines' output).
-        engine_timeout=int(REGISTRATION_SECONDS),
     )
 
 
@@ -337,7 +333,7 @@ def start_engines(
     )
     with private_files():
         try:
-            client = cluster.start_and_connect_sync(activate=False)
+            client = connect_then_start_engines(cluster, n_engines)
         except Exception as error:
             message = _start_failure(cluster, n_engines, controller_address, error)
             stop_cluster(cluster, cluster_id, profile_dir)
@@ -347,6 +343,30 @@ def start_engines(
     engine_ids = sorted(client.ids)[:n_engines]
     launches = engine_launches(cluster.to_dict())
     return Engines(client, engine_ids, cluster, True, cluster_id, profile_dir, launches)
+
+
+def connect_client_first(cluster: Any) -> Any:
+    """Start ``cluster``'s controller and return a client connected to it, before any engine
+    is started: ipyparallel's client learns of engines from the controller's answer when it
+    connects, then only from notifications, so an engine that registers while the client
+    subscribes is in neither and the client waits out its timeout one engine short (what
+    ``Cluster.start_and_connect`` risks: it connects while the engines register). Connecting
+    also waits for the controller's files, in place of ipyparallel's fixed 1 s delay."""
+    cluster.start_controller_sync()
+    return cluster.connect_client_sync()
+
+
+def connect_then_start_engines(cluster: Any, n_engines: int) -> Any:
+    """A client of ``cluster`` (:func:`connect_client_first`) once its ``n_engines`` engines,
+    started after it connected, have registered (within REGISTRATION_SECONDS)."""
+    client = connect_client_first(cluster)
+    try:
+        cluster.start_engines_sync(n_engines)
+        client.wait_for_engines(n_engines, timeout=REGISTRATION_SECONDS, interactive=False)
+    except BaseException:
+        client.close()
+        raise
+    return client
 
 
 def _start_failure(cluster: Any, n_engines: int, controller_address: str, error: Exception) -> str:

@@ -42,6 +42,7 @@ from hiresmed_nb.cluster.engines import (
     PROBE_SECONDS,
     REGISTRATION_SECONDS,
     attached_engine_count,
+    connect_client_first,
     controller_address,
     make_profile_private,
     new_cluster,
@@ -161,10 +162,9 @@ class SlotsCluster(Started):
         )
         with private_files():
             try:
-                self._cluster.start_controller_sync()
+                self._client = connect_client_first(self._cluster)
                 for slot in self.slots:
                     self._start_engine(slot)
-                self._client = self._cluster.connect_client_sync()
                 self._await_engines(self.slots, "start")
             except HiresmedError:
                 raise
