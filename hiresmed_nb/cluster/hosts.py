@@ -20,13 +20,14 @@ from hiresmed_nb.placement import HostSlots
 SSH_TIMEOUT_SECONDS = 20
 ENGINE_MODULES = ("ipyparallel", "horovod", "tensorflow", "hiresmed_nb")
 # Runs on each host: reports what an engine needs, and prepares the cluster's own folder there
-# (owner-only; empty IPython configs, so ipyparallel's `ipython profile create` has nothing to
-# generate or print).
+# as `ipython profile create` would (owner-only; empty IPython configs; log/, where engines write
+# their output), so the engines' launcher (hiresmed_nb.cluster.launchers) need not run it.
 _QUESTION_SCRIPT = (
     """
 import importlib.util, json, os, socket, sys
 folder = sys.argv[1]
-os.makedirs(folder, mode=0o700, exist_ok=True)
+for made in (folder, os.path.join(folder, "log")):
+    os.makedirs(made, mode=0o700, exist_ok=True)
 for name in ("ipython_config.py", "ipython_kernel_config.py"):
     open(os.path.join(folder, name), "a").close()
 print(json.dumps({

@@ -56,6 +56,29 @@ class SSHEngine(_KeepsOutput, ipp_launcher.SSHEngineLauncher):
     """One engine on a host reached over ssh; it finds the controller through its environment
     ($IPP_CONNECTION_INFO), so no connection file is copied to the host."""
 
+    def start(self, hostname: str | None = None, user: str | None = None, port: Any = None) -> None:
+        """ipyparallel's start without its two checks, each an ssh session running Python on
+        the host: that REMOTE_PYTHON runs, and ``ipython profile create`` of the engine's
+        folder. Before any engine starts, :func:`~.hosts.ask_hosts` has run that interpreter
+        on every host and made the folder with the files the profile creation would write."""
+        if hostname is not None:
+            self.hostname = hostname
+        if user is not None:
+            self.user = user
+        if port is not None:
+            self.ssh_args += [] if "-p" in self.ssh_args else ["-p", str(port)]
+            self.scp_args += [] if "-P" in self.scp_args else ["-P", str(port)]
+        sender = self.ssh_sender  # one ssh session: learns the host's shell
+        self.send_files()
+        self.pid = sender.cmd_start(
+            self.program + self.program_args,
+            env=self.get_env(),
+            output_file=self.remote_output_file,
+        )
+        self.notify_start({"host": self.location, "pid": self.pid})
+        self._start_waiting()
+        self.fetch_files()
+
     @default("to_send")
     def _no_files_to_send(self) -> list:
         return []
