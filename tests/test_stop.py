@@ -142,6 +142,33 @@ def test_a_marked_process_names_its_owner_and_one_without_the_owners_host_is_nev
             child.wait()
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
+def test_a_live_owner_stays_alive_across_a_clock_step(monkeypatch, tmp_path):
+    """psutil's start times follow the wall clock (boot time now plus ticks): a step of the clock
+    or a VM's pause moved every owner's, so each undertaker stopped its live owner's cluster
+    (seen on a fresh clone: two runs lost their engines at a VM snapshot). An identity is
+    unchanged by one, for a process whose name holds a parenthesis and spaces too."""
+    import psutil
+    import psutil._pslinux
+
+    odd = tmp_path / "odd) name ("  # /proc/PID/stat shows the name in parentheses
+    odd.symlink_to(Path(sys.executable))
+    child = subprocess.Popen(
+        [str(odd), "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    try:
+        process = psutil.Process(child.pid)
+        since_boot = process.create_time() - psutil.boot_time()
+        assert abs(float(processes.start_mark(process)) - since_boot) < 0.02
+        identities = [processes.process_identity(), processes.process_identity(child.pid)]
+        booted = psutil._pslinux.boot_time()
+        monkeypatch.setattr(psutil._pslinux, "boot_time", lambda: booted + 37.0)  # a 37 s step
+        assert [processes.owner_gone(identity) for identity in identities] == [False, False]
+    finally:
+        child.communicate(b"")
+    assert processes.owner_gone(identities[1])  # ended: gone
+
+
 def test_an_undertaker_refuses_an_owner_of_another_host():
     from hiresmed_nb.cluster.undertaker import start_undertaker
 

@@ -112,7 +112,7 @@ class ProcessIdentity:
 
     host: str  # socket.gethostname() of the process's host
     pid: int
-    started: str  # its start time, seconds since the epoch with 3 decimals
+    started: str  # its start time with 3 decimals (:func:`start_mark`)
 
     def __str__(self) -> str:
         return f"{self.host}/{self.pid}@{self.started}"
@@ -132,7 +132,21 @@ def process_identity(pid: int | None = None) -> str:
     import psutil
 
     process = psutil.Process(pid)
-    return str(ProcessIdentity(socket.gethostname(), process.pid, f"{process.create_time():.3f}"))
+    return str(ProcessIdentity(socket.gethostname(), process.pid, start_mark(process)))
+
+
+def start_mark(process: Any) -> str:
+    """When ``process`` (a psutil Process) started, with 3 decimals: in seconds since its host
+    booted where ``/proc/PID/stat`` tells (Linux: clock ticks, which no clock step, NTP
+    correction or VM pause changes), else psutil's seconds since the epoch. psutil's epoch time
+    is the boot time now plus those ticks: after a clock step every identity made before it would
+    name no running process, and each cluster's undertaker would stop a live owner's cluster."""
+    try:
+        stat = Path(f"/proc/{process.pid}/stat").read_text()
+    except OSError:
+        return f"{process.create_time():.3f}"
+    ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime; comm may hold spaces
+    return f"{ticks / os.sysconf('SC_CLK_TCK'):.3f}"
 
 
 def parse_identity(identity: str) -> ProcessIdentity | None:
@@ -150,7 +164,7 @@ def _runs(owner: ProcessIdentity) -> bool:
 
     try:
         process = psutil.Process(owner.pid)
-        same = f"{process.create_time():.3f}" == owner.started
+        same = start_mark(process) == owner.started
         return same and process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
