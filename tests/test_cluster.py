@@ -105,17 +105,19 @@ def registered_engines(started: Any) -> int:
 
 
 @pytest.mark.distributed
-def test_a_start_counts_every_engine_however_late_its_client_subscribes(monkeypatch):
+@pytest.mark.parametrize("kind", ["ranks", "slots"])
+def test_a_start_counts_every_engine_however_late_its_client_subscribes(monkeypatch, kind):
     """ipyparallel's client learns of engines from the controller's answer when it connects,
     then only from notifications: an engine that registers in between is in neither (seen once:
     a 4-engine start counted 3 for 120 s). Here a client's subscriptions wait, once engines are
     started, until the controller has registered both: a start whose client connects while
-    its engines register waits out REGISTRATION_SECONDS and fails."""
+    its engines register (a run's ranks, or a study's slots) waits out REGISTRATION_SECONDS."""
     import ipyparallel
     import zmq
     from ipyparallel import util
 
-    from hiresmed_nb.cluster import engines
+    from hiresmed_nb.cluster import engines, slots_cluster
+    from hiresmed_nb.cluster.devices import plan_this_machine
 
     started: list[Any] = []  # clusters whose engines were started
     start_engines, connect = ipyparallel.Cluster.start_engines, util.connect
@@ -134,10 +136,17 @@ def test_a_start_counts_every_engine_however_late_its_client_subscribes(monkeypa
 
     monkeypatch.setattr(ipyparallel.Cluster, "start_engines", start_engines_and_note)
     monkeypatch.setattr(util, "connect", subscribe_once_registered)
-    monkeypatch.setattr(engines, "REGISTRATION_SECONDS", 30)  # the bound when it fails
-    with HorovodCluster(2) as running:
-        assert registered_engines(started[-1]) == 2
-        assert len(set(running.run(os.getpid))) == 2
+    for module in (engines, slots_cluster):
+        monkeypatch.setattr(module, "REGISTRATION_SECONDS", 30)  # the bound when it fails
+    if kind == "ranks":
+        with HorovodCluster(2) as running:
+            assert len(set(running.run(os.getpid))) == 2
+            assert registered_engines(started[-1]) == 2
+    else:
+        slots = plan_this_machine(2, {}, [], cores=2)
+        with slots_cluster.SlotsCluster(slots) as running:
+            assert len(set(running.engine_ids(slots))) == 2
+            assert registered_engines(started[-1]) == 2
 
 
 @pytest.mark.distributed
