@@ -87,7 +87,7 @@ def test_a_second_run_reuses_the_warm_engines_and_gives_the_record_of_a_fresh_cl
     # (The first run's cluster was fresh: its record is the fresh cluster's, so the replacement
     # is asked for, not trained on again.)
     monkeypatch.setattr(memory, "RECYCLE_GROWTH_BYTES", -(10**12))
-    replacement = cluster.kernel_pool().cluster(tiny_params(tmp_path / "next").placement)
+    replacement = cluster.kernel_pool().cluster(warm.placement)
     assert warm.memory.baseline == baseline and not warm.usable()  # the baseline stayed put
     assert only_cluster(cluster.kernel_pool()) is replacement is not warm
     assert not any(psutil.pid_exists(pid) for pid in pids(first))  # the outgrown ones stopped
