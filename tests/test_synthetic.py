@@ -1,5 +1,10 @@
 """The embedded synthetic dataset: deterministic, in the real layouts, resolution-dependent."""
 
+import fcntl
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -74,3 +79,36 @@ def test_a_cache_from_an_older_generator_is_refused(tmp_path):
     (tmp_path / "SYNTHETIC.txt").write_text("generator version 1\n")
     with pytest.raises(HiresmedError, match="older version"):
         synthetic.ensure_dataset("synthetic-skin", tmp_path)
+
+
+def blocked_flock_waiters(path) -> int:
+    """How many flock requests on ``path`` wait in the kernel (the ``->`` lines of /proc/locks)."""
+    inode = f":{path.stat().st_ino} "
+    lines = open("/proc/locks").read().splitlines()
+    return sum(1 for line in lines if "->" in line and "FLOCK" in line and inode in line)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/locks"), reason="needs /proc/locks (Linux)")
+def test_processes_asking_for_a_dataset_at_once_generate_it_once(tmp_path, monkeypatch):
+    generated = []
+
+    def generate(name, root, workers):  # stands in for minutes of rendering
+        generated.append(name)
+        root.mkdir()
+        (root / "SYNTHETIC.txt").write_text(f"version {synthetic.GENERATOR_VERSION}\n")
+
+    monkeypatch.setattr(synthetic, "_generate", generate)
+    root = tmp_path / "synthetic-skin"
+    lock = tmp_path / ".synthetic-skin.lock"
+    with open(lock, "a") as first, ThreadPoolExecutor(1) as other:
+        fcntl.flock(first, fcntl.LOCK_EX)  # a first process is generating
+        second = other.submit(synthetic.ensure_dataset, "synthetic-skin", root)
+        deadline = time.monotonic() + 60
+        while not blocked_flock_waiters(lock) and not second.done():
+            assert time.monotonic() < deadline, "the second caller never waited on the lock"
+            time.sleep(0.01)
+        assert not second.done()  # it waits for the first
+        generate("synthetic-skin", root, None)  # the first finishes
+        fcntl.flock(first, fcntl.LOCK_UN)
+        assert second.result(timeout=60) == root
+    assert generated == ["synthetic-skin"]  # the second found it complete: not generated twice

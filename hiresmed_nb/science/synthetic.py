@@ -18,6 +18,7 @@ Two layouts, the same as the real datasets so the same loaders read them:
 from __future__ import annotations
 
 import csv
+import fcntl
 import os
 import shutil
 import tempfile
@@ -168,11 +169,25 @@ def ensure_dataset(name: str, root: str | Path | None = None, workers: int | Non
     """Generate the embedded dataset ``name`` into ``root`` unless it is already complete.
 
     Generation is deterministic (fixed seed) and atomic: images go to a temporary sibling folder
-    that is renamed into place when every file is written. Returns the dataset folder.
+    that is renamed into place when every file is written. Processes asking at once (two
+    notebooks, two test workers) generate it once: the others wait on a lock file beside it.
+    Returns the dataset folder.
     """
     if name not in SYNTHETIC_DATASETS:
         raise HiresmedError(f"DATASET={name!r} is not an embedded dataset ({SYNTHETIC_DATASETS})")
     root = Path(root) if root else default_data_dir(name)
+    if _is_complete(name, root):
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not _is_complete(name, root):  # or another process generated it while this one waited
+            _generate(name, root, workers)
+    return root
+
+
+def _is_complete(name: str, root: Path) -> bool:
+    """Whether ``root`` holds this version of ``name``; refuses a folder holding anything else."""
     marker = root / _MARKER
     if marker.exists():
         if f"version {GENERATOR_VERSION}" not in marker.read_text():
@@ -180,13 +195,17 @@ def ensure_dataset(name: str, root: str | Path | None = None, workers: int | Non
                 f"DATA_DIR {root} holds an older version of {name}; remove the folder to "
                 f"regenerate version {GENERATOR_VERSION}"
             )
-        return root
+        return True
     if root.exists() and any(root.iterdir()):
         raise HiresmedError(
             f"DATA_DIR {root} exists but is not a complete {name} dataset (no {_MARKER}); "
             "remove it to regenerate"
         )
-    root.parent.mkdir(parents=True, exist_ok=True)
+    return False
+
+
+def _generate(name: str, root: Path, workers: int | None) -> None:
+    """Render ``name`` into a staging folder beside ``root``, then rename it into place."""
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root.parent))
     try:
         tasks = _plan(name, staging)
@@ -211,4 +230,3 @@ def ensure_dataset(name: str, root: str | Path | None = None, workers: int | Non
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return root
