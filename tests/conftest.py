@@ -14,7 +14,22 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 os.environ["HIRESMED_CALLBACKS"] = "faults:injected_callbacks"
 
+import sessions  # noqa: E402
+
 from hiresmed_nb.science import synthetic  # noqa: E402
+
+sessions.tag_this_session()  # every process this session starts inherits it (tests/sessions.py)
+# `make test` runs files on two workers, each file on one, longest first (durations measured on
+# the 2-core VM; tests/README.md): a long file started last leaves the other worker idle.
+LONGEST_FIRST = (
+    "test_bench.py",
+    "test_multihost.py",
+    "test_warm.py",
+    "test_packed_study.py",
+    "test_reliability.py",
+    "test_slurm.py",
+    "test_study.py",
+)
 
 
 @pytest.fixture(scope="session")
@@ -42,10 +57,22 @@ def serial_twin(tmp_path_factory, skin_dir) -> tuple[Path, dict, Path]:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark ``dataset`` every test that uses an embedded dataset (``make test-fast`` leaves them
-    out: a fresh clone generates them first, minutes of 1024 px images)."""
+    out: a fresh clone generates them first, minutes of 1024 px images). On xdist workers, put
+    the longest files first."""
     for item in items:
         if {"skin_dir", "xray_dir"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.dataset)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order kept
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """Hold the machine's test lock through a test's setup, call and teardown (module and
+    session fixtures included): alone for an ``orphans`` test, shared for every other."""
+    with sessions.machine_share(alone=item.get_closest_marker("orphans") is not None):
+        yield
 
 
 @pytest.fixture(autouse=True)

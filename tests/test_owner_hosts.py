@@ -71,6 +71,7 @@ sys.stdin.read()  # hold the cluster until this process is killed
 """
 
 
+@pytest.mark.orphans
 def test_a_killed_kernels_engines_on_other_hosts_are_stopped_by_the_next_head_of_its_host(
     simulated_hosts, monkeypatch, tmp_path
 ):

@@ -372,6 +372,7 @@ def end_bystanders(bystanders: list[subprocess.Popen]) -> list[bool]:
     return running
 
 
+@pytest.mark.orphans
 @pytest.mark.distributed
 def test_a_killed_kernels_cluster_is_stopped_by_its_undertaker_which_spares_bystanders():
     orphan_id, bystanders = kill_a_kernel_holding_a_cluster()
@@ -383,6 +384,7 @@ def test_a_killed_kernels_cluster_is_stopped_by_its_undertaker_which_spares_byst
     assert all(bystanders_running)
 
 
+@pytest.mark.orphans
 @pytest.mark.distributed
 def test_a_killed_kernels_cluster_is_reaped_by_the_next_one_if_its_undertaker_died_too():
     orphan_id, bystanders = kill_a_kernel_holding_a_cluster(undertaker_too=True)

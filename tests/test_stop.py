@@ -115,6 +115,7 @@ def test_only_files_of_clusters_whose_owner_this_host_finds_gone_are_removed(tmp
     }
 
 
+@pytest.mark.orphans
 def test_a_marked_process_names_its_owner_and_one_without_the_owners_host_is_never_reaped():
     me = processes.process_identity()
     assert str(processes.marked_owner(processes.marker_environment(CLUSTER_ID, me))) == me

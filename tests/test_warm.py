@@ -10,6 +10,7 @@ import time
 import papermill
 import psutil
 import pytest
+from sessions import started_by_this_session
 from test_tensorboard_logs import assert_logs_match_record
 
 from hiresmed_nb import cluster, study
@@ -66,9 +67,11 @@ def processes_of_clusters_owned_by(pid: int) -> list[psutil.Process]:
 
 
 def kernel_processes() -> list[psutil.Process]:
+    """The Jupyter kernels this test session started (tests/sessions.py) that still run."""
     found = []
     for process in psutil.process_iter(["cmdline"]):
-        if "ipykernel_launcher" in " ".join(process.info["cmdline"] or []):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if "ipykernel_launcher" in cmdline and started_by_this_session(process):
             found.append(process)
     return found
 
