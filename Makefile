@@ -155,7 +155,7 @@ test: venv
 FAST_TESTS := not notebook and not distributed and not multihost and not slurm and not trains \
 	and not dataset
 test-fast: venv
-	$(PY) -m pytest -m "$(FAST_TESTS)"
+	$(PY) -m pytest -m "$(FAST_TESTS)" $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS))
 
 # Without a GPU the quick study is packed on 2 CPU slots (on a VM without AVX-512: 19 min 25 s
 # against 24 min 27 s one run at a time, README); with GPUs the runner packs it one GPU per slot.
