@@ -19,8 +19,8 @@ import sessions  # noqa: E402
 from hiresmed_nb.science import synthetic  # noqa: E402
 
 sessions.tag_this_session()  # every process this session starts inherits it (tests/sessions.py)
-# `make test` runs files on two workers, each file on one, longest first (durations measured on
-# the 2-core VM; tests/README.md): a long file started last leaves the other worker idle.
+# `make test` runs files on two workers, each file on one, longest first (by their durations in
+# one process on a 2-core VM, 2026-12-06): a long file started last leaves the other worker idle.
 LONGEST_FIRST = (
     "test_bench.py",
     "test_multihost.py",
@@ -29,6 +29,15 @@ LONGEST_FIRST = (
     "test_reliability.py",
     "test_slurm.py",
     "test_study.py",
+    "test_horovodrun_magics.py",
+    "test_resume.py",
+    "test_every_run_ends.py",
+    "test_train_notebook.py",
+    "test_cluster.py",
+    "test_real_data.py",
+    "test_data.py",
+    "test_simhosts.py",
+    "test_owner_hosts.py",
 )
 
 

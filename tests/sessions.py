@@ -61,3 +61,11 @@ def machine_share(alone: bool, lock: Path = LOCK, turnstile: Path = TURNSTILE) -
         pass  # wait behind an `orphans` test that is waiting
     with _flock(lock, fcntl.LOCK_SH):
         yield
+
+
+def flock_waiters(path: Path) -> int:
+    """How many flock requests on ``path`` wait in the kernel (the ``->`` lines of /proc/locks):
+    lets a test wait until a caller is blocked on a lock, without a timed sleep."""
+    inode = f":{path.stat().st_ino} "
+    lines = Path("/proc/locks").read_text().splitlines()
+    return sum(1 for line in lines if "->" in line and "FLOCK" in line and inode in line)

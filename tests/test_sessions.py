@@ -13,13 +13,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def waiters_on(path) -> int:
-    """How many flock requests on ``path`` wait in the kernel (the ``->`` lines of /proc/locks)."""
-    inode = f":{path.stat().st_ino} "
-    lines = open("/proc/locks").read().splitlines()
-    return sum(1 for line in lines if "->" in line and "FLOCK" in line and inode in line)
-
-
 def until(condition, what: str) -> None:
     """Poll ``condition`` (60 s bound)."""
     deadline = time.monotonic() + 60
@@ -42,9 +35,9 @@ def test_an_orphans_test_waits_for_the_running_test_and_the_next_waits_for_it(tm
         done = [tests.submit(test, "running", False)]
         until(entered["running"].is_set, "the running test never entered")
         done.append(tests.submit(test, "orphans", True))
-        until(lambda: waiters_on(lock) == 1, "the orphans test never waited")
+        until(lambda: sessions.flock_waiters(lock) == 1, "the orphans test never waited")
         done.append(tests.submit(test, "next", False))
-        until(lambda: waiters_on(turnstile) == 1, "the next test never waited")
+        until(lambda: sessions.flock_waiters(turnstile) == 1, "the next test never waited")
         assert not entered["orphans"].is_set() and not entered["next"].is_set()
         leave["running"].set()
         until(entered["orphans"].is_set, "the orphans test never entered")

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
+from sessions import flock_waiters
 
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.science import synthetic
@@ -81,13 +82,6 @@ def test_a_cache_from_an_older_generator_is_refused(tmp_path):
         synthetic.ensure_dataset("synthetic-skin", tmp_path)
 
 
-def blocked_flock_waiters(path) -> int:
-    """How many flock requests on ``path`` wait in the kernel (the ``->`` lines of /proc/locks)."""
-    inode = f":{path.stat().st_ino} "
-    lines = open("/proc/locks").read().splitlines()
-    return sum(1 for line in lines if "->" in line and "FLOCK" in line and inode in line)
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/locks"), reason="needs /proc/locks (Linux)")
 def test_processes_asking_for_a_dataset_at_once_generate_it_once(tmp_path, monkeypatch):
     generated = []
@@ -104,7 +98,7 @@ def test_processes_asking_for_a_dataset_at_once_generate_it_once(tmp_path, monke
         fcntl.flock(first, fcntl.LOCK_EX)  # a first process is generating
         second = other.submit(synthetic.ensure_dataset, "synthetic-skin", root)
         deadline = time.monotonic() + 60
-        while not blocked_flock_waiters(lock) and not second.done():
+        while not flock_waiters(lock) and not second.done():
             assert time.monotonic() < deadline, "the second caller never waited on the lock"
             time.sleep(0.01)
         assert not second.done()  # it waits for the first
