@@ -15,7 +15,8 @@ Each worker is a session of its own, and two things keep one from reading or dis
 import contextlib
 import fcntl
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -38,6 +39,16 @@ def started_by_this_session(process: psutil.Process) -> bool:
         return process.environ().get(TAG_VARIABLE) == os.environ[TAG_VARIABLE]
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
+
+
+def processes_of_this_session(naming: str) -> list[psutil.Process]:
+    """The running processes this session started whose command line contains ``naming``
+    (``process.info["cmdline"]`` holds the command line as read)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if naming in " ".join(process.info["cmdline"] or []) and started_by_this_session(process):
+            found.append(process)
+    return found
 
 
 @contextlib.contextmanager
@@ -69,3 +80,11 @@ def flock_waiters(path: Path) -> int:
     inode = f":{path.stat().st_ino} "
     lines = Path("/proc/locks").read_text().splitlines()
     return sum(1 for line in lines if "->" in line and "FLOCK" in line and inode in line)
+
+
+def until(condition: Callable[[], object], what: str, seconds: float = 60) -> None:
+    """Poll ``condition`` until it holds; fail with ``what`` after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)

@@ -2,7 +2,6 @@
 
 import os
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -11,14 +10,6 @@ import sessions
 pytestmark = pytest.mark.skipif(
     not os.path.exists("/proc/locks"), reason="needs /proc/locks (Linux)"
 )
-
-
-def until(condition, what: str) -> None:
-    """Poll ``condition`` (60 s bound)."""
-    deadline = time.monotonic() + 60
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
 
 
 def test_an_orphans_test_waits_for_the_running_test_and_the_next_waits_for_it(tmp_path):
@@ -33,17 +24,17 @@ def test_an_orphans_test_waits_for_the_running_test_and_the_next_waits_for_it(tm
 
     with ThreadPoolExecutor(3) as tests:
         done = [tests.submit(test, "running", False)]
-        until(entered["running"].is_set, "the running test never entered")
+        sessions.until(entered["running"].is_set, "the running test never entered")
         done.append(tests.submit(test, "orphans", True))
-        until(lambda: sessions.flock_waiters(lock) == 1, "the orphans test never waited")
+        sessions.until(lambda: sessions.flock_waiters(lock) == 1, "the orphans test never waited")
         done.append(tests.submit(test, "next", False))
-        until(lambda: sessions.flock_waiters(turnstile) == 1, "the next test never waited")
+        sessions.until(lambda: sessions.flock_waiters(turnstile) == 1, "the next test never waited")
         assert not entered["orphans"].is_set() and not entered["next"].is_set()
         leave["running"].set()
-        until(entered["orphans"].is_set, "the orphans test never entered")
+        sessions.until(entered["orphans"].is_set, "the orphans test never entered")
         assert not entered["next"].is_set()  # not beside the orphans test
         leave["orphans"].set()
-        until(entered["next"].is_set, "the next test never entered")
+        sessions.until(entered["next"].is_set, "the next test never entered")
         leave["next"].set()
         for test_done in done:
             test_done.result(timeout=60)

@@ -2,14 +2,13 @@
 
 import fcntl
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
-from sessions import flock_waiters
+from sessions import flock_waiters, until
 
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.science import synthetic
@@ -97,10 +96,10 @@ def test_processes_asking_for_a_dataset_at_once_generate_it_once(tmp_path, monke
     with open(lock, "a") as first, ThreadPoolExecutor(1) as other:
         fcntl.flock(first, fcntl.LOCK_EX)  # a first process is generating
         second = other.submit(synthetic.ensure_dataset, "synthetic-skin", root)
-        deadline = time.monotonic() + 60
-        while not flock_waiters(lock) and not second.done():
-            assert time.monotonic() < deadline, "the second caller never waited on the lock"
-            time.sleep(0.01)
+        until(
+            lambda: flock_waiters(lock) or second.done(),
+            "the second caller never waited on the lock",
+        )
         assert not second.done()  # it waits for the first
         generate("synthetic-skin", root, None)  # the first finishes
         fcntl.flock(first, fcntl.LOCK_UN)

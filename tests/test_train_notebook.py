@@ -10,7 +10,7 @@ import psutil
 import pytest
 from papermill.exceptions import PapermillExecutionError
 from serial_twin import SERIAL_TWIN
-from sessions import started_by_this_session
+from sessions import processes_of_this_session
 from test_tensorboard_logs import assert_logs_match_record, writer_pids
 
 from hiresmed_nb.params import PARAMETERS, parameters_cell, project_root
@@ -62,11 +62,7 @@ def processes_of_this_projects_clusters_after(seconds: float) -> list[str]:
     none is left. The kernel's exit stops its cluster; if the kernel is killed while stopping
     it, the undertaker finishes the job and exits within a poll (hiresmed_nb.cluster.undertaker).
     """
-    profile = str(project_root() / ".ipyparallel")
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        if profile in " ".join(process.info["cmdline"] or []) and started_by_this_session(process):
-            found.append(process)
+    found = processes_of_this_session(str(project_root() / ".ipyparallel"))
     _, alive = psutil.wait_procs(found, timeout=seconds)
     return [" ".join(process.info["cmdline"]) for process in alive]
 

@@ -10,7 +10,7 @@ import time
 import papermill
 import psutil
 import pytest
-from sessions import started_by_this_session
+from sessions import processes_of_this_session
 from test_tensorboard_logs import assert_logs_match_record
 
 from hiresmed_nb import cluster, study
@@ -68,12 +68,7 @@ def processes_of_clusters_owned_by(pid: int) -> list[psutil.Process]:
 
 def kernel_processes() -> list[psutil.Process]:
     """The Jupyter kernels this test session started (tests/sessions.py) that still run."""
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(process.info["cmdline"] or [])
-        if "ipykernel_launcher" in cmdline and started_by_this_session(process):
-            found.append(process)
-    return found
+    return processes_of_this_session("ipykernel_launcher")
 
 
 def test_a_second_run_reuses_the_warm_engines_and_gives_the_record_of_a_fresh_cluster(
