@@ -16,7 +16,7 @@ CHECKED_AGAINST: dict[str, tuple[str, str]] = {
     "horovod": ("0.28.1", "bind_rendezvous_server, close_rendezvous_server, allreduce_gradients"),
     "tensorflow": ("2.15.1", "gradient_registry"),
     "ipykernel": ("7.4.0", "engine_log_descriptor"),
-    "jupyter_client": ("8.10.0", "KERNEL_MANAGER_HOOKS (study.executor.RunnerKernelManager)"),
+    "jupyter_client": ("8.10.0", "KERNEL_MANAGER_HOOKS (study.kernels.RunnerKernelManager)"),
 }
 
 # The private coroutines of jupyter_client's AsyncKernelManager that the runner's kernel manager

@@ -83,7 +83,7 @@ class FakeEngines:
 def fake_executor(failing_engine: int, ran_on: dict[str, list[int]]):
     """Write the run's record, except on ``failing_engine``, where a rank is lost."""
 
-    def execute(notebook, output, parameters, cwd):
+    def execute(notebook, output, parameters, cwd, **options):
         if notebook.name != "01_train.ipynb":
             return
         run_id = validate(
@@ -153,7 +153,7 @@ def test_a_timed_out_run_gives_up_its_engines_is_not_retried_and_is_recorded(tmp
     [run] = study.expand(TINY)
     attempts: list[str] = []
 
-    def executor(notebook, output, parameters, cwd):
+    def executor(notebook, output, parameters, cwd, **options):
         attempts.append(notebook.name)
         raise TimedOut()
 
@@ -255,7 +255,7 @@ def test_a_notebook_past_its_time_limit_has_its_kernel_killed_and_a_named_error(
 
 
 def runner_kernels_running() -> list:
-    from hiresmed_nb.study.executor import RunnerKernelManager
+    from hiresmed_nb.study.kernels import RunnerKernelManager
 
     return [
         manager

@@ -104,10 +104,10 @@ def fail_runs_without_data(executor):
     notebook's checks cell would, without a kernel (a real notebook's failure is recorded by
     the same code, shown in test_study.py)."""
 
-    def execute(notebook, output, parameters, cwd):
+    def execute(notebook, output, parameters, cwd, **options):
         if parameters.get("DATA_DIR") and not Path(parameters["DATA_DIR"]).exists():
             raise HiresmedError(f"DATA_DIR {parameters['DATA_DIR']} does not exist")
-        executor(notebook, output, parameters, cwd)
+        executor(notebook, output, parameters, cwd, **options)
 
     return execute
 
@@ -176,7 +176,7 @@ def test_a_run_wider_than_the_slots_is_one_error_before_anything_starts(tmp_path
         study.run_study(
             runs,
             tmp_path / "wide",
-            executor=lambda *args: executed.append(args),
+            executor=lambda *args, **options: executed.append(args),
             report=False,
             progress=False,
             slots=study.SlotRequest(slots=2),

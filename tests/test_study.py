@@ -248,7 +248,7 @@ def test_dry_run_prints_one_run_id_per_line_and_writes_nothing(tmp_path, capsys)
 
 
 def test_bad_grid_exits_2_with_one_error_and_runs_nothing(tmp_path, capsys, monkeypatch):
-    def executor(*args):
+    def executor(*args, **options):
         raise AssertionError("nothing may execute for a bad grid")
 
     monkeypatch.setattr(study.runner, "papermill_executor", executor)
@@ -374,7 +374,8 @@ def test_verbose_reaches_the_executor_of_every_run(tmp_path, capsys, monkeypatch
     monkeypatch.setattr(study.runner, "papermill_executor", fake_executor(options=options))
     argv = ["run", str(PARAMS / "smoke.yaml"), "--no-report", "--outputs", str(tmp_path)]
     assert main([*argv, *flags]) == 0
-    assert options == [{"verbose": verbose}] * len(smoke_runs())
+    assert [given["verbose"] for given in options] == [verbose] * len(smoke_runs())
+    assert len({id(given["kernels"]) for given in options}) == 1  # one study, one set of spares
     out = capsys.readouterr().out
     assert [line.split()[1] for line in out.splitlines() if line.startswith("done ")] == [
         run.run_id for run in smoke_runs()

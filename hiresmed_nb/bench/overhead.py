@@ -78,10 +78,10 @@ def study_overhead(mode: str, slots: int | None, runs: int) -> dict[str, Any]:
     seconds: dict[str, float] = {}
     lock = threading.Lock()
 
-    def timed_executor(notebook: Path, output: Path, parameters: dict, cwd: Path) -> None:
+    def timed_executor(notebook: Path, output: Path, parameters: dict, cwd: Path, **options):
         started = time.monotonic()
         try:
-            papermill_executor(notebook, output, parameters, cwd)
+            papermill_executor(notebook, output, parameters, cwd, **options)
         finally:
             with lock:
                 seconds[output.stem] = time.monotonic() - started

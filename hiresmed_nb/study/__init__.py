@@ -3,6 +3,7 @@
 - :mod:`.grid`: parameter files, overrides, the grid and its checks (``plan``, ``expand``).
 - :mod:`.runner`: executing the runs and the report (``run_study``).
 - :mod:`.executor`: executing one notebook with papermill, in a kernel of its own.
+- :mod:`.kernels`: the runner's kernels, and spares that start and import ahead of their run.
 - :mod:`.packing`, :mod:`.packed`, :mod:`.occupancy`: a packed study, several runs at once on
   slots (one engine per GPU or CPU share).
 """

@@ -1,10 +1,5 @@
-"""Executing one notebook with papermill on a kernel that keeps the runner's console quiet.
-
-The kernels the runner starts talk to it over IPC (Unix sockets in a private temporary folder)
-rather than TCP on loopback: nothing else on the machine can reach them, and ipykernel has no
-cause for its "Kernel is running over TCP without encryption" warning. They start with
-``TF_CPP_MIN_LOG_LEVEL=2`` unless the environment or the kernelspec says otherwise, so
-TensorFlow's INFO lines (oneDNN, CPU features) are not printed; ipyparallel engines inherit it.
+"""Executing one notebook with papermill on a kernel that keeps the runner's console quiet
+(:mod:`.kernels`): a spare one, already warmed up, when the study has one for it.
 
 A notebook whose parameters hold ``RUN_TIMEOUT`` is bounded as a whole: past that limit plus
 :data:`NOTEBOOK_GRACE_SECONDS` its kernel (the one this execution started, no other) is killed
@@ -21,86 +16,22 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
-import tempfile
 import threading
-import typing
 from pathlib import Path
 from typing import Any
 
-from jupyter_client.manager import AsyncKernelManager
-from traitlets import CaselessStrEnum, Unicode
-
 from hiresmed_nb.cluster.errors import RunTimeoutError
+from hiresmed_nb.study.kernels import (
+    KERNEL_NAME,
+    RunnerKernelManager,
+    SpareKernels,
+    kill_running_kernels,
+)
 
-KERNEL_NAME = "hiresmed"
 # Beyond RUN_TIMEOUT for the cells around training (the split, starting or attaching engines,
 # the plots and the record): the ranks' own bound fires first and gives the named error.
 NOTEBOOK_GRACE_SECONDS = 300
 WATCHDOG_RETRY_SECONDS = 1.0  # a kernel not yet started when the limit passed: look again
-TF_LOG_LEVEL = "2"  # TensorFlow's C++ logs: warnings and errors only
-
-
-class RunnerKernelManager(AsyncKernelManager):
-    """A kernel manager for the runner: IPC transport, quiet TensorFlow, optional output log.
-
-    It overrides private coroutines of jupyter_client (:data:`hiresmed_nb.compat.
-    KERNEL_MANAGER_HOOKS`, checked against the version compat names).
-
-    nbclient (through papermill) creates it with the traitlets config it was given, so the log
-    file is set as ``RunnerKernelManager.output_file``.
-    """
-
-    transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
-    output_file = Unicode(
-        "", config=True, help="file for the kernel process's stdout and stderr; empty: inherit"
-    )
-    execution = Unicode("", config=True, help="the execution that started this kernel")
-    _socket_dir: str | None = None
-    running: typing.ClassVar[set[RunnerKernelManager]] = set()  # kernels started, not yet ended
-
-    async def _async_pre_start_kernel(self, **kw: Any) -> tuple[list[str], dict[str, Any]]:
-        if self.transport == "ipc" and self._socket_dir is None:
-            # Without an explicit path the sockets would be "kernel-ipc-N" in the current folder.
-            self._socket_dir = tempfile.mkdtemp(prefix="hiresmed-kernel-")  # mode 0700
-            self.ip = os.path.join(self._socket_dir, "kernel")
-        return await super()._async_pre_start_kernel(**kw)
-
-    async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
-        env = dict(kw.get("env") or os.environ)  # already holds the kernelspec's env
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", TF_LOG_LEVEL)
-        kw["env"] = env
-        RunnerKernelManager.running.add(self)
-        if not self.output_file:
-            await super()._async_launch_kernel(kernel_cmd, **kw)
-            return
-        with open(self.output_file, "ab") as log:  # the kernel process holds its own copy
-            kw.update(stdout=log, stderr=log)
-            await super()._async_launch_kernel(kernel_cmd, **kw)
-
-    async def cleanup_resources(self, restart: bool = False) -> None:  # type: ignore[override]
-        """Remove the connection and socket files; after the last use, the socket folder too."""
-        await super()._async_cleanup_resources(restart=restart)
-        if not restart:
-            RunnerKernelManager.running.discard(self)
-        if not restart and self._socket_dir is not None:
-            shutil.rmtree(self._socket_dir, ignore_errors=True)
-            self._socket_dir = None
-
-
-def kill_running_kernels(execution: str = "") -> int:
-    """Kill every kernel the runner's executions started that still runs (Ctrl-C of a packed
-    study: notebooks execute in other threads), or only that of ``execution``; returns how many
-    were running."""
-    killed = 0
-    for manager in list(RunnerKernelManager.running):
-        if execution and manager.execution != execution:
-            continue
-        process = getattr(manager.provisioner, "process", None)
-        if process is not None and process.poll() is None:
-            process.kill()
-            killed += 1
-    return killed
 
 
 def kernel_log_path(output: Path) -> Path:
@@ -116,6 +47,7 @@ def papermill_executor(
     *,
     verbose: bool = False,
     grace_seconds: float = NOTEBOOK_GRACE_SECONDS,
+    kernels: SpareKernels | None = None,
 ) -> None:
     """Execute ``notebook`` into ``output`` with papermill on the ``hiresmed`` kernel.
 
@@ -124,21 +56,28 @@ def papermill_executor(
     cell progress bar, and the kernel's own output goes to :func:`kernel_log_path` (replaced each
     time). ``verbose``: papermill's cell progress bar, and the kernel's output on this console.
     With ``RUN_TIMEOUT`` in ``parameters``, a notebook still running ``grace_seconds`` past it
-    has its kernel killed and raises :class:`RunTimeoutError`.
+    has its kernel killed and raises :class:`RunTimeoutError`. ``kernels``: the study's spare
+    kernels; the execution takes one (warmed up for ``notebook``) and shuts it down at the end.
     """
     import papermill
     from traitlets.config import Config
 
     partial = output.with_name(output.stem + ".partial.ipynb")
+    spare = kernels.take() if kernels is not None and kernels.serves(notebook) else None
     config = Config()
     if not verbose:
         log = kernel_log_path(output)
         log.unlink(missing_ok=True)
         config.RunnerKernelManager.output_file = str(log)
+        if spare is not None and spare.output_file:
+            os.replace(spare.output_file, log)  # the kernel keeps writing to it
+            spare.output_file = str(log)
     limit = parameters.get("RUN_TIMEOUT")
     watchdog = None
     if limit is not None:
         config.RunnerKernelManager.execution = secrets.token_hex(8)
+        if spare is not None:
+            spare.execution = config.RunnerKernelManager.execution
         watchdog = Watchdog(limit + grace_seconds, config.RunnerKernelManager.execution)
     try:
         papermill.execute_notebook(
@@ -148,7 +87,9 @@ def papermill_executor(
             kernel_name=KERNEL_NAME,
             cwd=str(cwd),
             progress_bar={"position": 1, "leave": False, "desc": "  cells"} if verbose else False,
-            kernel_manager_class=RunnerKernelManager,  # passed on to nbclient's NotebookClient
+            # Both passed on to nbclient's NotebookClient, which starts a kernel when km is None.
+            kernel_manager_class=RunnerKernelManager,
+            km=spare,
             config=config,
         )
     except Exception as error:
@@ -165,6 +106,8 @@ def papermill_executor(
             watchdog.cancel()
         if partial.exists():
             os.replace(partial, output)
+        if spare is not None:
+            spare.end()  # nbclient ends only the kernels it started
 
 
 class Watchdog:

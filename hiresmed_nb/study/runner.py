@@ -28,8 +28,9 @@ from hiresmed_nb.cluster.devices import Slot
 from hiresmed_nb.cluster.pool import Pool
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.science.records import write_json_atomic
-from hiresmed_nb.study.executor import kill_running_kernels, papermill_executor
+from hiresmed_nb.study.executor import papermill_executor
 from hiresmed_nb.study.grid import Run
+from hiresmed_nb.study.kernels import SpareKernels, kill_running_kernels
 from hiresmed_nb.study.packed import (
     SlotRequest,
     run_on_slots,
@@ -44,9 +45,10 @@ REPORT_NOTEBOOK = "notebooks/02_report.ipynb"
 RANK_FAILURES = ("RankFailedError", "RankLostError")
 # Failures after which the run's engines may be stuck or gone: they are replaced (retired).
 ENGINE_FAILURES = (*RANK_FAILURES, "RunTimeoutError")
-# An executor runs one notebook: (input notebook, output notebook, parameters, cwd) -> None.
+# An executor runs one notebook: (input notebook, output notebook, parameters, cwd, *, kernels)
+# -> None, where ``kernels`` holds the study's spare kernels (SpareKernels) it may take one from.
 # It raises (papermill's PapermillExecutionError or anything else) when the notebook fails.
-Executor = Callable[[Path, Path, dict[str, Any], Path], None]
+Executor = Callable[..., None]
 
 
 def _now() -> str:
@@ -159,13 +161,21 @@ def run_study(
     )
     # Lines above the bar; without a bar, to ``echo``.
     write = bar.write if progress and pending else echo
-    if pending and (planned is not None or slots.cluster_file):
-        execute = functools.partial(
-            _execute_run, runs_dir=runs_dir, root=root, executor=executor, force=force
-        )
-        _run_packed(pending, runs_dir, slots, planned, execute, result, bar, write)
-    else:
-        _run_one_at_a_time(pending, runs_dir, root, executor, force, result, bar, write)
+    # The next run's kernel starts and imports while the run before it trains.
+    kernels = SpareKernels(
+        root / TRAIN_NOTEBOOK, root, runs=len(pending), log_dir=runs_dir, verbose=verbose
+    )
+    run_executor = functools.partial(executor, kernels=kernels)
+    try:
+        if pending and (planned is not None or slots.cluster_file):
+            execute = functools.partial(
+                _execute_run, runs_dir=runs_dir, root=root, executor=run_executor, force=force
+            )
+            _run_packed(pending, runs_dir, slots, planned, execute, result, bar, write)
+        else:
+            _run_one_at_a_time(pending, runs_dir, root, run_executor, force, result, bar, write)
+    finally:
+        kernels.close()
     bar.close()
 
     if report:
