@@ -3,8 +3,9 @@ and packed on CPU slots.
 
 For each arm, :func:`study_overhead` runs a tiny grid through the study runner (as ``python -m
 hiresmed_nb run`` does), timing each notebook's execution; a run's overhead is that time minus
-its record's ``train_seconds``: the notebook's kernel start and imports, its checks and split,
-attaching to its engines, the rendezvous, the record and plots. A run is *warm* when its rank 0
+its record's ``train_seconds``: the notebook's kernel start and imports (unless a spare kernel
+did them ahead, :mod:`hiresmed_nb.study.kernels`), its checks and split, attaching to its
+engines, the rendezvous, the record and plots. A run is *warm* when its rank 0
 engine had already trained a run of the study (no engine start, no TensorFlow import there);
 the study's overhead per run is its whole wall time, engines' start included, minus the training
 seconds, divided by its runs. :func:`arm_runs` says how many runs each arm takes: the level's
@@ -161,8 +162,9 @@ def measure(level: dict[str, Any]) -> dict[str, Any]:
                 "<=",
                 WARM_SERIAL_GOAL_SECONDS,
                 "s",
-                "the notebook's own kernel: its start, imports (pandas, matplotlib, "
-                "scikit-learn, ipyparallel) and plots",
+                "the notebook's cells around training (checks, split, attaching to its "
+                "engine, plots, record) and its kernel's end; a warm run's kernel start and "
+                "imports happen ahead, in a spare kernel",
             )
         ],
         "notes": [
@@ -170,7 +172,9 @@ def measure(level: dict[str, Any]) -> dict[str, Any]:
             f"{TINY['EPOCHS']} epoch); runs per arm: "
             + ", ".join(f"{name} {count}" for name, count in per_arm.items())
             + ". A run's overhead is its notebook's "
-            "execution time as the runner sees it (kernel start to kernel end) minus its record's "
+            "execution time as the runner sees it (from the call to its kernel's end; but for a "
+            "study's first runs, the kernel was started and the notebook's imports run in it by "
+            "a spare while the run before executed) minus its record's "
             "training seconds; warm runs are those whose rank 0 engine had trained before in the "
             "same study. The study figure also counts the runner's own start, starting engines "
             "and their first TensorFlow import, once per study.",
