@@ -144,9 +144,10 @@ lock: | $(VENV)/.installed-$(VARIANT)
 		--extra gpu --extra horovod --extra dev -c requirements.txt -o requirements-gpu.txt \
 		pyproject.toml
 
-# Two workers (pytest-xdist), each file on one, longest files first (tests/conftest.py): on 2 cores
-# the suite leaves a core idle about 40 % of the time when run alone. TEST_WORKERS=0: one process.
-TEST_WORKERS ?= 2
+# Three workers (pytest-xdist), each file on one, longest files first (tests/conftest.py): on 2
+# cores one process leaves a core idle about 40 % of the time (waits for engines, ssh, Slurm), two
+# workers 13 %, three 8 % (README). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 3
 test: venv
 	$(PY) -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
@@ -154,8 +155,10 @@ test: venv
 # pyproject.toml); `make test` runs these and every other test.
 FAST_TESTS := not notebook and not distributed and not multihost and not slurm and not trains \
 	and not dataset
+# Two workers: a third gains nothing here (432 tests, 39-43 s either way, 2 alternating runs each).
+FAST_TEST_WORKERS ?= 2
 test-fast: venv
-	$(PY) -m pytest -m "$(FAST_TESTS)" $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS))
+	$(PY) -m pytest -m "$(FAST_TESTS)" $(if $(filter-out 0,$(FAST_TEST_WORKERS)),-n $(FAST_TEST_WORKERS))
 
 # Without a GPU the quick study is packed on 2 CPU slots (on a VM without AVX-512: 19 min 25 s
 # against 24 min 27 s one run at a time, README); with GPUs the runner packs it one GPU per slot.
