@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import simhosts
+from sessions import until
 from simhosts import HostSpec, SimHosts
 
 from hiresmed_nb.errors import HiresmedError
@@ -218,6 +219,11 @@ def test_leftovers_of_a_crashed_session_are_removed_and_live_ones_kept(simulated
     (simhosts.NETNS_ETC / (base + "0")).mkdir(parents=True)
     inside = subprocess.Popen(["ip", "netns", "exec", base + "0", "sleep", "600"])
     try:
+        # Only once it has entered the namespace (under load that can come after the cleanup).
+        until(
+            lambda: inside.pid in namespace_pids(base + "0"),
+            "the process started in the leftover namespace never entered it",
+        )
         removed = simhosts.remove_leftovers()
     finally:
         inside.kill()
