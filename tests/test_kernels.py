@@ -92,6 +92,7 @@ def test_the_second_run_gets_a_warmed_kernel_that_is_otherwise_new_and_ends_with
     )
     runs_dir = tmp_path / "runs"
     runs_dir.mkdir()
+    known = set(RunnerKernelManager.running)
     kernels = SpareKernels(notebook, tmp_path, runs=2, log_dir=runs_dir, verbose=False)
     outputs = [runs_dir / "first.ipynb", runs_dir / "second.ipynb"]
     try:
@@ -106,6 +107,7 @@ def test_the_second_run_gets_a_warmed_kernel_that_is_otherwise_new_and_ends_with
     assert second["loaded_before"] is True  # the spare imported the notebook's modules
     assert counts_1 == counts_2 == [1, 2, 3, 4, 5]  # injected parameters, then the cells
     assert second["names"] == first["names"]  # the warm-up left no name behind
+    assert RunnerKernelManager.running == known  # both kernels' files and sockets removed
     assert sorted(p.name for p in runs_dir.iterdir()) == sorted(
         [*(o.name for o in outputs), *(kernel_log_path(o).name for o in outputs)]
     )
@@ -114,6 +116,7 @@ def test_the_second_run_gets_a_warmed_kernel_that_is_otherwise_new_and_ends_with
 @pytest.mark.notebook
 def test_a_spare_kernel_past_its_runs_time_limit_is_killed_with_the_named_error(tmp_path):
     notebook = notebook_file(tmp_path, "import threading\nthreading.Event().wait()  # hangs")
+    known = set(RunnerKernelManager.running)
     kernels = SpareKernels(notebook, tmp_path, runs=2, log_dir=tmp_path, verbose=False)
     output = tmp_path / "out" / "hangs.ipynb"
     output.parent.mkdir()
@@ -126,4 +129,5 @@ def test_a_spare_kernel_past_its_runs_time_limit_is_killed_with_the_named_error(
     finally:
         kernels.close()
     assert output.exists() and not running_kernels()
+    assert RunnerKernelManager.running == known  # the killed spare's files removed too
     assert [p.name for p in tmp_path.glob(".spare-*")] == []

@@ -104,13 +104,19 @@ class RunnerKernelManager(AsyncKernelManager):
         return process is not None and process.poll() is None
 
     def end(self, *, now: bool = False) -> None:
-        """Close the clients made of this kernel and shut it down (``now``: kill it), from a
-        thread with no running event loop."""
+        """Close the clients made of this kernel, shut it down (``now``: kill it) and remove its
+        files, as nbclient does for a kernel it started; from a thread with no running loop."""
         for client in self._clients:
             client.stop_channels()
         self._clients.clear()
-        if self.has_kernel:
-            asyncio.run(self.shutdown_kernel(now=now))
+        asyncio.run(self._shut_down(now))
+
+    async def _shut_down(self, now: bool) -> None:
+        try:
+            if self.has_kernel:
+                await self.shutdown_kernel(now=now)
+        finally:  # shutdown_kernel skips this class's cleanup_resources (socket folder, running)
+            await self.cleanup_resources()
 
 
 def kill_running_kernels(execution: str = "") -> int:
