@@ -23,6 +23,7 @@ from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.params import DEFAULT_RUN_TIMEOUT, validate
 from hiresmed_nb.study import runner
 from hiresmed_nb.study.executor import papermill_executor
+from hiresmed_nb.study.kernels import live_kernels
 from hiresmed_nb.study.packed import SlotsLost, run_packed
 from hiresmed_nb.study.packing import in_given_order
 
@@ -251,18 +252,7 @@ def test_a_notebook_past_its_time_limit_has_its_kernel_killed_and_a_named_error(
     assert raised.value.seconds == 5
     assert "kernel was killed" in str(raised.value)
     assert output.exists()  # the executed notebook is kept, up to the cell that hung
-    assert not runner_kernels_running()
-
-
-def runner_kernels_running() -> list:
-    from hiresmed_nb.study.kernels import RunnerKernelManager
-
-    return [
-        manager
-        for manager in RunnerKernelManager.running
-        if getattr(manager.provisioner, "process", None) is not None
-        and manager.provisioner.process.poll() is None
-    ]
+    assert not live_kernels()
 
 
 # The slots' cluster's lock ----------------------------------------------------------------------

@@ -13,6 +13,7 @@ from hiresmed_nb.study.kernels import (
     WARM_UP_FUNCTION,
     RunnerKernelManager,
     SpareKernels,
+    live_kernels,
     warm_up_code,
 )
 
@@ -67,11 +68,7 @@ def test_a_study_without_runs_to_come_starts_no_spare(tmp_path):
     )
     assert kernels.take() is None  # the first run starts its own kernel; none is left to come
     kernels.close()
-    assert not running_kernels() and list(tmp_path.iterdir()) == []
-
-
-def running_kernels() -> list[RunnerKernelManager]:
-    return [manager for manager in RunnerKernelManager.running if manager.process_alive()]
+    assert not live_kernels() and list(tmp_path.iterdir()) == []
 
 
 def executed_values(output: Path) -> tuple[list, dict]:
@@ -97,9 +94,9 @@ def test_the_second_run_gets_a_warmed_kernel_that_is_otherwise_new_and_ends_with
     outputs = [runs_dir / "first.ipynb", runs_dir / "second.ipynb"]
     try:
         papermill_executor(notebook, outputs[0], {"RUN_TIMEOUT": 60}, tmp_path, kernels=kernels)
-        assert len(running_kernels()) == 1  # the first run's kernel ended; the spare warms up
+        assert len(live_kernels()) == 1  # the first run's kernel ended; the spare warms up
         papermill_executor(notebook, outputs[1], {"RUN_TIMEOUT": 60}, tmp_path, kernels=kernels)
-        assert not running_kernels()  # the spare ended with its run; none past the last run
+        assert not live_kernels()  # the spare ended with its run; none past the last run
     finally:
         kernels.close()
     (counts_1, first), (counts_2, second) = map(executed_values, outputs)
@@ -128,6 +125,6 @@ def test_a_spare_kernel_past_its_runs_time_limit_is_killed_with_the_named_error(
             )
     finally:
         kernels.close()
-    assert output.exists() and not running_kernels()
+    assert output.exists() and not live_kernels()
     assert RunnerKernelManager.running == known  # the killed spare's files removed too
     assert [p.name for p in tmp_path.glob(".spare-*")] == []

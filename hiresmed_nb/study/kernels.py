@@ -59,6 +59,10 @@ class RunnerKernelManager(AsyncKernelManager):
     _socket_dir: str | None = None
     running: typing.ClassVar[set[RunnerKernelManager]] = set()  # kernels started, not yet ended
 
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._clients: list[Any] = []
+
     async def _async_pre_start_kernel(self, **kw: Any) -> tuple[list[str], dict[str, Any]]:
         if self.transport == "ipc" and self._socket_dir is None:
             # Without an explicit path the sockets would be "kernel-ipc-N" in the current folder.
@@ -86,10 +90,6 @@ class RunnerKernelManager(AsyncKernelManager):
         if not restart and self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             self._socket_dir = None
-
-    def __init__(self, **kwargs: Any):
-        super().__init__(**kwargs)
-        self._clients: list[Any] = []
 
     def client(self, **kwargs: Any) -> Any:
         """A client of this kernel (nbclient's, for the execution), kept to close it at the end:
@@ -119,18 +119,19 @@ class RunnerKernelManager(AsyncKernelManager):
             await self.cleanup_resources()
 
 
+def live_kernels() -> list[RunnerKernelManager]:
+    """The kernels the runner's executions (and spares) started whose process still runs."""
+    return [manager for manager in list(RunnerKernelManager.running) if manager.process_alive()]
+
+
 def kill_running_kernels(execution: str = "") -> int:
     """Kill every kernel the runner's executions started that still runs (Ctrl-C of a packed
     study: notebooks execute in other threads; spares too), or only that of ``execution``;
     returns how many were running."""
-    killed = 0
-    for manager in list(RunnerKernelManager.running):
-        if execution and manager.execution != execution:
-            continue
-        if manager.process_alive():
-            manager.provisioner.process.kill()
-            killed += 1
-    return killed
+    killed = [kernel for kernel in live_kernels() if not execution or kernel.execution == execution]
+    for kernel in killed:
+        kernel.provisioner.process.kill()
+    return len(killed)
 
 
 def warm_up_code(notebook: Path) -> str:
@@ -234,13 +235,13 @@ def _discard(manager: RunnerKernelManager) -> None:
 
 def _run_silently(manager: RunnerKernelManager, code: str) -> None:
     """Execute ``code`` in the kernel without output, history or an execution count; raises
-    if it fails, the kernel dies, or no reply comes within :data:`WARM_UP_SECONDS`."""
+    if it fails, the kernel dies, or it is not ready and done within :data:`WARM_UP_SECONDS`."""
+    deadline = time.monotonic() + WARM_UP_SECONDS  # one bound for the wait and the imports
     client = manager.blocking_client()
     client.start_channels()
     try:
-        client.wait_for_ready(timeout=WARM_UP_SECONDS)
+        client.wait_for_ready(timeout=deadline - time.monotonic())
         request = client.execute(code, silent=True, store_history=False, allow_stdin=False)
-        deadline = time.monotonic() + WARM_UP_SECONDS
         while True:
             if not manager.process_alive() or time.monotonic() > deadline:
                 raise RuntimeError("the spare kernel died or did not finish its imports")
