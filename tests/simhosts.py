@@ -9,7 +9,8 @@ own ``/tmp`` (a tmpfs), as a real node has; the rest of the root filesystem is s
 project's ``.venv`` is at the same path on every host (a project or interpreter under ``/tmp``
 is bound into each host's ``/tmp``, as a shared project filesystem would be). Folders under
 ``/tmp`` that the hosts must share (the instance's keys and sshd config, a test's temporary
-folder) are bound into each host's ``/tmp`` at the same path. Needs root, ``ip netns``, ``unshare``
+folder) are bound into each host's ``/tmp`` at the same path. A host's logins read no
+``~/.bashrc`` (:func:`quiet_login_steps`). Needs root, ``ip netns``, ``unshare``
 and ``/usr/sbin/sshd``; :func:`unavailable_reason` says which one is missing.
 
 Names carry the creating pid (``hmt<pid><n>...``) so a later session can remove what a crashed
@@ -45,6 +46,7 @@ TMP = Path("/tmp")
 # The project and its interpreter: on a real cluster the project's filesystem is shared, so a
 # checkout under /tmp (a clone made there) is bound into each host's own /tmp like the folders
 # a test shares.
+LOGIN_RC = Path.home() / ".bashrc"  # what bash reads for a command run over ssh
 PROJECT_DIRS = (Path(__file__).resolve().parents[1], Path(sys.prefix).resolve())
 NETNS_ETC = Path("/etc/netns")
 LOCK_FILE = Path("/run/lock/hiresmed-simhosts.lock")
@@ -473,7 +475,7 @@ class SimHosts:
             wrapped = ["nsenter", "-t", str(init), "--net", "--uts", "--mount", "--pid", "--"]
         else:
             # `ip netns exec` execs (no fork), then unshare, then sh: the Popen pid is argv's pid.
-            script = 'hostname "$1" && shift && exec "$@"'
+            script = " && ".join(['hostname "$1"', "shift", *quiet_login_steps(), 'exec "$@"'])
             unshare = ["unshare", "--uts", "sh", "-c", script, "sh", host.spec.name]
             wrapped = ["ip", "netns", "exec", host.netns, *unshare]
         process = subprocess.Popen([*wrapped, *argv], **popen)  # type: ignore[call-overload]
@@ -487,6 +489,7 @@ class SimHosts:
         namespace's init is its one child."""
         steps = ['hostname "$1"', "shift"]
         steps += own_tmp_steps([self.directory, *self.shared_dirs])
+        steps += quiet_login_steps()
         script = " && ".join([*steps, 'exec "$@"'])
         unshare = ["unshare", "--uts", "--pid", "--fork", "--mount-proc"]
         return [
@@ -680,6 +683,17 @@ def own_tmp_steps(folders: Sequence[Path], tmpfs_name: str = "tmpfs") -> list[st
         steps.append(f"mount -c --bind /proc/self/fd/{3 + i} {quoted}")
         steps.append(f"exec {3 + i}<&-")
     return steps
+
+
+def quiet_login_steps() -> list[str]:
+    """Shell steps that hide the shared home's :data:`LOGIN_RC` from a new mount namespace (a
+    host's): bash reads it for every command run over ssh. The test machine's may write shared
+    files at each login: pyenv's rehash there takes a lock file in the home, and a host torn down
+    in the middle of a login leaves the lock behind, so that every later login, on any host or
+    test run, waits 60 s for it. None when there is no such file."""
+    if not LOGIN_RC.is_file():
+        return []
+    return [f"mount --bind /dev/null {shlex.quote(str(LOGIN_RC))}"]
 
 
 def folders_to_bind(folders: Sequence[Path]) -> list[Path]:

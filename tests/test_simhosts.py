@@ -104,6 +104,18 @@ def test_each_host_answers_ssh_under_its_own_hostname(simulated_hosts):
 
 
 @pytest.mark.multihost
+def test_a_hosts_logins_read_no_rc_file_of_the_shared_home(simulated_hosts, tmp_path, monkeypatch):
+    # A stand-in for ~/.bashrc, in the test's folder that every host shares.
+    login_rc = tmp_path / "bashrc"
+    login_rc.write_text("pyenv rehash  # a login that writes to the shared home\n")
+    monkeypatch.setattr(simhosts, "LOGIN_RC", login_rc)
+    sim = simulated_hosts(HostSpec("hostA"), HostSpec("hostB", own_processes_and_tmp=False))
+    for alias in ("hostA", "hostB"):
+        assert ssh(sim, alias, f"wc -c < {login_rc}") == "0\n", alias
+    assert "pyenv rehash" in login_rc.read_text()  # the head's is untouched
+
+
+@pytest.mark.multihost
 def test_venv_python_on_a_host_resolves_its_name_as_its_hosts_file_says(simulated_hosts):
     sim = simulated_hosts(HostSpec("hostA"), HostSpec("hostB", hosts_file="debian"))
     assert python_on(sim, "hostA", WHO_AM_I).split() == ["hostA", sim.address("hostA")]
