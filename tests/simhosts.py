@@ -43,10 +43,10 @@ from hiresmed_nb.errors import HiresmedError
 PREFIX = "hmt"
 SSHD = "/usr/sbin/sshd"
 TMP = Path("/tmp")
+LOGIN_RC = Path.home() / ".bashrc"  # what bash reads for a command run over ssh
 # The project and its interpreter: on a real cluster the project's filesystem is shared, so a
 # checkout under /tmp (a clone made there) is bound into each host's own /tmp like the folders
 # a test shares.
-LOGIN_RC = Path.home() / ".bashrc"  # what bash reads for a command run over ssh
 PROJECT_DIRS = (Path(__file__).resolve().parents[1], Path(sys.prefix).resolve())
 NETNS_ETC = Path("/etc/netns")
 LOCK_FILE = Path("/run/lock/hiresmed-simhosts.lock")
