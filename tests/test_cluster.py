@@ -78,12 +78,21 @@ RANK_AND_RENDEZVOUS = (
 )
 
 
+# What TensorFlow's autograph does on an engine: a file in the temporary folder, left behind
+# (it removes its files only at a clean exit, which a stopped engine never has).
+TEMPORARY_FILE = "__import__('tempfile').mkstemp(suffix='.py')[1]"
+
+
 @pytest.mark.distributed
 def test_cluster_runs_on_every_rank_then_leaves_nothing_behind():
     with HorovodCluster(2) as running:
         first = running.run(eval, RANK_AND_RENDEZVOUS)
         second = running.run(eval, RANK_AND_RENDEZVOUS)
+        left_files = [Path(path) for path in running.run(eval, TEMPORARY_FILE)]
         pids = running.engine_pids
+    folder = cluster.processes.cluster_folder(running.cluster_id)
+    assert [path.parent for path in left_files] == [folder, folder]  # the cluster's own TMPDIR
+    assert not folder.exists()  # removed with what the engines left in it
     assert [rank for rank, _, _ in first] == ["0", "1"]
     assert {addr for _, addr, _ in first + second} == {"127.0.0.1"}  # loopback only
     # Every run has its own rendezvous server on a new port, closed when the run ends.

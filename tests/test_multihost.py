@@ -14,6 +14,7 @@ import sys
 import psutil
 import pytest
 from simhosts import HostSpec
+from test_cluster import TEMPORARY_FILE
 from test_train_notebook import execute
 
 from hiresmed_nb import cluster, study
@@ -121,8 +122,13 @@ def test_two_ranks_per_host_listen_only_on_the_cluster_address_and_train_to_the_
         placed = running.run(eval, PLACEMENT)
         ranks = cluster.run_training(params)  # the same placement: on these engines
         assert [r["pid"] for r in ranks] == running.engine_pids
+        left_files = running.run(eval, TEMPORARY_FILE)
     finally:
         cluster.kernel_pool().close()
+    folder = str(cluster.processes.cluster_folder(running.cluster_id))
+    assert [os.path.dirname(path) for path in left_files] == [folder] * 4  # each host's TMPDIR
+    for host, path in zip(["hostA", "hostA", "hostB", "hostB"], left_files, strict=True):
+        assert sim.run(host, f"test -e {path} && echo left || echo removed").stdout == "removed\n"
     assert placed == [
         ["hostA", "0", "0", "eth0"],
         ["hostA", "1", "0", "eth0"],

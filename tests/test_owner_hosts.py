@@ -18,7 +18,6 @@ from simhosts import HostSpec
 from test_multihost import nothing_left, on_path
 
 from hiresmed_nb.cluster import HorovodCluster, Placement, parse_hosts, processes
-from hiresmed_nb.cluster.engines import remote_profile_dir
 from hiresmed_nb.cluster.undertaker import reap_orphans
 
 pytestmark = pytest.mark.multihost
@@ -87,7 +86,7 @@ def test_a_killed_kernels_engines_on_other_hosts_are_stopped_by_the_next_head_of
     try:
         orphan_id = kernel.stdout.readline().strip()
         assert orphan_id and sim.leftover_processes("hostB"), "its engine should run on hostB"
-        folder = remote_profile_dir(orphan_id)
+        folder = processes.cluster_folder(orphan_id)
         assert sim.run("hostB", f"test -d {folder} && echo made").stdout == "made\n"
         for process in processes.cluster_processes(orphan_id):  # its undertaker dies with it
             if processes.describe_process(process).startswith("undertaker"):
@@ -97,7 +96,7 @@ def test_a_killed_kernels_engines_on_other_hosts_are_stopped_by_the_next_head_of
         kernel.wait()
     assert orphan_id in reap_orphans(profile)
     nothing_left(sim)  # its engine on hostB was stopped from here, the owner's host
-    folder = remote_profile_dir(orphan_id)  # the engine's folder in hostB's own /tmp
+    folder = processes.cluster_folder(orphan_id)  # the engine's folder in hostB's own /tmp
     assert sim.run("hostB", f"test -e {folder} && echo left || echo removed").stdout == "removed\n"
     assert processes.cluster_processes(orphan_id) == []
     assert cluster_files(profile, orphan_id) == []

@@ -88,7 +88,10 @@ def test_an_owned_cluster_id_names_its_owner_to_its_host_only(monkeypatch, host)
     assert processes.local_owner_in_name(f"ipengine-{cluster_id}-1733-0.log") is None
 
 
-def test_only_files_of_clusters_whose_owner_this_host_finds_gone_are_removed(tmp_path):
+def test_only_files_of_clusters_whose_owner_this_host_finds_gone_are_removed(tmp_path, monkeypatch):
+    temporary = tmp_path / "tmp"  # this host's temporary folder, with each cluster's folder
+    temporary.mkdir()
+    monkeypatch.setattr(processes.tempfile, "tempdir", str(temporary))
     gone = subprocess.Popen(["true"])
     gone.wait()
     here = processes.owned_cluster_id(os.getpid(), "0000000a")
@@ -99,7 +102,8 @@ def test_only_files_of_clusters_whose_owner_this_host_finds_gone_are_removed(tmp
         cluster_id: [f"security/ipcontroller-{cluster_id}-client.json", f"log/{cluster_id}.log"]
         for cluster_id in (here, dead_here, dead_elsewhere, CLUSTER_ID)
     }
-    for paths in names.values():
+    for cluster_id, paths in names.items():
+        paths.append(f"tmp/{cluster_id}/tmpautograph.py")
         for name in paths:
             (tmp_path / name).parent.mkdir(exist_ok=True)
             (tmp_path / name).write_text("{}")
@@ -108,11 +112,12 @@ def test_only_files_of_clusters_whose_owner_this_host_finds_gone_are_removed(tmp
         cluster_id: [(tmp_path / n).exists() for n in paths] for cluster_id, paths in names.items()
     }
     assert left == {
-        here: [True, True],
-        dead_here: [False, False],
-        dead_elsewhere: [True, True],
-        CLUSTER_ID: [True, True],
+        here: [True, True, True],
+        dead_here: [False, False, False],
+        dead_elsewhere: [True, True, True],
+        CLUSTER_ID: [True, True, True],
     }
+    assert not (temporary / dead_here).exists()
 
 
 @pytest.mark.orphans

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from hiresmed_nb.cluster.hosts import SSH_OPTIONS, HostSlots, ask_hosts, head_ad
 from hiresmed_nb.cluster.processes import (
     PROBE_SECONDS,
     EngineLaunch,
+    cluster_folder,
     engine_launches,
     host_key,
     marker_environment,
@@ -52,12 +52,6 @@ def private_files() -> Iterator[None]:
         yield
     finally:
         os.umask(previous)
-
-
-def remote_profile_dir(cluster_id: str) -> str:
-    """The folder ssh engines use on their host (logs, IPython profile): one per cluster, never
-    the project's profile, removed when the cluster stops."""
-    return str(Path(tempfile.gettempdir()) / cluster_id)
 
 
 @dataclass
@@ -234,7 +228,7 @@ def controller_address(
     the route to Slurm's controller. Another launcher needs RENDEZVOUS_ADDR (a HiresmedError).
     """
     if hosts:
-        answers = ask_hosts(list(hosts), remote_python, remote_profile_dir(cluster_id))
+        answers = ask_hosts(list(hosts), remote_python, str(cluster_folder(cluster_id)))
         found = head_address(answers)
         return found if rendezvous_addr == "auto" else rendezvous_addr
     if rendezvous_addr != "auto":
@@ -281,7 +275,7 @@ def new_cluster(
         settings = config.SSHEngineSetLauncher
         settings.engines = {entry.host: entry.slots for entry in hosts}
         settings.remote_python = remote_python
-        settings.remote_profile_dir = remote_profile_dir(cluster_id)
+        settings.remote_profile_dir = str(cluster_folder(cluster_id))
         settings.poll_seconds = SSH_POLL_SECONDS
         settings.ssh_args = list(SSH_OPTIONS)
         settings.scp_args = list(SSH_OPTIONS)

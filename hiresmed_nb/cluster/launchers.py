@@ -1,9 +1,13 @@
-"""ipyparallel engine launchers that keep each engine's output and name each engine.
+"""ipyparallel engine launchers that keep each engine's output and name each engine, and give
+it the cluster's own temporary folder.
 
 ipyparallel deletes an engine's output file when the engine stops, which loses what a dying
 rank said (Gloo and TensorFlow write fatal errors there). These launchers keep the file until the
 cluster is stopped, and give every engine ``HIRESMED_LAUNCH_ID`` (the launcher's identifier,
 e.g. ``hostA/0``), so the cluster can tell which host and output file belong to which engine.
+Every engine's ``TMPDIR`` is the cluster's folder on its host
+(:func:`~hiresmed_nb.cluster.processes.cluster_folder`), which the cluster's stop removes with
+whatever the engines' libraries left there.
 
 When an engine stops, ipyparallel fetches its output only to log it (debug level; warning for a
 failed exit), and again when it stops the engine set, to delete the files: these launchers
@@ -14,12 +18,14 @@ remote engine each is two ssh sessions).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from ipyparallel.cluster import launcher as ipp_launcher
 from traitlets import default
 
 from hiresmed_nb.cluster.engine_tasks import LAUNCH_ID_VARIABLE
+from hiresmed_nb.cluster.processes import CLUSTER_PREFIX, cluster_folder
 
 
 class _KeepsOutput:
@@ -37,11 +43,19 @@ class _KeepsOutput:
     def get_env(self) -> dict[str, str]:
         env = super().get_env()
         env[LAUNCH_ID_VARIABLE] = self.identifier
+        if self.cluster_id.startswith(CLUSTER_PREFIX):  # the cluster's stop removes the folder
+            env["TMPDIR"] = str(cluster_folder(self.cluster_id))
         return env
 
 
 class LocalEngine(_KeepsOutput, ipp_launcher.LocalEngineLauncher):
     """One engine on this machine."""
+
+    def get_env(self) -> dict[str, str]:
+        env = super().get_env()
+        if "TMPDIR" in env:  # an ssh engine's folder is made on its host before it starts
+            Path(env["TMPDIR"]).mkdir(mode=0o700, exist_ok=True)
+        return env
 
 
 class LocalEngines(ipp_launcher.LocalEngineSetLauncher):

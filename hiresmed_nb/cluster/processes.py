@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -296,9 +298,18 @@ def summarize(described: list[str]) -> str:
     )
 
 
+def cluster_folder(cluster_id: str) -> Path:
+    """A cluster's own folder in the temporary folder of each host it runs on: its engines'
+    ``TMPDIR`` (TensorFlow's autograph writes a file there per traced function and removes it
+    only at a clean exit, which a stopped engine never has) and an ssh engine's profile. Removed
+    with the cluster's processes (:func:`reap_processes`)."""
+    return Path(tempfile.gettempdir()) / cluster_id
+
+
 def reap_processes(cluster_id: str, grace_seconds: float = STOP_GRACE_SECONDS) -> list[str]:
-    """Terminate, then kill, what is left of ``cluster_id`` on this host, and wait for it.
-    Returns what was ended (see :func:`describe_process`)."""
+    """Terminate, then kill, what is left of ``cluster_id`` on this host, and wait for it; then
+    remove its :func:`cluster_folder` here. Returns what was ended (see
+    :func:`describe_process`)."""
     import psutil
 
     leftovers = cluster_processes(cluster_id)
@@ -315,18 +326,24 @@ def reap_processes(cluster_id: str, grace_seconds: float = STOP_GRACE_SECONDS) -
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=grace_seconds)
+    if cluster_id.startswith(CLUSTER_PREFIX):  # only a folder the project named (never /tmp)
+        shutil.rmtree(cluster_folder(cluster_id), ignore_errors=True)
     return ended
 
 
 def orphaned_cluster_ids(profile_dir: Path | None = None) -> set[str]:
-    """Ids of owned clusters whose owner this host finds gone: from this host's marked processes,
-    and (given ``profile_dir``) from the cluster files there. Another host's clusters and
-    detached ones (no owner) are never among them."""
+    """Ids of owned clusters whose owner this host finds gone: from this host's marked processes
+    and cluster folders (:func:`cluster_folder`), and (given ``profile_dir``) from the cluster
+    files there. Another host's clusters and detached ones (no owner) are never among them."""
     orphaned = {
         environment[CLUSTER_ID_VARIABLE]
         for _, environment in _marked_processes()
         if owner_gone(str(marked_owner(environment)))
     }
+    for folder in cluster_folder(CLUSTER_PREFIX).parent.glob(f"{CLUSTER_PREFIX}*"):
+        owner = local_owner_in_name(folder.name)
+        if folder.is_dir() and owner is not None and owner_gone(str(owner)):
+            orphaned.add(folder.name)
     if profile_dir is not None:
         for path in (profile_dir / "security").glob(f"cluster-{CLUSTER_PREFIX}*.json"):
             owner = local_owner_in_name(path.name)
