@@ -51,7 +51,6 @@ from hiresmed_nb.placement import HostSlots, Placement, parse_hosts, total_slots
 
 __all__ = [
     "IPP_PROFILE_DIR",
-    "Placement",
     "Pool",
     "kernel_pool",
     "run_training",

@@ -15,37 +15,6 @@ starved by narrower runs behind it: they may start on free slots only while the 
 with the slots every other run behind the head holds, leave the head's width to the runs ahead
 of it. Those runs all started before it and end in bounded time, so once they have finished at
 least the head's width of slots is free and the head starts (no durations need to be known).
-
-Wiring it into the runner and the pool (intended design):
-
-- One ipyparallel cluster with one engine per slot, started once per study by the pool: each
-  engine's launcher sets :func:`hiresmed_nb.cluster.devices.slot_environment` of its slot before
-  the engine's Python starts (so TensorFlow in it sees one GPU and its thread share). Slots come
-  from :func:`hiresmed_nb.cluster.devices.plan_this_machine` (``--slots`` or one per GPU) or
-  :func:`~hiresmed_nb.cluster.devices.plan_slots` (``--hosts``, GPUs listed on each host by
-  ``nvidia-smi`` over ssh); an attached cluster (``-p IPP_CLUSTER_FILE``) gives one slot per
-  engine it holds (:func:`hiresmed_nb.cluster.devices.engine_devices`: each reports the GPU it sees,
-  its recipe having set its ``CUDA_VISIBLE_DEVICES``, e.g. ``srun --gpus-per-task=1``).
-- :func:`hiresmed_nb.study.packed.run_packed` with ``ThreadedRuns``: ``execute(run, slots)``
-  runs the run's notebook with papermill, giving it the cluster file and the engine ids of its
-  slots (a new parameter, e.g. ``ENGINE_IDS``). A serial run then trains on its slot's engine
-  (the same function the kernel calls today, sent to that engine), so the kernel touches no GPU
-  and a serial run can land on another host; a distributed run places its Horovod ranks on its
-  gang's engines (ranks in slot order; host identities as today, so one host's slots get
-  consecutive local ranks).
-- Each rank pins the one GPU its engine sees (its first visible GPU, not the GPU of its local
-  rank) and uses its slot's threads instead of ``cores // local_size``; its record entry gets
-  :func:`~hiresmed_nb.cluster.devices.slot_of_this_process` plus its engine id as ``slot``.
-- A run whose rank fails or is lost: the pool replaces the engines of its slots (same slots,
-  same environment), then the run is retried once, as today. A failed run frees its slots.
-- Runs with a record are left out before ``run_packed``, as today (resume). Ctrl-C:
-  ``run_packed`` stops handing out work and calls ``on_interrupt`` with what runs; the runner
-  stops those notebooks and the pool its engines.
-- Console: the one bar stays; ``echo`` is the bar's ``write`` (one line per start and end) and
-  ``PackedResult.occupancy.summary()`` closes the study. The records' ``started_at`` and
-  ``finished_at`` need sub-second precision so that tests and benchmarks can check, from the
-  records alone, that no slot ran two runs at once
-  (:func:`~hiresmed_nb.study.occupancy.slot_overlaps`).
 """
 
 from __future__ import annotations
