@@ -340,7 +340,7 @@ def orphaned_cluster_ids(profile_dir: Path | None = None) -> set[str]:
         for _, environment in _marked_processes()
         if owner_gone(str(marked_owner(environment)))
     }
-    for folder in cluster_folder(CLUSTER_PREFIX).parent.glob(f"{CLUSTER_PREFIX}*"):
+    for folder in Path(tempfile.gettempdir()).glob(f"{CLUSTER_PREFIX}*"):
         owner = local_owner_in_name(folder.name)
         if folder.is_dir() and owner is not None and owner_gone(str(owner)):
             orphaned.add(folder.name)
