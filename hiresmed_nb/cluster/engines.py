@@ -329,7 +329,7 @@ def start_engines(
         try:
             client = connect_then_start_engines(cluster, n_engines)
         except Exception as error:
-            message = _start_failure(cluster, n_engines, controller_address, error)
+            message = start_failure(cluster, n_engines, controller_address, error)
             stop_cluster(cluster, cluster_id, profile_dir)
             raise HiresmedError(message) from None
         finally:
@@ -363,7 +363,9 @@ def connect_then_start_engines(cluster: Any, n_engines: int) -> Any:
     return client
 
 
-def _start_failure(cluster: Any, n_engines: int, controller_address: str, error: Exception) -> str:
+def start_failure(cluster: Any, n_engines: int, controller_address: str, error: Exception) -> str:
+    """What a failed start says: the error, then every engine's last output (here or fetched
+    from its host) and, for Slurm's launcher, its jobs' states."""
     outputs = []
     for engine_set in (getattr(cluster, "engines", {}) or {}).values():
         for identifier, launcher in getattr(engine_set, "launchers", {}).items():

@@ -47,6 +47,7 @@ from hiresmed_nb.cluster.engines import (
     make_profile_private,
     new_cluster,
     private_files,
+    start_failure,
 )
 from hiresmed_nb.cluster.errors import EngineLostError
 from hiresmed_nb.cluster.horovod_cluster import IPP_PROFILE_DIR, HorovodCluster
@@ -166,13 +167,9 @@ class SlotsCluster(Started):
                 for slot in self.slots:
                     self._start_engine(slot)
                 self._await_engines(self.slots, "start")
-            except HiresmedError:
-                raise
-            except Exception as error:
-                raise HiresmedError(
-                    f"the slots' cluster did not start its {len(self.slots)} engine(s) with a "
-                    f"controller on {controller}: {type(error).__name__}: {error}"
-                ) from None
+            except Exception as error:  # with what the engines said (stop() then ends them)
+                message = start_failure(self._cluster, len(self.slots), controller, error)
+                raise HiresmedError(message) from None
             finally:
                 make_profile_private(self.profile_dir, self.cluster_id)
         self.watch_owner(self.cluster_id, self.cluster_file)
@@ -239,8 +236,7 @@ class SlotsCluster(Started):
             if time.monotonic() > deadline:
                 raise HiresmedError(
                     f"no engine registered within {REGISTRATION_SECONDS} s for slot(s) "
-                    f"{', '.join(sorted(waiting))} ({why}); see the engine logs in "
-                    f"{self.profile_dir}/log"
+                    f"{', '.join(sorted(waiting))} ({why})"
                 )
             time.sleep(POLL_SECONDS)
 
