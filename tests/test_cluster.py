@@ -560,29 +560,55 @@ def test_a_slots_cluster_is_given_its_slots_or_a_cluster_file_not_both():
     assert SlotsCluster(cluster_file="cluster.json").slots == []  # its engines', once started
 
 
-@pytest.mark.distributed
-def test_a_slots_cluster_that_cannot_start_its_engine_says_what_the_engine_said(
-    monkeypatch, tmp_path
-):
+@pytest.fixture
+def dying_engines(monkeypatch, tmp_path):
+    """Slots' engines started from now on die as they start (a broken environment on their
+    host), saying why; a slot's engine gets 3 s to register."""
     from hiresmed_nb.cluster import slots_cluster
-    from hiresmed_nb.cluster.devices import plan_this_machine
 
-    # An engine that dies as it starts (a broken environment on its host), saying why.
     (tmp_path / "sitecustomize.py").write_text(
         "import os\nprint('engine says: no GPU driver here', flush=True)\nos._exit(3)\n"
     )
     environment = slots_cluster.slot_environment
-    monkeypatch.setattr(
-        slots_cluster,
-        "slot_environment",
-        lambda slot: {**environment(slot), "PYTHONPATH": str(tmp_path)},
-    )
-    monkeypatch.setattr(slots_cluster, "REGISTRATION_SECONDS", 3)
-    engines = slots_cluster.SlotsCluster(plan_this_machine(1, {}, [], cores=1))
+
+    def die() -> None:
+        monkeypatch.setattr(
+            slots_cluster,
+            "slot_environment",
+            lambda slot: {**environment(slot), "PYTHONPATH": str(tmp_path)},
+        )
+        monkeypatch.setattr(slots_cluster, "REGISTRATION_SECONDS", 3)
+
+    return die
+
+
+@pytest.mark.distributed
+def test_a_slots_cluster_that_cannot_start_its_engine_says_what_the_engine_said(dying_engines):
+    from hiresmed_nb.cluster.devices import plan_this_machine
+    from hiresmed_nb.cluster.slots_cluster import SlotsCluster
+
+    dying_engines()
+    engines = SlotsCluster(plan_this_machine(1, {}, [], cores=1))
     with pytest.raises(HiresmedError) as failed:
         engines.__enter__()  # a failed start stops what it started
     message = str(failed.value)
     assert message.startswith("the cluster did not start 1 engine(s) with a controller on")
-    assert "no engine registered within 3 s for slot(s) localhost/0" in message
+    assert "no engine registered within 3 s for slot(s) localhost/0 (start)" in message
+    assert "engine says: no GPU driver here" in message
+    assert cluster.cluster_processes(engines.cluster_id) == []
+
+
+@pytest.mark.distributed
+def test_a_slots_engine_that_cannot_be_replaced_says_what_the_new_engine_said(dying_engines):
+    from hiresmed_nb.cluster.devices import plan_this_machine
+    from hiresmed_nb.cluster.slots_cluster import SlotsCluster
+
+    slots = plan_this_machine(1, {}, [], cores=1)
+    with SlotsCluster(slots) as engines:
+        dying_engines()  # the first engine started well; its replacement will not
+        with pytest.raises(HiresmedError) as failed:
+            engines.replace(slots)
+    message = str(failed.value)
+    assert message.startswith("no engine registered within 3 s for slot(s) localhost/0 (replace")
     assert "engine says: no GPU driver here" in message
     assert cluster.cluster_processes(engines.cluster_id) == []

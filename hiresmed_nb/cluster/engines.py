@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -363,11 +363,11 @@ def connect_then_start_engines(cluster: Any, n_engines: int) -> Any:
     return client
 
 
-def start_failure(cluster: Any, n_engines: int, controller_address: str, error: Exception) -> str:
-    """What a failed start says: the error, then every engine's last output (here or fetched
-    from its host) and, for Slurm's launcher, its jobs' states."""
+def engine_outputs(engine_sets: Iterable[Any]) -> str:
+    """The last output of every engine of ``engine_sets`` (ipyparallel engine set launchers; here
+    or fetched from its host), each under its name; '(no engine output)' when there is none."""
     outputs = []
-    for engine_set in (getattr(cluster, "engines", {}) or {}).values():
+    for engine_set in engine_sets:
         for identifier, launcher in getattr(engine_set, "launchers", {}).items():
             with contextlib.suppress(Exception):
                 text = launcher.get_output()
@@ -379,7 +379,13 @@ def start_failure(cluster: Any, n_engines: int, controller_address: str, error: 
             for identifier, text in getattr(engine_set, "outputs", {}).items()
             if text.strip()
         )
-    shown = "\n".join(dict.fromkeys(outputs)) or "(no engine output)"
+    return "\n".join(dict.fromkeys(outputs)) or "(no engine output)"
+
+
+def start_failure(cluster: Any, n_engines: int, controller_address: str, error: Exception) -> str:
+    """What a failed start says: the error, then every engine's last output
+    (:func:`engine_outputs`) and, for Slurm's launcher, its jobs' states."""
+    shown = engine_outputs((getattr(cluster, "engines", {}) or {}).values())
     with contextlib.suppress(Exception):
         jobs = slurm.describe_jobs(cluster.to_dict())
         shown = f"{jobs}\n{shown}" if jobs else shown

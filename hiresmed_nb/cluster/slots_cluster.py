@@ -44,6 +44,7 @@ from hiresmed_nb.cluster.engines import (
     attached_engine_count,
     connect_client_first,
     controller_address,
+    engine_outputs,
     make_profile_private,
     new_cluster,
     private_files,
@@ -259,9 +260,20 @@ class SlotsCluster(Started):
                 self._memory.pop(self.engine_of[slot.key], None)
                 self._cluster.stop_engines_sync(self._sets.pop(slot.key))
                 self._start_engine(slot)
-        self._await_engines(slots, "replacement")
+        try:
+            self._await_engines(slots, "replacement")
+        except HiresmedError as error:
+            raise HiresmedError(f"{error}\n{self._outputs_of(slots)}") from None
         with self._lock:
             self.replaced += len(slots)
+
+    def _outputs_of(self, slots: Sequence[Slot]) -> str:
+        """What the engines last started for ``slots`` said (:func:`engine_outputs`)."""
+        with self._lock:  # not while reading them (over ssh for a remote engine)
+            started = getattr(self._cluster, "engines", None) or {}
+            ids = [self._sets.get(slot.key) for slot in slots]
+            sets = [started[i] for i in ids if i in started]
+        return engine_outputs(sets)
 
     def check(self, slots: Sequence[Slot]) -> None:
         """Give fresh engines to the slots of ``slots`` whose engine has left the controller
