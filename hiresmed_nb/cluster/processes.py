@@ -202,6 +202,13 @@ def local_owner_in_name(name: str) -> ProcessIdentity | None:
     return ProcessIdentity(host, int(found["pid"]), found["started"])
 
 
+def named_owner_gone(name: str) -> bool:
+    """Whether ``name`` (a file or folder name) holds an owned cluster's id whose owner, a
+    process of this host, is gone (:func:`local_owner_in_name`, :func:`owner_gone`)."""
+    owner = local_owner_in_name(name)
+    return owner is not None and owner_gone(str(owner))
+
+
 def detached_cluster_id(token: str) -> str:
     """A cluster id for a cluster meant to outlive the process that started it (never reaped
     as an orphan; ``python -m hiresmed_nb cluster stop`` stops it)."""
@@ -341,13 +348,11 @@ def orphaned_cluster_ids(profile_dir: Path | None = None) -> set[str]:
         if owner_gone(str(marked_owner(environment)))
     }
     for folder in Path(tempfile.gettempdir()).glob(f"{CLUSTER_PREFIX}*"):
-        owner = local_owner_in_name(folder.name)
-        if folder.is_dir() and owner is not None and owner_gone(str(owner)):
+        if folder.is_dir() and named_owner_gone(folder.name):
             orphaned.add(folder.name)
     if profile_dir is not None:
         for path in (profile_dir / "security").glob(f"cluster-{CLUSTER_PREFIX}*.json"):
-            owner = local_owner_in_name(path.name)
-            if owner is not None and owner_gone(str(owner)):
+            if named_owner_gone(path.name):
                 orphaned.add(path.stem.removeprefix("cluster-"))
     return orphaned
 
@@ -357,8 +362,7 @@ def remove_orphaned_files(profile_dir: Path) -> None:
     host, is gone."""
     for folder in ("log", "security"):
         for path in (profile_dir / folder).glob(f"*{CLUSTER_PREFIX}*"):
-            owner = local_owner_in_name(path.name)
-            if owner is not None and owner_gone(str(owner)):
+            if named_owner_gone(path.name):
                 path.unlink(missing_ok=True)
 
 
