@@ -216,6 +216,12 @@ def host_slots(host: str, count: int, gpus: Sequence[Gpu], cores: int, flag: str
     ]
 
 
+# What the user gave the slot count and the hosts as: a packed study's options, or a run's
+# placement parameters.
+STUDY_OPTIONS = ("--slots", "--hosts")
+RUN_PARAMETERS = ("N_RANKS", "HOSTS")
+
+
 def check_slot_count(slots: int | None) -> None:
     if slots is not None and (isinstance(slots, bool) or not isinstance(slots, int) or slots < 1):
         raise HiresmedError(f"--slots {slots!r}: give a positive number of slots, e.g. --slots 2")
@@ -226,8 +232,10 @@ def plan_slots(
     hosts: Sequence[HostSlots],
     gpus_by_host: Mapping[str, Sequence[Gpu]],
     cores_by_host: Mapping[str, int],
+    names: tuple[str, str] = STUDY_OPTIONS,
 ) -> list[Slot]:
-    """One :class:`Slot` per engine of a packed study.
+    """One :class:`Slot` per engine of a packed study (or of a run's ranks: ``names`` are then
+    :data:`RUN_PARAMETERS`, named in errors).
 
     Without ``hosts`` (``--hosts``) the slots are this machine's ('localhost' in the maps): one
     per GPU found, or ``slots`` (``--slots``) of them, at most one per GPU; on a machine without
@@ -240,7 +248,7 @@ def plan_slots(
     if not hosts:
         gpus = gpus_by_host.get(LOCAL_HOST, ())
         count = slots if slots is not None else max(1, len(gpus))
-        return host_slots(LOCAL_HOST, count, gpus, cores_by_host.get(LOCAL_HOST, 1), "--slots")
+        return host_slots(LOCAL_HOST, count, gpus, cores_by_host.get(LOCAL_HOST, 1), names[0])
     total = sum(entry.slots for entry in hosts)
     if slots is not None and slots != total:
         raise HiresmedError(
@@ -250,7 +258,7 @@ def plan_slots(
     for entry in hosts:
         gpus = gpus_by_host.get(entry.host, ())
         cores = cores_by_host.get(entry.host, 1)
-        planned.extend(host_slots(entry.host, entry.slots, gpus, cores, "--hosts"))
+        planned.extend(host_slots(entry.host, entry.slots, gpus, cores, names[1]))
     return planned
 
 
@@ -267,6 +275,7 @@ def plan_this_machine(
     environ: Mapping[str, str] | None = None,
     installed: Sequence[Gpu] | None = None,
     cores: int | None = None,
+    names: tuple[str, str] = STUDY_OPTIONS,
 ) -> list[Slot]:
     """The slots of this machine: its GPUs found without TensorFlow (``installed`` and
     ``cores`` can be given instead, as tests do) narrowed by ``CUDA_VISIBLE_DEVICES``."""
@@ -274,7 +283,8 @@ def plan_this_machine(
     found = installed_gpus() if installed is None else installed
     gpus = visible_gpus(found, environ)
     try:
-        return plan_slots(slots, [], {LOCAL_HOST: gpus}, {LOCAL_HOST: cores or available_cores()})
+        cores_here = {LOCAL_HOST: cores or available_cores()}
+        return plan_slots(slots, [], {LOCAL_HOST: gpus}, cores_here, names)
     except HiresmedError as error:
         if "CUDA_VISIBLE_DEVICES" not in environ:
             raise

@@ -33,6 +33,7 @@ from hiresmed_nb.cluster.ranks import EngineFacts
 from hiresmed_nb.cluster.stopping import connect, stop_cluster
 from hiresmed_nb.errors import HiresmedError
 
+IPP_PROFILE_DIR = ".ipyparallel/profile_hiresmed"
 REGISTRATION_SECONDS = 120  # for every engine to register; then a failure names what it found
 OUTPUT_TAIL_LINES = 40
 # ipyparallel watches each ssh engine with an ssh session that waits up to this long for the
@@ -422,6 +423,20 @@ def attach_engines(cluster_file: str, n_engines: int, engine_ids: tuple[int, ...
     chosen = list(engine_ids) if engine_ids else sorted(client.ids)[: n_engines or None]
     launches = engine_launches(state)
     return Engines(client, chosen, None, False, cluster_id, profile_dir, launches)
+
+
+def attached_rendezvous_addr(engines: Engines, given: str = "auto") -> str:
+    """Where ranks on an attached cluster's ``engines`` meet: ``given`` unless 'auto'; else
+    loopback when the engines are on this machine, else this machine's address on the route
+    to them."""
+    if given != "auto":
+        return given
+    mine = set(engine_tasks.own_addresses())
+    facts = engines.describe("127.0.0.1")
+    remote = [f for f in facts if f.addresses and not mine.intersection(f.addresses)]
+    if not remote:
+        return "127.0.0.1"
+    return engine_tasks.route_address(remote[0].addresses[0])
 
 
 def attached_engine_count(cluster_file: str) -> int:

@@ -21,9 +21,12 @@ from typing import Any
 
 from hiresmed_nb import compat
 from hiresmed_nb.cluster import engine_tasks, preflight, scripts
+from hiresmed_nb.cluster.devices import RUN_PARAMETERS
 from hiresmed_nb.cluster.engines import (
+    IPP_PROFILE_DIR,
     Engines,
     attach_engines,
+    attached_rendezvous_addr,
     controller_address,
     start_engines,
 )
@@ -42,12 +45,12 @@ from hiresmed_nb.cluster.ranks import (
     host_identities,
     threads_per_rank,
 )
+from hiresmed_nb.cluster.slots_cluster import SlotsCluster, planned_slots
 from hiresmed_nb.cluster.undertaker import reap_orphans
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.params import resolve_path
 from hiresmed_nb.placement import Placement
 
-IPP_PROFILE_DIR = ".ipyparallel/profile_hiresmed"
 LIVENESS_POLL_SECONDS = 1.0
 REMOTE_LIVENESS_EVERY = 5  # polls between checks of engines on other hosts (ssh) or in Slurm jobs
 
@@ -123,6 +126,7 @@ class HorovodCluster(Started):
         self.broken = False
         self.memory = EngineMemory()
         self.engines: Engines | None = None
+        self.slots_cluster: SlotsCluster | None = None  # the engines, when started here
         self._polls = 0
 
     @property
@@ -130,6 +134,8 @@ class HorovodCluster(Started):
         """The ipyparallel cluster file (attach to it with ``IPP_CLUSTER_FILE``)."""
         if self.placement.cluster_file:
             return str(resolve_path(self.placement.cluster_file))
+        if self.slots_cluster is not None:
+            return self.slots_cluster.cluster_file
         return str(getattr(self.engines and self.engines.cluster, "cluster_file", ""))
 
     # Starting -------------------------------------------------------------------------------
@@ -137,13 +143,30 @@ class HorovodCluster(Started):
     def start(self) -> None:
         """Start (or attach) the engines, then place the ranks; see the module docstring."""
         placement = self.placement
-        reap_orphans(self.profile_dir)
         if placement.cluster_file:
+            reap_orphans(self.profile_dir)
             self.engines = attach_engines(
                 placement.cluster_file, placement.n_ranks, placement.engine_ids
             )
-            self.rendezvous_addr = self._attached_rendezvous_addr()
+            self.rendezvous_addr = attached_rendezvous_addr(self.engines, placement.rendezvous_addr)
+        elif placement.launcher == "local":  # here or over ssh: one engine per slot
+            self.check_hosts()
+            slots = planned_slots(
+                placement.n_ranks, placement.hosts, placement.remote_python, RUN_PARAMETERS
+            )
+            self.slots_cluster = SlotsCluster(
+                slots,
+                remote_python=placement.remote_python,
+                rendezvous_addr=placement.rendezvous_addr,
+                profile_dir=self.profile_dir,
+                detached=self.detached,
+            )
+            self.cluster_id = self.slots_cluster.cluster_id
+            self.slots_cluster.start()
+            self.engines = self.slots_cluster.gang(slots)
+            self.rendezvous_addr = self.slots_cluster.controller
         else:
+            reap_orphans(self.profile_dir)
             controller = self._controller_address()
             self.engines = start_engines(
                 placement.n_ranks,
@@ -160,16 +183,20 @@ class HorovodCluster(Started):
                 self.watch_owner(self.cluster_id, self.cluster_file)
         self._place_ranks()
 
+    def check_hosts(self) -> None:
+        """N_RANKS must be the total of the slots of HOSTS (when given)."""
+        placement = self.placement
+        slots = sum(entry.slots for entry in placement.hosts)
+        if placement.hosts and slots != placement.n_ranks:
+            raise HiresmedError(
+                f"N_RANKS={placement.n_ranks} does not match the {slots} slots of HOSTS: "
+                "give N_RANKS equal to the total, or 0 for that total"
+            )
+
     def _controller_address(self) -> str:
         """Where the controller (and the rendezvous server) listen: one address, never all."""
         placement = self.placement
-        if placement.hosts:
-            slots = sum(entry.slots for entry in placement.hosts)
-            if slots != placement.n_ranks:
-                raise HiresmedError(
-                    f"N_RANKS={placement.n_ranks} does not match the {slots} slots of HOSTS: "
-                    "give N_RANKS equal to the total, or 0 for that total"
-                )
+        self.check_hosts()
         return controller_address(
             placement.rendezvous_addr,
             self.cluster_id,
@@ -177,18 +204,6 @@ class HorovodCluster(Started):
             hosts=placement.hosts,
             remote_python=placement.remote_python or sys.executable,
         )
-
-    def _attached_rendezvous_addr(self) -> str:
-        """'auto' for an attached cluster: loopback when its engines are on this machine, else
-        this machine's address on the route to the engines."""
-        if self.placement.rendezvous_addr != "auto":
-            return self.placement.rendezvous_addr
-        mine = set(engine_tasks.own_addresses())
-        facts = self.engines.describe("127.0.0.1")
-        remote = [f for f in facts if f.addresses and not mine.intersection(f.addresses)]
-        if not remote:
-            return "127.0.0.1"
-        return engine_tasks.route_address(remote[0].addresses[0])
 
     def _place_ranks(self) -> None:
         """Ask the engines where they are, check their routes, give them ranks and interfaces."""
@@ -350,12 +365,14 @@ class HorovodCluster(Started):
 
     def stop(self) -> None:
         """Stop a cluster this object started (on every host); close an attached one's client."""
-        if self.engines is not None:
-            try:
+        try:
+            if self.engines is not None:
                 self.engines.stop()
-            finally:
-                self.engines = None
-        self.stop_watching()
+        finally:
+            self.engines = None
+            if self.slots_cluster is not None:
+                self.slots_cluster.stop()
+            self.stop_watching()
 
 
 def run_timeout_of(args: Sequence[Any]) -> float | None:

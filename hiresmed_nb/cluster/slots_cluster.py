@@ -32,16 +32,23 @@ from typing import Any
 
 from hiresmed_nb.cluster.devices import (
     LOCAL_HOST,
+    STUDY_OPTIONS,
     Slot,
     engine_devices,
+    plan_slots,
+    plan_this_machine,
     slot_environment,
     slots_of_engines,
 )
 from hiresmed_nb.cluster.engine_tasks import set_environment
 from hiresmed_nb.cluster.engines import (
+    IPP_PROFILE_DIR,
     PROBE_SECONDS,
     REGISTRATION_SECONDS,
+    Engines,
+    attach_engines,
     attached_engine_count,
+    attached_rendezvous_addr,
     connect_client_first,
     controller_address,
     engine_outputs,
@@ -51,19 +58,22 @@ from hiresmed_nb.cluster.engines import (
     start_failure,
 )
 from hiresmed_nb.cluster.errors import EngineLostError
-from hiresmed_nb.cluster.horovod_cluster import IPP_PROFILE_DIR, HorovodCluster
+from hiresmed_nb.cluster.hosts import ask_devices
 from hiresmed_nb.cluster.lifecycle import Started
 from hiresmed_nb.cluster.memory import EngineMemory, read_engine_memory
 from hiresmed_nb.cluster.processes import (
+    detached_cluster_id,
+    engine_launches,
     marker_environment,
     owned_cluster_id,
     process_identity,
 )
+from hiresmed_nb.cluster.ranks import host_identities
 from hiresmed_nb.cluster.stopping import stop_cluster
 from hiresmed_nb.cluster.undertaker import reap_orphans
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.params import resolve_path
-from hiresmed_nb.placement import HostSlots, Placement
+from hiresmed_nb.placement import HostSlots
 
 POLL_SECONDS = 0.2
 SLOT_VARIABLES = ("HIRESMED_SLOT", "HIRESMED_SLOT_GPU", "HIRESMED_SLOT_THREADS")
@@ -83,6 +93,23 @@ def slot_hosts(slots: Sequence[Slot]) -> list[HostSlots]:
     return [HostSlots(host, count) for host, count in counts.items()]
 
 
+def planned_slots(
+    count: int | None,
+    hosts: Sequence[HostSlots],
+    remote_python: str = "",
+    names: tuple[str, str] = STUDY_OPTIONS,
+) -> list[Slot]:
+    """The slots of this machine (``count`` of them, default one per GPU) or, with ``hosts``,
+    of those hosts, whose GPUs and cores are asked over ssh (:func:`.devices.plan_slots`;
+    errors name ``names``)."""
+    if not hosts:
+        return plan_this_machine(count, names=names)
+    found = ask_devices(list(hosts), remote_python or sys.executable)
+    gpus = {host: gpus for host, (gpus, _) in found.items()}
+    cores = {host: cores for host, (_, cores) in found.items()}
+    return plan_slots(count, hosts, gpus, cores, names)
+
+
 class SlotsCluster(Started):
     """``with SlotsCluster(slots) as cluster: cluster.engine_ids(some_slots)``.
 
@@ -100,17 +127,25 @@ class SlotsCluster(Started):
         remote_python: str = "",
         rendezvous_addr: str = "auto",
         profile_dir: str | Path = IPP_PROFILE_DIR,
+        detached: bool = False,
     ):
         if bool(slots) == bool(cluster_file):
             raise ValueError("give SlotsCluster either slots or cluster_file")
         self.attached_file = cluster_file
-        self._attached: HorovodCluster | None = None  # the attached cluster's engines
+        self._attached: Engines | None = None  # the attached cluster's engines
         self.slots = list(slots)
         self.hosts = slot_hosts(self.slots)
         self.remote_python = remote_python or sys.executable
         self.rendezvous_addr = rendezvous_addr
         self.profile_dir = resolve_path(profile_dir)
-        self.cluster_id = owned_cluster_id(os.getpid(), secrets.token_hex(4))
+        # The owner's identity ('' for a cluster that outlives this process: ``cluster start``)
+        # is in the id, so a later cluster on this host can remove its files if it is killed.
+        self.owner = "" if detached else process_identity()
+        token = secrets.token_hex(4)
+        self.cluster_id = (
+            detached_cluster_id(token) if detached else owned_cluster_id(os.getpid(), token)
+        )
+        self.controller = ""  # the address the controller (and the ranks' rendezvous) listen on
         self.engine_of: dict[str, int] = {}  # slot key -> its engine's id
         self.replaced = 0  # engines replaced after failures
         self._sets: dict[str, str] = {}  # slot key -> its engine set id
@@ -136,6 +171,17 @@ class SlotsCluster(Started):
         with self._lock:
             return [self.engine_of[slot.key] for slot in slots]
 
+    def gang(self, slots: Sequence[Slot]) -> Engines:
+        """The engines of ``slots`` now, in slot order, as one run's ranks use them (a view:
+        stopping it stops nothing, only :meth:`stop` does)."""
+        with self._lock:
+            ids = [self.engine_of[slot.key] for slot in slots]
+            if self._attached is not None:
+                client, launches = self._attached.client, self._attached.launches
+            else:
+                client, launches = self._client, engine_launches(self._cluster.to_dict())
+        return Engines(client, ids, None, False, self.cluster_id, self.profile_dir, launches)
+
     # Starting ---------------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -145,7 +191,7 @@ class SlotsCluster(Started):
             self._attach()
             return
         reap_orphans(self.profile_dir)
-        controller = controller_address(
+        controller = self.controller = controller_address(
             self.rendezvous_addr,
             self.cluster_id,
             hosts=self.hosts,
@@ -158,7 +204,7 @@ class SlotsCluster(Started):
             cluster_id=self.cluster_id,
             profile_dir=self.profile_dir,
             controller_address=controller,
-            owner=process_identity(),
+            owner=self.owner,
             hosts=self.hosts,
             remote_python=self.remote_python,
         )
@@ -173,18 +219,17 @@ class SlotsCluster(Started):
                 raise HiresmedError(message) from None
             finally:
                 make_profile_private(self.profile_dir, self.cluster_id)
-        self.watch_owner(self.cluster_id, self.cluster_file)
+        if self.owner:
+            self.watch_owner(self.cluster_id, self.cluster_file)
 
     def _attach(self) -> None:
         count = attached_engine_count(self.attached_file)  # the controller's: job steps count
-        self._attached = HorovodCluster(
-            placement=Placement(count, cluster_file=self.attached_file),
-            profile_dir=self.profile_dir,
-        )
-        self._attached.start()  # attaches, and names each engine's host as ranks would
-        engines = self._attached.engines
+        reap_orphans(self.profile_dir)
+        engines = self._attached = attach_engines(self.attached_file, count)
+        meeting = attached_rendezvous_addr(engines, self.rendezvous_addr)
+        hostnames, _ = host_identities(engines.describe(meeting))  # as a run's ranks name them
         devices = engines.ask(engine_devices, each=[(e,) for e in engines.engine_ids])
-        by_engine = slots_of_engines(devices, [rank.hostname for rank in self._attached.slots])
+        by_engine = slots_of_engines(devices, hostnames)
         self.slots = [by_engine[engine_id] for engine_id in engines.engine_ids]
         variables = [slot_environment(slot) for slot in self.slots]
         # Each engine takes its slot's name and thread share (its GPU is set already).
@@ -198,7 +243,7 @@ class SlotsCluster(Started):
         """Start ``slot``'s engine, an engine set of its own, with the slot's environment; from
         now on an engine that registers for the slot is its engine (:meth:`_await_engines`)."""
         environment = {
-            **marker_environment(self.cluster_id, process_identity()),
+            **marker_environment(self.cluster_id, self.owner),
             **slot_environment(slot),
             "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
         }
@@ -280,7 +325,7 @@ class SlotsCluster(Started):
         (e.g. killed between runs), so the next run there does not target it. Attached: raise
         :class:`EngineLostError` for the first engine of ``slots`` that is gone."""
         if self._attached is not None:
-            engines = self._attached.engines
+            engines = self._attached
             lost = set(engines.lost(check_remote=True))
             for slot in slots:
                 index = engines.engine_ids.index(self.engine_of[slot.key])

@@ -18,7 +18,6 @@ thread per running run; tests pass a simulated clock and executor instead.
 from __future__ import annotations
 
 import concurrent.futures
-import sys
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -33,12 +32,9 @@ from hiresmed_nb.cluster.devices import (
     describe_slots,
     installed_gpus,
     parse_slot_hosts,
-    plan_slots,
-    plan_this_machine,
 )
-from hiresmed_nb.cluster.hosts import ask_devices
 from hiresmed_nb.cluster.lifecycle import start_or_stop
-from hiresmed_nb.cluster.slots_cluster import SlotsCluster
+from hiresmed_nb.cluster.slots_cluster import SlotsCluster, planned_slots
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.study.grid import Run
 from hiresmed_nb.study.occupancy import Occupancy
@@ -236,13 +232,10 @@ def study_slots(request: SlotRequest) -> list[Slot] | None:
     if request.hosts:
         hosts = parse_slot_hosts(request.hosts)
         check_slot_count(request.slots)
-        found = ask_devices(hosts, sys.executable)  # each host's GPUs and cores, over ssh
-        gpus = {host: gpus for host, (gpus, _) in found.items()}
-        cores = {host: cores for host, (_, cores) in found.items()}
-        return plan_slots(request.slots, hosts, gpus, cores)
+        return planned_slots(request.slots, hosts)
     if request.slots is None and not installed_gpus():
         return None
-    return plan_this_machine(request.slots)
+    return planned_slots(request.slots, [])
 
 
 def start_slot_engines(request: SlotRequest, slots: list[Slot] | None) -> SlotsCluster:
