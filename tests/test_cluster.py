@@ -16,6 +16,7 @@ import sgd_steps
 
 from hiresmed_nb import cluster
 from hiresmed_nb.cluster import HorovodCluster, RankFailedError, assign_ranks, engine_tasks, memory
+from hiresmed_nb.cluster.devices import available_cores
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.science import training
 
@@ -83,13 +84,23 @@ RANK_AND_RENDEZVOUS = (
 TEMPORARY_FILE = "__import__('tempfile').mkstemp(suffix='.py')[1]"
 
 
+SLOT_AND_GPU = (
+    "[__import__('os').environ.get(k) for k in "
+    "('HIRESMED_SLOT', 'CUDA_VISIBLE_DEVICES', 'TF_NUM_INTRAOP_THREADS')]"
+)
+
+
 @pytest.mark.distributed
 def test_cluster_runs_on_every_rank_then_leaves_nothing_behind():
     with HorovodCluster(2) as running:
         first = running.run(eval, RANK_AND_RENDEZVOUS)
         second = running.run(eval, RANK_AND_RENDEZVOUS)
         left_files = [Path(path) for path in running.run(eval, TEMPORARY_FILE)]
+        slots = running.run(eval, SLOT_AND_GPU)
         pids = running.engine_pids
+    # Each rank's engine is a slot, started with its GPU (none here) and thread share.
+    share = str(cluster.threads_per_rank(available_cores(), 2))
+    assert sorted(slots) == [["localhost/0", "", share], ["localhost/1", "", share]]
     folder = cluster.processes.cluster_folder(running.cluster_id)
     assert [path.parent for path in left_files] == [folder, folder]  # the cluster's own TMPDIR
     assert not folder.exists()  # removed with what the engines left in it

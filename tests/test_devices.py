@@ -11,11 +11,12 @@ import pytest
 from hiresmed_nb.cluster import devices
 from hiresmed_nb.cluster.devices import EngineDevices, Gpu, Slot, engine_devices, slots_of_engines
 from hiresmed_nb.errors import HiresmedError
-from hiresmed_nb.placement import HostSlots
+from hiresmed_nb.placement import HostSlots, parse_hosts
 
 UUIDS = [f"GPU-{n}a3f0c2e-1111-2222-3333-44445555666{n}" for n in range(4)]
 SMI_OUTPUT = "".join(f"{n}, {uuid}\n" for n, uuid in enumerate(UUIDS))
 FOUR_GPUS = devices.parse_nvidia_smi(SMI_OUTPUT)
+RUN = devices.RUN_PARAMETERS  # a run's ranks: errors name N_RANKS and HOSTS
 
 
 def test_nvidia_smi_output_gives_each_gpu_its_number_and_uuid():
@@ -168,10 +169,11 @@ def test_each_host_of_hosts_is_asked_over_ssh_for_its_gpus_and_cores(tmp_path, m
 
 
 def test_a_packed_study_on_hosts_plans_each_hosts_gpus_and_cores(monkeypatch):
+    from hiresmed_nb.cluster import slots_cluster
     from hiresmed_nb.study import packed
 
     answers = {"a": (FOUR_GPUS, 32), "b": ([], 12)}
-    monkeypatch.setattr(packed, "ask_devices", lambda hosts, python: answers)
+    monkeypatch.setattr(slots_cluster, "ask_devices", lambda hosts, python: answers)
     slots = packed.study_slots(packed.SlotRequest(hosts="a:2,b:3"))
     assert [(s.key, s.cuda_visible_devices, s.threads) for s in slots] == [
         ("a/0", UUIDS[0], 16),
@@ -183,6 +185,23 @@ def test_a_packed_study_on_hosts_plans_each_hosts_gpus_and_cores(monkeypatch):
     answers["a"] = (FOUR_GPUS[:1], 32)  # a host with fewer GPUs than its slots: named
     with pytest.raises(HiresmedError, match="--hosts asks for 2 slots on a, which shows 1 GPU"):
         packed.study_slots(packed.SlotRequest(hosts="a:2,b:3"))
+
+
+def test_a_runs_ranks_are_slots_one_gpu_each_and_errors_name_its_parameters(monkeypatch):
+    from hiresmed_nb.cluster import slots_cluster
+
+    answers = {"a": (FOUR_GPUS[:1], 32), "b": ([], 12)}
+    monkeypatch.setattr(slots_cluster, "ask_devices", lambda hosts, python: answers)
+    planned = slots_cluster.planned_slots(None, parse_hosts("a:1,b:2"), "", RUN)
+    assert [(s.key, s.cuda_visible_devices, s.threads) for s in planned] == [
+        ("a/0", UUIDS[0], 32),
+        ("b/0", "", 6),
+        ("b/1", "", 6),
+    ]
+    with pytest.raises(HiresmedError, match="HOSTS asks for 2 slots on a, which shows 1 GPU"):
+        slots_cluster.planned_slots(None, parse_hosts("a:2"), "", RUN)
+    with pytest.raises(HiresmedError, match=r"N_RANKS asks for 5 slots .* shows 4 GPUs"):
+        devices.plan_this_machine(5, {}, FOUR_GPUS, cores=16, names=RUN)
 
 
 def test_bad_hosts_are_named_errors():

@@ -172,10 +172,11 @@ class SlotsCluster(Started):
             return [self.engine_of[slot.key] for slot in slots]
 
     def gang(self, slots: Sequence[Slot]) -> Engines:
-        """The engines of ``slots`` now, in slot order, as one run's ranks use them (a view:
-        stopping it stops nothing, only :meth:`stop` does)."""
+        """The engines of ``slots`` now as one run's ranks use them, in engine id order (so
+        ipyparallel's ``[stdout:0]`` is rank 0's output). A view: stopping it stops nothing,
+        only :meth:`stop` does."""
         with self._lock:
-            ids = [self.engine_of[slot.key] for slot in slots]
+            ids = sorted(self.engine_of[slot.key] for slot in slots)
             if self._attached is not None:
                 client, launches = self._attached.client, self._attached.launches
             else:
