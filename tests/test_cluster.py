@@ -520,7 +520,7 @@ def test_engines_sharing_a_launch_id_find_their_own_output_by_pid(tmp_path):
         facts.append(
             EngineFacts(engine_id, "vm", pid, "0", "127.0.0.1", "lo", (), (), 2, slot_threads=1)
         )
-    engines = Engines(None, [0, 1], None, True, "c", tmp_path, launches, facts)
+    engines = Engines(None, [0, 1], "c", tmp_path, launches, facts)
     assert "pid 4002 says" in engines.output_tail(1)
     assert "pid 4001 says" in engines.output_tail(0)
 
@@ -555,19 +555,21 @@ def test_a_question_to_the_engines_is_bounded_and_names_the_silent_engine(tmp_pa
     from hiresmed_nb.cluster.engines import Engines
 
     client = {engine_id: _SilentView(engine_id) for engine_id in (0, 1)}
-    assert Engines(client, [0], None, True, "c", tmp_path).ask(print) == ["yes"]
+    assert Engines(client, [0], "c", tmp_path).ask(print) == ["yes"]
     with pytest.raises(HiresmedError, match="engine 1 of cluster c did not answer within 30 s"):
-        Engines(client, [0, 1], None, True, "c", tmp_path).ask(print, each=[(1,), (2,)])
+        Engines(client, [0, 1], "c", tmp_path).ask(print, each=[(1,), (2,)])
 
 
-def test_a_slots_cluster_is_given_its_slots_or_a_cluster_file_not_both():
+def test_a_slots_cluster_is_given_its_slots_a_cluster_file_or_a_launched_count_only():
     from hiresmed_nb.cluster.devices import Slot
     from hiresmed_nb.cluster.slots_cluster import SlotsCluster
 
-    with pytest.raises(ValueError, match="either slots or cluster_file"):
-        SlotsCluster()
-    with pytest.raises(ValueError, match="either slots or cluster_file"):
-        SlotsCluster([Slot("localhost", 0, "", None, 1)], cluster_file="cluster.json")
+    one = [Slot("localhost", 0, "", None, 1)]
+    for wrong in ({}, {"cluster_file": "cluster.json"}, {"launched": 2}):
+        with pytest.raises(ValueError, match="one of slots, cluster_file or launched"):
+            SlotsCluster(one if wrong else (), **wrong)
+    with pytest.raises(ValueError, match="one of slots, cluster_file or launched"):
+        SlotsCluster(cluster_file="cluster.json", launched=2)
     assert SlotsCluster(cluster_file="cluster.json").slots == []  # its engines', once started
 
 

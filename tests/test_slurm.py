@@ -21,7 +21,7 @@ import simslurm
 from ipyparallel import Client
 
 from hiresmed_nb import cluster
-from hiresmed_nb.cluster import command, engines
+from hiresmed_nb.cluster import command, slots_cluster
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.params import resolve_path, validate
 
@@ -125,7 +125,7 @@ def test_a_slurm_job_still_pending_is_named_with_its_id_and_state(idle_slurm, mo
     output = str(idle_slurm.shared / "blocker.out")
     blocker = idle_slurm.run(["sbatch", "--parsable", "-N2", "-o", output, "--wrap", "sleep 600"])
     blocker_id = blocker.stdout.strip()
-    monkeypatch.setattr(engines, "REGISTRATION_SECONDS", 10)
+    monkeypatch.setattr(slots_cluster, "REGISTRATION_SECONDS", 10)
     try:
         with pytest.raises(
             HiresmedError, match=r"Slurm job \d+: PENDING \((Resources|Priority)\)"

@@ -138,7 +138,7 @@ def test_engines_whose_slurm_job_ended_are_lost_at_the_next_remote_check(monkeyp
         )
         for index, step in enumerate(steps)
     ]
-    engines = Engines(_RegisteredClient(), [0, 1, 2, 3], None, False, "", Path(), [], facts)
+    engines = Engines(_RegisteredClient(), [0, 1, 2, 3], "", Path(), [], facts)
 
     assert engines.lost(check_remote=False) == []
     assert asked == []

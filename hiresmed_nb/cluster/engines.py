@@ -1,10 +1,13 @@
-"""The engines that host the ranks: started here (locally or over ssh on ``HOSTS``), or attached
-from a running cluster's file (``IPP_CLUSTER_FILE``).
+"""Engines and the cluster they belong to: the controller and engine start every cluster shares
+(:func:`new_cluster`, :func:`controller_address`), attaching to a running cluster's file
+(``IPP_CLUSTER_FILE``), and :class:`Engines`, a view of some engines (a run's ranks): questions
+with a bound, liveness, each engine's host and last output.
 
-A started cluster is owned: stopping it (:mod:`.stopping`) stops the controller and the engines
-on every host, the ssh sessions that watch them, and removes their files. An attached cluster is
-not: leaving it stops nothing. Every process started for a cluster carries its marker variables
-(:mod:`.processes`), on every host, so stopping it ends those processes and no others.
+A cluster started here is owned: :class:`~.slots_cluster.SlotsCluster` starts it and stopping it
+(:mod:`.stopping`) stops the controller and the engines on every host, the ssh sessions that
+watch them, and removes their files. An attached cluster is not: leaving it stops nothing. Every
+process started for a cluster carries its marker variables (:mod:`.processes`), on every host,
+so stopping it ends those processes and no others.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from hiresmed_nb.cluster.processes import (
     ssh,
 )
 from hiresmed_nb.cluster.ranks import EngineFacts
-from hiresmed_nb.cluster.stopping import connect, stop_cluster
+from hiresmed_nb.cluster.stopping import connect
 from hiresmed_nb.errors import HiresmedError
 
 IPP_PROFILE_DIR = ".ipyparallel/profile_hiresmed"
@@ -57,12 +60,11 @@ def private_files() -> Iterator[None]:
 
 @dataclass
 class Engines:
-    """A running set of engines and the client that talks to them."""
+    """Some running engines (a run's ranks, in rank order) and the client that talks to them; a
+    view: closing it stops nothing."""
 
     client: Any
     engine_ids: list[int]
-    cluster: Any  # the ipyparallel Cluster when owned; None when attached
-    owned: bool
     cluster_id: str
     profile_dir: Path
     launches: list[EngineLaunch] = field(default_factory=list)
@@ -196,13 +198,10 @@ class Engines:
         with contextlib.suppress(Exception):
             self.client.send_signal(signal.SIGINT, targets=self.engine_ids, block=False)
 
-    def stop(self) -> None:
-        """Owned: stop controller and engines on every host, remove their files. Attached: only
-        close the client."""
+    def close(self) -> None:
+        """Close the client: the engines run on (a view stops nothing; their cluster does)."""
         with contextlib.suppress(Exception):
             self.client.close()
-        if self.owned:
-            stop_cluster(self.cluster, self.cluster_id, self.profile_dir)
 
 
 def make_profile_private(profile_dir: Path, cluster_id: str) -> None:
@@ -300,46 +299,6 @@ def new_cluster(
     )
 
 
-def start_engines(
-    n_engines: int,
-    *,
-    cluster_id: str,
-    profile_dir: Path,
-    controller_address: str,
-    launcher: str = "local",
-    hosts: list[HostSlots] | None = None,
-    remote_python: str = "",
-    owner: str = "",
-) -> Engines:
-    """Start a controller listening on ``controller_address`` only, and ``n_engines`` engines:
-    locally, over ssh on ``hosts``, or with ipyparallel's ``launcher`` (slurm); see
-    :func:`new_cluster`. On failure what was started is stopped and the engines' last output is
-    in the :class:`HiresmedError`.
-    """
-    cluster = new_cluster(
-        n_engines,
-        cluster_id=cluster_id,
-        profile_dir=profile_dir,
-        controller_address=controller_address,
-        owner=owner,
-        launcher=launcher,
-        hosts=hosts or (),
-        remote_python=remote_python,
-    )
-    with private_files():
-        try:
-            client = connect_then_start_engines(cluster, n_engines)
-        except Exception as error:
-            message = start_failure(cluster, n_engines, controller_address, error)
-            stop_cluster(cluster, cluster_id, profile_dir)
-            raise HiresmedError(message) from None
-        finally:
-            make_profile_private(profile_dir, cluster_id)
-    engine_ids = sorted(client.ids)[:n_engines]
-    launches = engine_launches(cluster.to_dict())
-    return Engines(client, engine_ids, cluster, True, cluster_id, profile_dir, launches)
-
-
 def connect_client_first(cluster: Any) -> Any:
     """Start ``cluster``'s controller and return a client connected to it, before any engine
     is started: ipyparallel's client learns of engines from the controller's answer when it
@@ -349,19 +308,6 @@ def connect_client_first(cluster: Any) -> Any:
     also waits for the controller's files, in place of ipyparallel's fixed 1 s delay."""
     cluster.start_controller_sync()
     return cluster.connect_client_sync()
-
-
-def connect_then_start_engines(cluster: Any, n_engines: int) -> Any:
-    """A client of ``cluster`` (:func:`connect_client_first`) once its ``n_engines`` engines,
-    started after it connected, have registered (within REGISTRATION_SECONDS)."""
-    client = connect_client_first(cluster)
-    try:
-        cluster.start_engines_sync(n_engines)
-        client.wait_for_engines(n_engines, timeout=REGISTRATION_SECONDS, interactive=False)
-    except BaseException:
-        client.close()
-        raise
-    return client
 
 
 def engine_outputs(engine_sets: Iterable[Any]) -> str:
@@ -422,7 +368,7 @@ def attach_engines(cluster_file: str, n_engines: int, engine_ids: tuple[int, ...
         )
     chosen = list(engine_ids) if engine_ids else sorted(client.ids)[: n_engines or None]
     launches = engine_launches(state)
-    return Engines(client, chosen, None, False, cluster_id, profile_dir, launches)
+    return Engines(client, chosen, cluster_id, profile_dir, launches)
 
 
 def attached_rendezvous_addr(engines: Engines, given: str = "auto") -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import secrets
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,8 +26,6 @@ from hiresmed_nb.cluster.engines import (
     Engines,
     attach_engines,
     attached_rendezvous_addr,
-    controller_address,
-    start_engines,
 )
 from hiresmed_nb.cluster.errors import RankLostError, RunTimeoutError, as_rank_failure
 from hiresmed_nb.cluster.lifecycle import Started
@@ -36,7 +33,6 @@ from hiresmed_nb.cluster.memory import EngineMemory, read_engine_memory
 from hiresmed_nb.cluster.processes import (
     detached_cluster_id,
     owned_cluster_id,
-    process_identity,
 )
 from hiresmed_nb.cluster.ranks import (
     RankSlot,
@@ -136,7 +132,7 @@ class HorovodCluster(Started):
             return str(resolve_path(self.placement.cluster_file))
         if self.slots_cluster is not None:
             return self.slots_cluster.cluster_file
-        return str(getattr(self.engines and self.engines.cluster, "cluster_file", ""))
+        return ""
 
     # Starting -------------------------------------------------------------------------------
 
@@ -149,10 +145,15 @@ class HorovodCluster(Started):
                 placement.cluster_file, placement.n_ranks, placement.engine_ids
             )
             self.rendezvous_addr = attached_rendezvous_addr(self.engines, placement.rendezvous_addr)
-        elif placement.launcher == "local":  # here or over ssh: one engine per slot
+        else:  # one engine per slot, here or over ssh; or started by ipyparallel's launcher
             self.check_hosts()
-            slots = planned_slots(
-                placement.n_ranks, placement.hosts, placement.remote_python, RUN_PARAMETERS
+            launched = placement.launcher not in ("local", "ssh")  # ssh: engines on HOSTS
+            slots = (
+                []
+                if launched
+                else planned_slots(
+                    placement.n_ranks, placement.hosts, placement.remote_python, RUN_PARAMETERS
+                )
             )
             self.slots_cluster = SlotsCluster(
                 slots,
@@ -160,27 +161,13 @@ class HorovodCluster(Started):
                 rendezvous_addr=placement.rendezvous_addr,
                 profile_dir=self.profile_dir,
                 detached=self.detached,
+                launcher=placement.launcher if launched else "local",
+                launched=placement.n_ranks if launched else 0,
             )
             self.cluster_id = self.slots_cluster.cluster_id
             self.slots_cluster.start()
-            self.engines = self.slots_cluster.gang(slots)
+            self.engines = self.slots_cluster.gang()
             self.rendezvous_addr = self.slots_cluster.controller
-        else:
-            reap_orphans(self.profile_dir)
-            controller = self._controller_address()
-            self.engines = start_engines(
-                placement.n_ranks,
-                cluster_id=self.cluster_id,
-                profile_dir=self.profile_dir,
-                controller_address=controller,
-                launcher=placement.launcher,
-                hosts=list(placement.hosts),
-                remote_python=placement.remote_python or sys.executable,
-                owner="" if self.detached else process_identity(),
-            )
-            self.rendezvous_addr = controller
-            if not self.detached:
-                self.watch_owner(self.cluster_id, self.cluster_file)
         self._place_ranks()
 
     def check_hosts(self) -> None:
@@ -192,18 +179,6 @@ class HorovodCluster(Started):
                 f"N_RANKS={placement.n_ranks} does not match the {slots} slots of HOSTS: "
                 "give N_RANKS equal to the total, or 0 for that total"
             )
-
-    def _controller_address(self) -> str:
-        """Where the controller (and the rendezvous server) listen: one address, never all."""
-        placement = self.placement
-        self.check_hosts()
-        return controller_address(
-            placement.rendezvous_addr,
-            self.cluster_id,
-            launcher=placement.launcher,
-            hosts=placement.hosts,
-            remote_python=placement.remote_python or sys.executable,
-        )
 
     def _place_ranks(self) -> None:
         """Ask the engines where they are, check their routes, give them ranks and interfaces."""
@@ -364,15 +339,13 @@ class HorovodCluster(Started):
     # Stopping -------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Stop a cluster this object started (on every host); close an attached one's client."""
-        try:
-            if self.engines is not None:
-                self.engines.stop()
-        finally:
-            self.engines = None
-            if self.slots_cluster is not None:
-                self.slots_cluster.stop()
-            self.stop_watching()
+        """Stop the engines this object started (on every host); let an attached cluster go
+        (its engines run on)."""
+        engines, self.engines = self.engines, None
+        if self.slots_cluster is not None:
+            self.slots_cluster.stop()
+        elif engines is not None:
+            engines.close()
 
 
 def run_timeout_of(args: Sequence[Any]) -> float | None:

@@ -128,10 +128,14 @@ class SlotsCluster(Started):
         rendezvous_addr: str = "auto",
         profile_dir: str | Path = IPP_PROFILE_DIR,
         detached: bool = False,
+        launcher: str = "local",
+        launched: int = 0,
     ):
-        if bool(slots) == bool(cluster_file):
-            raise ValueError("give SlotsCluster either slots or cluster_file")
+        if [bool(slots), bool(cluster_file), launched > 0].count(True) != 1:
+            raise ValueError("give SlotsCluster one of slots, cluster_file or launched")
         self.attached_file = cluster_file
+        self.launcher = launcher
+        self.launched = launched
         self._attached: Engines | None = None  # the attached cluster's engines
         self.slots = list(slots)
         self.hosts = slot_hosts(self.slots)
@@ -169,25 +173,30 @@ class SlotsCluster(Started):
     def engine_ids(self, slots: Sequence[Slot]) -> list[int]:
         """The engine ids of ``slots`` now, in slot order (a run's ranks)."""
         with self._lock:
-            return [self.engine_of[slot.key] for slot in slots]
+            return self._ids_of(slots)
 
-    def gang(self, slots: Sequence[Slot]) -> Engines:
-        """The engines of ``slots`` now as one run's ranks use them, in engine id order (so
-        ipyparallel's ``[stdout:0]`` is rank 0's output). A view: stopping it stops nothing,
-        only :meth:`stop` does."""
+    def _ids_of(self, slots: Sequence[Slot]) -> list[int]:
+        return [self.engine_of[slot.key] for slot in slots]
+
+    def gang(self, slots: Sequence[Slot] | None = None) -> Engines:
+        """The engines of ``slots`` (default: all) now as one run's ranks use them, in engine
+        id order (so ipyparallel's ``[stdout:0]`` is rank 0's output). A view: stopping it
+        stops nothing, only :meth:`stop` does."""
         with self._lock:
-            ids = sorted(self.engine_of[slot.key] for slot in slots)
+            chosen = self.engine_of.values() if slots is None else self._ids_of(slots)
+            ids = sorted(chosen)
             if self._attached is not None:
                 client, launches = self._attached.client, self._attached.launches
             else:
                 client, launches = self._client, engine_launches(self._cluster.to_dict())
-        return Engines(client, ids, None, False, self.cluster_id, self.profile_dir, launches)
+        return Engines(client, ids, self.cluster_id, self.profile_dir, launches)
 
     # Starting ---------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the controller and one engine per slot; wait until every slot's engine is up.
-        Attached: find the engines' slots and tell each engine its slot."""
+        Attached: find the engines' slots and tell each engine its slot. Launched: start the
+        engines with the launcher as one set (:meth:`_start_launched`)."""
         if self.attached_file:
             self._attach()
             return
@@ -195,28 +204,33 @@ class SlotsCluster(Started):
         controller = self.controller = controller_address(
             self.rendezvous_addr,
             self.cluster_id,
+            launcher=self.launcher,
             hosts=self.hosts,
             remote_python=self.remote_python,
         )
         # Loopback for slots on this machine; with hosts, where every host sees us. The
         # engines are started one engine set per slot below, not by the cluster itself.
         self._cluster = new_cluster(
-            1,
+            self.launched or 1,
             cluster_id=self.cluster_id,
             profile_dir=self.profile_dir,
             controller_address=controller,
             owner=self.owner,
+            launcher=self.launcher,
             hosts=self.hosts,
             remote_python=self.remote_python,
         )
+        count = self.launched or len(self.slots)
         with private_files():
             try:
                 self._client = connect_client_first(self._cluster)
+                if self.launched:
+                    self._start_launched()
                 for slot in self.slots:
                     self._start_engine(slot)
                 self._await_engines(self.slots, "start")
             except Exception as error:  # with what the engines said (stop() then ends them)
-                message = start_failure(self._cluster, len(self.slots), controller, error)
+                message = start_failure(self._cluster, count, controller, error)
                 raise HiresmedError(message) from None
             finally:
                 make_profile_private(self.profile_dir, self.cluster_id)
@@ -239,6 +253,17 @@ class SlotsCluster(Started):
             slot.key: engine_id
             for slot, engine_id in zip(self.slots, engines.engine_ids, strict=True)
         }
+
+    def _start_launched(self) -> None:
+        """Start ``launched`` engines with ipyparallel's launcher as one set (Slurm: one job).
+        They keep the devices their job gives them (a rank then takes the GPU at its local
+        rank) and split their CPUs as the ranks of any engine do; no slot is planned for them."""
+        self._cluster.start_engines_sync(self.launched)
+        self._client.wait_for_engines(
+            self.launched, timeout=REGISTRATION_SECONDS, interactive=False
+        )
+        ids = sorted(self._client.ids)[: self.launched]
+        self.engine_of = {f"engine/{engine_id}": engine_id for engine_id in ids}
 
     def _start_engine(self, slot: Slot) -> None:
         """Start ``slot``'s engine, an engine set of its own, with the slot's environment; from
@@ -377,7 +402,7 @@ class SlotsCluster(Started):
         the others, and no engine starts after (:meth:`replace` raises). Attached: let the
         cluster go (it keeps running)."""
         if self._attached is not None:
-            self._attached.stop()
+            self._attached.close()
         with self._lock:
             self._stopped = True
             client, self._client = self._client, None
