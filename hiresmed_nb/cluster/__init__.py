@@ -2,17 +2,19 @@
 
 One module per concern:
 
-- :mod:`.horovod_cluster`: :class:`HorovodCluster` (start or attach engines, place ranks, run a
-  function on every rank with a fresh rendezvous), placed as a
-  :class:`~hiresmed_nb.placement.Placement` says.
+- :mod:`.horovod_cluster`: :class:`HorovodCluster` (engines started through a slots cluster or
+  attached, ranks placed on them, a function run on every rank with a fresh rendezvous), placed
+  as a :class:`~hiresmed_nb.placement.Placement` says.
 - :mod:`.pool`: warm clusters, reused by the next run with the same placement, for the kernel
   (:func:`.pool.kernel_pool`) and the study runner alike.
-- :mod:`.slots_cluster`: a packed study's engines, one per slot, each started with its slot's
-  GPU and thread share, or an attached cluster's engines as slots; :mod:`.devices`: finding
-  GPUs, planning the slots, and the slots of an attached cluster's engines.
+- :mod:`.slots_cluster`: every cluster the project starts: one engine per slot (a run's ranks,
+  a packed study's slots), each started with its slot's GPU and thread share, or engines of
+  ipyparallel's Slurm launcher; or an attached cluster's engines as slots; :mod:`.devices`:
+  finding GPUs, planning the slots, and the slots of an attached cluster's engines.
 - :mod:`.hosts`: the ssh check of every host of ``HOSTS``.
-- :mod:`.engines`: starting engines (local, ssh, slurm), attaching to a cluster file,
-  liveness, engine output; :mod:`.stopping`: stopping a cluster everywhere.
+- :mod:`.engines`: the controller and engine start every cluster shares, attaching to a
+  cluster file, a view of some engines (liveness, engine output); :mod:`.stopping`: stopping
+  a cluster everywhere.
 - :mod:`.launchers`: ipyparallel launchers that keep engine output and name each engine.
 - :mod:`.ranks`: Horovod rank numbers, host identities and ``HOROVOD_*`` variables.
 - :mod:`.preflight`: checks before ``hvd.init()`` that fail with one named error.

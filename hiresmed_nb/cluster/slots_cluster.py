@@ -1,4 +1,7 @@
-"""A packed study's cluster: one ipyparallel engine per slot, started here or attached.
+"""Every cluster of engines the project starts, and an attached cluster's engines as slots: one
+ipyparallel engine per slot, for a packed study (its ``--slots``/``--hosts``) and for the pool's
+runs alike (a run's ``N_RANKS``/``HOSTS``; :class:`~.horovod_cluster.HorovodCluster` runs its
+ranks on a gang of them, :meth:`SlotsCluster.gang`).
 
 Started (owned): each engine starts with :func:`~hiresmed_nb.cluster.devices.slot_environment` of
 its slot (only its GPU visible, its share of the cores), so TensorFlow in it never sees another
@@ -14,9 +17,13 @@ is retried on the same engines while they are all still there; an engine that is
 its job cancelled) is an :class:`EngineLostError` naming it and its host, and its slots leave the
 study while the other slots go on.
 
-Runs attach to the cluster with its file and the engine ids of the slots reserved for them (the
-notebook's ``POOL_CLUSTER_FILE`` and ``POOL_ENGINES``); each run has its own Gloo rendezvous in
-its kernel.
+Launched (``launched``: ``IPP_LAUNCHER=slurm``, ``cluster start --slurm N``): that many engines
+started by ipyparallel's launcher as one set (one Slurm job). They keep the devices their job
+gives them, so no slot is planned for them; they are owned and stopped as started ones are.
+
+A packed study's runs attach to the cluster with its file and the engine ids of the slots
+reserved for them (the notebook's ``POOL_CLUSTER_FILE`` and ``POOL_ENGINES``); each run has its
+own Gloo rendezvous in its kernel.
 """
 
 from __future__ import annotations
@@ -116,7 +123,9 @@ class SlotsCluster(Started):
     Given ``slots``: started and owned by this process (stopped on every host when it stops,
     and by its undertaker if this process is killed); ``replace(slots)`` gives those slots fresh
     engines. Given ``cluster_file`` instead: attached, one slot per engine of that running
-    cluster (:attr:`slots` once started); nothing is started, replaced or stopped.
+    cluster (:attr:`slots` once started); nothing is started, replaced or stopped. Given
+    ``launched`` (with ``launcher``): that many engines started by the launcher, owned, without
+    planned slots. ``detached``: owned by nobody (``cluster start``), no undertaker.
     """
 
     def __init__(
