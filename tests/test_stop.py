@@ -59,7 +59,7 @@ def test_a_process_identity_tells_a_reused_pid_from_the_owner():
     assert not processes.owner_gone(me)
     host, _, rest = me.partition("/")
     pid, started = rest.split("@")
-    assert host == socket.gethostname() and int(pid) == os.getpid()
+    assert host == processes.host_identity() and int(pid) == os.getpid()
     assert processes.owner_gone(f"{host}/{pid}@{float(started) - 1:.3f}")  # another process
 
 
@@ -68,12 +68,26 @@ def test_only_the_owners_own_host_may_find_it_gone():
     gone.wait()
     here = processes.process_identity()
     pid, started = here.partition("/")[2].split("@")
-    assert processes.owner_gone(f"{socket.gethostname()}/{gone.pid}@{started}")
+    assert processes.owner_gone(f"{processes.host_identity()}/{gone.pid}@{started}")
     # Not in this host's process table, but of another host: only that host can say.
     assert not processes.owner_gone(f"another-host/{gone.pid}@{started}")
     # An identity without its host (or unreadable) is never judged gone.
     assert not processes.owner_gone(f"{gone.pid}@{started}")
     assert not processes.owner_gone("not-an-identity")
+
+
+def test_a_machine_cloned_with_this_host_name_judges_only_its_own_owners(tmp_path, monkeypatch):
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    started = processes.process_identity().partition("@")[2]
+    other_machine = tmp_path / "machine-id"
+    other_machine.write_text("0123456789abcdef0123456789abcdef\n")
+    with monkeypatch.context() as clone:  # the same host name, another machine
+        clone.setattr(processes, "MACHINE_ID_FILES", (other_machine,))
+        on_clone = f"{processes.host_identity()}/{gone.pid}@{started}"
+        assert processes.owner_gone(on_clone)  # the clone judges its own owner
+    assert on_clone.partition("+")[0] == socket.gethostname()
+    assert not processes.owner_gone(on_clone)  # this machine never does
 
 
 @pytest.mark.parametrize("host", ["vm", "node-12", "n-1-2.345", "gpu07.cluster.example", "a_b"])
@@ -82,7 +96,7 @@ def test_an_owned_cluster_id_names_its_owner_to_its_host_only(monkeypatch, host)
     cluster_id = processes.owned_cluster_id(os.getpid(), "0badc0de")
     owner = processes.local_owner_in_name(f"ipengine-{cluster_id}-1733-0.log")
     assert str(owner) == processes.process_identity()
-    assert owner is not None and owner.host == host and owner.pid == os.getpid()
+    assert owner is not None and owner.host.partition("+")[0] == host and owner.pid == os.getpid()
     assert processes.local_owner_in_name(CLUSTER_ID) is None  # a detached cluster has no owner
     monkeypatch.setattr(processes.socket, "gethostname", lambda: host[:-1] or "other")
     assert processes.local_owner_in_name(f"ipengine-{cluster_id}-1733-0.log") is None
@@ -96,11 +110,13 @@ def test_only_files_of_clusters_whose_owner_this_host_finds_gone_are_removed(tmp
     gone.wait()
     here = processes.owned_cluster_id(os.getpid(), "0000000a")
     started = here.split("_")[-2]
-    dead_here = f"hiresmed-{socket.gethostname()}_{gone.pid}_{started}_0000000b"
+    dead_here = f"hiresmed-{processes.host_identity()}_{gone.pid}_{started}_0000000b"
     dead_elsewhere = f"hiresmed-another-host_{gone.pid}_{started}_0000000c"
+    # A machine cloned with this host name: its owners are its own to judge.
+    dead_on_clone = f"hiresmed-{socket.gethostname()}+{'0' * 12}_{gone.pid}_{started}_0000000d"
     names = {
         cluster_id: [f"security/ipcontroller-{cluster_id}-client.json", f"log/{cluster_id}.log"]
-        for cluster_id in (here, dead_here, dead_elsewhere, CLUSTER_ID)
+        for cluster_id in (here, dead_here, dead_elsewhere, dead_on_clone, CLUSTER_ID)
     }
     for cluster_id, paths in names.items():
         paths.append(f"tmp/{cluster_id}/tmpautograph.py")
@@ -115,6 +131,7 @@ def test_only_files_of_clusters_whose_owner_this_host_finds_gone_are_removed(tmp
         here: [True, True, True],
         dead_here: [False, False, False],
         dead_elsewhere: [True, True, True],
+        dead_on_clone: [True, True, True],
         CLUSTER_ID: [True, True, True],
     }
     assert not (temporary / dead_here).exists()
@@ -128,7 +145,7 @@ def test_a_marked_process_names_its_owner_and_one_without_the_owners_host_is_nev
         processes.marker_environment(CLUSTER_ID, "123@1.000")  # without its host
     gone = subprocess.Popen(["true"])
     gone.wait()
-    dead_owner = f"{socket.gethostname()}/{gone.pid}@1.000"
+    dead_owner = f"{processes.host_identity()}/{gone.pid}@1.000"
     orphan, unjudged = CLUSTER_ID + "1", CLUSTER_ID + "2"
     without_host = processes.marker_environment(unjudged, dead_owner)
     del without_host[processes.OWNER_HOST_VARIABLE]  # as an earlier version marked its processes

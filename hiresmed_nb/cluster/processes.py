@@ -108,11 +108,31 @@ def process_alive(pid: int) -> bool:
         return False
 
 
+# A machine's own id (systemd's, or D-Bus's where systemd is absent): the same across reboots.
+MACHINE_ID_FILES = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))
+
+
+def host_identity() -> str:
+    """This host as an owner's identity names it: its host name and, where the machine has one,
+    the first 12 digits of its machine id (``vm+3d1219c7c4c5``). Machines cloned from one image
+    report one host name; with the id each judges only its own owners. The id outlives a reboot,
+    so after one the host still finds its owners from before gone."""
+    name = socket.gethostname()
+    for path in MACHINE_ID_FILES:
+        try:
+            machine = path.read_text().strip()[:12]
+        except OSError:
+            continue
+        if machine:
+            return f"{name}+{machine}"
+    return name
+
+
 @dataclass(frozen=True)
 class ProcessIdentity:
     """A process as its host knows it: a pid alone is ambiguous (reused, or another host's)."""
 
-    host: str  # socket.gethostname() of the process's host
+    host: str  # host_identity() of the process's host
     pid: int
     started: str  # its start time with 3 decimals (:func:`start_mark`)
 
@@ -122,7 +142,7 @@ class ProcessIdentity:
     @property
     def here(self) -> bool:
         """Whether the process belongs to this host (the only one that can judge it)."""
-        return self.host == socket.gethostname()
+        return self.host == host_identity()
 
 
 _IDENTITY = re.compile(r"(?P<host>[^/\s]+)/(?P<pid>\d+)@(?P<started>\d+\.\d{3})")
@@ -130,11 +150,11 @@ _IDENTITY = re.compile(r"(?P<host>[^/\s]+)/(?P<pid>\d+)@(?P<started>\d+\.\d{3})"
 
 def process_identity(pid: int | None = None) -> str:
     """``HOST/PID@START`` of ``pid`` (default: this process), on this host: a reused pid has
-    another start time, another host's process another host name."""
+    another start time, another host's process another :func:`host_identity`."""
     import psutil
 
     process = psutil.Process(pid)
-    return str(ProcessIdentity(socket.gethostname(), process.pid, start_mark(process)))
+    return str(ProcessIdentity(host_identity(), process.pid, start_mark(process)))
 
 
 def start_mark(process: Any) -> str:
@@ -191,8 +211,8 @@ def owned_cluster_id(owner_pid: int, token: str) -> str:
 def local_owner_in_name(name: str) -> ProcessIdentity | None:
     """The owner named by an owned cluster's id in ``name`` (a file name), when that owner is of
     this host; None for another host's cluster, a detached one, or no cluster id. This host's
-    name is matched whole, so no host name (with dashes, dots or underscores) is misread."""
-    host = socket.gethostname()
+    identity is matched whole, so no host name (with dashes, dots or underscores) is misread."""
+    host = host_identity()
     found = re.search(
         rf"{CLUSTER_PREFIX}{re.escape(host)}_(?P<pid>\d+)_(?P<started>\d+\.\d{{3}})_[0-9a-f]+",
         name,
