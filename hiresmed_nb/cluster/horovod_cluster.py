@@ -11,8 +11,6 @@ rank stops every rank; a lost rank's error carries that engine's last output.
 from __future__ import annotations
 
 import concurrent.futures
-import os
-import secrets
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,10 +28,6 @@ from hiresmed_nb.cluster.engines import (
 from hiresmed_nb.cluster.errors import RankLostError, RunTimeoutError, as_rank_failure
 from hiresmed_nb.cluster.lifecycle import Started
 from hiresmed_nb.cluster.memory import EngineMemory, read_engine_memory
-from hiresmed_nb.cluster.processes import (
-    detached_cluster_id,
-    owned_cluster_id,
-)
 from hiresmed_nb.cluster.ranks import (
     RankSlot,
     assign_ranks,
@@ -106,12 +100,6 @@ class HorovodCluster(Started):
         self.n_ranks = placement.n_ranks
         self.profile_dir = resolve_path(profile_dir)
         self.detached = detached
-        token = secrets.token_hex(4)
-        # The owner's identity in the id lets a later cluster on this host remove this one's files
-        # if its kernel is killed.
-        self.cluster_id = (
-            detached_cluster_id(token) if detached else owned_cluster_id(os.getpid(), token)
-        )
         self.rendezvous_addr = ""
         self.slots: list[RankSlot] = []
         self.interfaces: list[str] = []
@@ -124,6 +112,14 @@ class HorovodCluster(Started):
         self.engines: Engines | None = None
         self.slots_cluster: SlotsCluster | None = None  # the engines, when started here
         self._polls = 0
+
+    @property
+    def cluster_id(self) -> str:
+        """The id of the engines' cluster: the one started here (its slots cluster's) or the
+        attached one; '' before the start."""
+        if self.slots_cluster is not None:
+            return self.slots_cluster.cluster_id
+        return self.engines.cluster_id if self.engines is not None else ""
 
     @property
     def cluster_file(self) -> str:
@@ -164,7 +160,6 @@ class HorovodCluster(Started):
                 launcher=placement.launcher if launched else "local",
                 launched=placement.n_ranks if launched else 0,
             )
-            self.cluster_id = self.slots_cluster.cluster_id
             self.slots_cluster.start()
             self.engines = self.slots_cluster.gang()
             self.rendezvous_addr = self.slots_cluster.controller
