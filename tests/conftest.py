@@ -76,11 +76,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order kept
 
 
+# Markers of the tests that start clusters (whose start reaps this host's orphans) or reap
+# them themselves: these hold the machine's test lock; a test with none of them cannot disturb
+# an `orphans` test, so it runs beside one.
+REAPING_MARKERS = ("notebook", "distributed", "multihost", "slurm", "reaps")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
     """Hold the machine's test lock through a test's setup, call and teardown (module and
-    session fixtures included): alone for an ``orphans`` test, shared for every other."""
-    with sessions.machine_share(alone=item.get_closest_marker("orphans") is not None):
+    session fixtures included): alone for an ``orphans`` test, shared for every other test that
+    starts a cluster or reaps (:data:`REAPING_MARKERS`); the others take no lock."""
+    markers = {marker.name for marker in item.iter_markers()}
+    if "orphans" not in markers and not markers & set(REAPING_MARKERS):
+        yield
+        return
+    with sessions.machine_share(alone="orphans" in markers):
         yield
 
 

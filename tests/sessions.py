@@ -7,9 +7,10 @@ Each worker is a session of its own, and two things keep one from reading or dis
   engines, undertakers): a test that looks for processes left running looks only for its own.
 - A **lock** per test: a test that orphans a cluster on purpose (``@pytest.mark.orphans``) runs
   alone, since a cluster that the other session starts meanwhile reaps every orphan of this host
-  (``hiresmed_nb.cluster.undertaker.reap_orphans``), as it should. Every other test holds the lock
-  shared. A waiting ``orphans`` test holds a turnstile that new shared holders must pass, so it
-  is not starved.
+  (``hiresmed_nb.cluster.undertaker.reap_orphans``), as it should. Every other test that starts
+  a cluster or reaps holds the lock shared (``conftest.REAPING_MARKERS``); a test that does
+  neither takes no lock and runs beside an ``orphans`` test. A waiting ``orphans`` test holds a
+  turnstile that new shared holders must pass, so it is not starved.
 """
 
 import contextlib

@@ -102,6 +102,7 @@ def test_an_owned_cluster_id_names_its_owner_to_its_host_only(monkeypatch, host)
     assert processes.local_owner_in_name(f"ipengine-{cluster_id}-1733-0.log") is None
 
 
+@pytest.mark.reaps
 def test_only_files_of_clusters_whose_owner_this_host_finds_gone_are_removed(tmp_path, monkeypatch):
     temporary = tmp_path / "tmp"  # this host's temporary folder, with each cluster's folder
     temporary.mkdir()
