@@ -468,7 +468,6 @@ def test_tiny_allreduce_scripts_and_packing_measure_what_they_name(tiny_results)
     # Each arm's runs in the order they started, warm or cold, from the runs' own records.
     assert {arm: raw["warm"] for arm, raw in overhead["raw"].items()} == {
         "serial_one_at_a_time": [False, True],
-        "distributed_one_at_a_time": [False, True],
         "serial_packed2": [False, False, True],  # the packed pair starts cold, then a warm run
         "distributed_packed2": [False, True],  # a 2-rank run holds both slots
     }
@@ -601,17 +600,26 @@ def test_each_overhead_arm_takes_the_levels_runs_and_one_past_its_cold_start(run
 
 
 def test_the_tiny_overhead_level_runs_two_per_arm_and_three_packed_serial():
-    from hiresmed_nb.bench.overhead import ARMS, arm_name, arm_runs
+    from hiresmed_nb.bench.overhead import ARMS, arm_name, arm_runs, chosen_arms
 
-    runs = bench.LEVELS["tiny"]["overhead"]["runs"]
-    assert {arm_name(*arm): arm_runs(*arm, runs) for arm in ARMS} == {
+    tiny = bench.LEVELS["tiny"]["overhead"]
+    assert {arm_name(*arm): arm_runs(*arm, tiny["runs"]) for arm in chosen_arms(tiny["arms"])} == {
         "serial_one_at_a_time": 2,
-        "distributed_one_at_a_time": 2,
         "serial_packed2": 3,
         "distributed_packed2": 2,
     }
     for level in ("quick", "full"):
-        assert {arm_runs(*arm, bench.LEVELS[level]["overhead"]["runs"]) for arm in ARMS} == {6}
+        overhead = bench.LEVELS[level]["overhead"]
+        assert chosen_arms(overhead.get("arms")) == list(ARMS)  # every arm
+        assert {arm_runs(*arm, overhead["runs"]) for arm in ARMS} == {6}
+
+
+@pytest.mark.parametrize("arms", [["serial_packed2"], ["serial_one_at_a_time", "serial_packed3"]])
+def test_overhead_arms_must_be_known_and_include_the_goals(arms):
+    from hiresmed_nb.bench.overhead import chosen_arms
+
+    with pytest.raises(HiresmedError, match=r"arms must name serial_one_at_a_time .*got \["):
+        chosen_arms(arms)
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,7 @@ from hiresmed_nb.errors import HiresmedError
 WARM_SERIAL_GOAL_SECONDS = 3.0  # a serial run on a warm engine, one run at a time
 TINY = {**packing.TINY, "STUDY": "bench-overhead"}  # the packing benchmark's tiny run
 ARMS = (("serial", None), ("distributed", None), ("serial", 2), ("distributed", 2))
+GOAL_ARM = "serial_one_at_a_time"  # the arm of the warm serial goal
 
 
 def arm_name(mode: str, slots: int | None) -> str:
@@ -131,14 +132,32 @@ def overheads(records: list[dict[str, Any]], seconds: dict[str, float], wall: fl
     }
 
 
+def chosen_arms(names: list[str] | None) -> list[tuple[str, int | None]]:
+    """The arms of :data:`ARMS` named in ``names`` (None: all of them), in that order.
+
+    Raises HiresmedError naming an unknown arm, or without ``serial_one_at_a_time`` (the arm
+    of the goal).
+    """
+    known = {arm_name(*arm): arm for arm in ARMS}
+    unknown = [name for name in names or () if name not in known]
+    if unknown or (names is not None and GOAL_ARM not in names):
+        raise HiresmedError(
+            f"overhead benchmark: arms must name {GOAL_ARM} (its goal's) and any of "
+            f"{', '.join(known)}, got {names!r}"
+        )
+    return [arm for name, arm in known.items() if names is None or name in names]
+
+
 def measure(level: dict[str, Any]) -> dict[str, Any]:
-    """Every arm of :data:`ARMS` with :func:`arm_runs` runs (``level["overhead"]["runs"]`` per
-    arm, more where an arm needs them for a warm run), as the suite's result."""
+    """The level's arms (``level["overhead"]["arms"]``, default every arm of :data:`ARMS`), each
+    with :func:`arm_runs` runs (``level["overhead"]["runs"]`` per arm, more where an arm needs
+    them for a warm run), as the suite's result."""
     runs = level["overhead"]["runs"]
-    per_arm = {arm_name(mode, slots): arm_runs(mode, slots, runs) for mode, slots in ARMS}
+    arms = chosen_arms(level["overhead"].get("arms"))
+    per_arm = {arm_name(mode, slots): arm_runs(mode, slots, runs) for mode, slots in arms}
     raw = {
         name: study_overhead(mode, slots, per_arm[name])
-        for name, (mode, slots) in zip(per_arm, ARMS, strict=True)
+        for name, (mode, slots) in zip(per_arm, arms, strict=True)
     }
     figures = {}
     for name, arm in raw.items():
@@ -149,7 +168,7 @@ def measure(level: dict[str, Any]) -> dict[str, Any]:
         figures[f"{name}_study"] = summarize(
             [arm["study_overhead_per_run"]], "s", f"{name}: study wall minus training, per run"
         )
-    warm_serial = figures["serial_one_at_a_time_warm"]["median"]
+    warm_serial = figures[f"{GOAL_ARM}_warm"]["median"]
     return {
         "benchmark": "overhead",
         "title": "9. Per-run overhead of a study: wall time minus training seconds",

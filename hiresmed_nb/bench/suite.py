@@ -62,7 +62,12 @@ LEVELS: dict[str, dict[str, Any]] = {
             "repeats": 2,
         },
         "packing": {"slots": 2, "seeds": 1},
-        "overhead": {"runs": 2},  # a cold run and a warm one; packed serial: 2 cold, 1 warm
+        # A cold run and a warm one; packed serial: 2 cold, 1 warm. Not the 2-rank arm one at a
+        # time: a one-at-a-time study's warm 2-rank engines are tested in tests/test_warm.py.
+        "overhead": {
+            "runs": 2,
+            "arms": ["serial_one_at_a_time", "serial_packed2", "distributed_packed2"],
+        },
     },
     "quick": {
         "train": {"IMAGE_SIZE": 128, "IMAGES_PER_CLASS": 20, "EPOCHS": 4, "BATCH_SIZE": 8},
