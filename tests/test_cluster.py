@@ -3,9 +3,11 @@
 import json
 import logging
 import os
+import shlex
 import socket
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -358,11 +360,33 @@ def fake_ssh(returncode, stdout="", stderr=""):
     ],
 )
 def test_each_host_problem_is_one_error_naming_the_host_and_the_fix(monkeypatch, answer, named):
+    """Both questions a host is asked: its devices (planning its slots, first) and, as its
+    engines start, its address."""
     from hiresmed_nb.cluster import hosts
+    from hiresmed_nb.placement import HostSlots
 
     monkeypatch.setattr(hosts.subprocess, "run", answer)
     with pytest.raises(HiresmedError, match=named):
+        hosts.ask_devices([HostSlots("hostA", 1)], "/opt/py")
+    with pytest.raises(HiresmedError, match=named):
         hosts.ask_host("hostA", "/opt/py", "/tmp/hiresmed-x")
+
+
+def test_the_devices_question_names_what_the_remote_interpreter_lacks(tmp_path, monkeypatch):
+    """The real question, through a stand-in `ssh` that runs the remote command here, with an
+    interpreter without site-packages: the friendly error, not a traceback."""
+    from hiresmed_nb.cluster import hosts
+    from hiresmed_nb.placement import HostSlots
+
+    for name, body in {
+        "ssh": 'eval "${@: -1}"',  # ssh -o ... HOST COMMAND: run COMMAND
+        "bare-python": f'exec {shlex.quote(sys.executable)} -I -S "$@"',  # no site-packages
+    }.items():
+        (tmp_path / name).write_text(f"#!/bin/bash\n{body}\n")
+        (tmp_path / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(HiresmedError, match=r"on hostA, REMOTE_PYTHON=.*cannot import ipyparallel"):
+        hosts.ask_devices([HostSlots("hostA", 1)], str(tmp_path / "bare-python"))
 
 
 def test_the_head_address_is_where_every_host_sees_this_machine():

@@ -1,8 +1,11 @@
 """What ssh says of the hosts of ``HOSTS`` (parsed by :mod:`hiresmed_nb.placement`).
 
-Before any engine starts, every host is asked once over ssh (in parallel) whether the remote
-interpreter can import what an engine needs, and at which address it sees this machine: that
-address is where the controller and the rendezvous server listen, and where engines find them.
+Before any engine starts, every host is asked over ssh (all hosts at once), twice: when its slots
+are planned, for its GPUs and cores (:func:`ask_devices`), and as its engines start, at which
+address it sees this machine (:func:`ask_hosts`, which also makes the cluster's folder there):
+that address is where the controller and the rendezvous server listen, and where engines find
+them. Either question first checks that the remote interpreter can import what an engine needs,
+and names what it lacks.
 """
 
 from __future__ import annotations
@@ -39,9 +42,19 @@ print(json.dumps({
     % (ENGINE_MODULES,)
 )
 
-# Runs on each host of a packed study's --hosts: its GPUs and cores (hiresmed_nb.cluster.devices).
+# Runs on each host of HOSTS or --hosts before its slots are planned: what an engine needs that
+# the interpreter lacks, else the host's GPUs and cores (hiresmed_nb.cluster.devices).
 _DEVICES_SCRIPT = (
-    "import json; from hiresmed_nb.cluster.devices import this_host; print(json.dumps(this_host()))"
+    """
+import importlib.util, json
+missing = [m for m in %s if importlib.util.find_spec(m) is None]
+if missing:
+    print(json.dumps({"missing": missing}))
+else:
+    from hiresmed_nb.cluster.devices import this_host
+    print(json.dumps({"missing": [], **this_host()}))
+""".strip()
+    % (ENGINE_MODULES,)
 )
 
 SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=10")  # never prompt; dead host: 10 s
@@ -96,7 +109,15 @@ def ask_host(host: str, remote_python: str, folder: str) -> HostAnswer:
     Raises :class:`HiresmedError` naming the host and the fix when ssh fails, the interpreter
     is missing, or it lacks a module an engine imports.
     """
-    output = run_python_over_ssh(host, remote_python, _QUESTION_SCRIPT, folder)
+    answer = _answer(host, remote_python, _QUESTION_SCRIPT, folder)
+    fields = answer["ssh_connection"].split()
+    return HostAnswer(host, answer["hostname"], fields[0] if fields else "")
+
+
+def _answer(host: str, remote_python: str, script: str, *args: str) -> dict:
+    """The JSON that ``script`` printed last on ``host``; raises :class:`HiresmedError` naming
+    the host and the fix when it lists modules an engine needs that ``remote_python`` lacks."""
+    output = run_python_over_ssh(host, remote_python, script, *args)
     answer = json.loads(output.strip().splitlines()[-1])
     if answer["missing"]:
         raise HiresmedError(
@@ -104,17 +125,19 @@ def ask_host(host: str, remote_python: str, folder: str) -> HostAnswer:
             f"{', '.join(answer['missing'])}. Fix: install the project there (`make venv` in a "
             "checkout at the same path) or point REMOTE_PYTHON at an interpreter that has it"
         )
-    fields = answer["ssh_connection"].split()
-    return HostAnswer(host, answer["hostname"], fields[0] if fields else "")
+    return answer
 
 
 def ask_devices(hosts: list[HostSlots], remote_python: str) -> dict[str, tuple[list[Gpu], int]]:
     """Every host's GPUs (as ``nvidia-smi`` or its driver lists them there, narrowed by its own
-    ``CUDA_VISIBLE_DEVICES``) and cores, asked over ssh at once: host -> (GPUs, cores)."""
+    ``CUDA_VISIBLE_DEVICES``) and cores, asked over ssh at once: host -> (GPUs, cores).
+
+    Raises :class:`HiresmedError` naming the host and the fix, as :func:`ask_host` does, when
+    ssh fails or ``remote_python`` does not run or lacks a module an engine imports.
+    """
 
     def ask(host: str) -> tuple[list[Gpu], int]:
-        output = run_python_over_ssh(host, remote_python, _DEVICES_SCRIPT)
-        return host_answer(json.loads(output.strip().splitlines()[-1]))
+        return host_answer(_answer(host, remote_python, _DEVICES_SCRIPT))
 
     names = list(dict.fromkeys(entry.host for entry in hosts))
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
