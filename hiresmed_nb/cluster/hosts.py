@@ -22,6 +22,9 @@ from hiresmed_nb.placement import HostSlots
 
 SSH_TIMEOUT_SECONDS = 20
 ENGINE_MODULES = ("ipyparallel", "horovod", "tensorflow", "hiresmed_nb")
+# What both questions below evaluate on a host (after `import importlib.util`): the modules an
+# engine imports that its interpreter lacks (found, not imported).
+_MISSING_MODULES = f"[m for m in {ENGINE_MODULES!r} if importlib.util.find_spec(m) is None]"
 # Runs on each host: reports what an engine needs, and prepares the cluster's own folder there
 # as `ipython profile create` would (owner-only; empty IPython configs; log/, where engines write
 # their output), so the engines' launcher (hiresmed_nb.cluster.launchers) need not run it.
@@ -36,10 +39,10 @@ for name in ("ipython_config.py", "ipython_kernel_config.py"):
 print(json.dumps({
     "ssh_connection": os.environ.get("SSH_CONNECTION", ""),
     "hostname": socket.gethostname(),
-    "missing": [m for m in %s if importlib.util.find_spec(m) is None],
+    "missing": %s,
 }))
 """.strip()
-    % (ENGINE_MODULES,)
+    % _MISSING_MODULES
 )
 
 # Runs on each host of HOSTS or --hosts before its slots are planned: what an engine needs that
@@ -47,14 +50,14 @@ print(json.dumps({
 _DEVICES_SCRIPT = (
     """
 import importlib.util, json
-missing = [m for m in %s if importlib.util.find_spec(m) is None]
+missing = %s
 if missing:
     print(json.dumps({"missing": missing}))
 else:
     from hiresmed_nb.cluster.devices import this_host
     print(json.dumps({"missing": [], **this_host()}))
 """.strip()
-    % (ENGINE_MODULES,)
+    % _MISSING_MODULES
 )
 
 SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=10")  # never prompt; dead host: 10 s
