@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 
 from hiresmed_nb.params import SYNTHETIC_DATASETS, resolve_path, run_id
@@ -245,27 +244,20 @@ def prepare_run_logs(
 def confusion_matrix_png(
     matrix: Sequence[Sequence[int]], class_names: Sequence[str], title: str
 ) -> bytes:
-    """A seaborn heat map of ``matrix`` (rows: true class, columns: predicted) as PNG bytes.
+    """A heat map of ``matrix`` (rows: true class, columns: predicted) as PNG bytes, as the
+    run's notebook draws it (:func:`~hiresmed_nb.science.plots.draw_confusion_matrix`).
 
     Drawn on a figure outside pyplot, so nothing is shown in a notebook or kept open.
     """
-    import seaborn as sns
     from matplotlib.figure import Figure
+
+    from hiresmed_nb.science.plots import draw_confusion_matrix
 
     size = 2.5 + 0.6 * len(class_names)
     figure = Figure(figsize=(size + 1, size), dpi=80)
     axes = figure.subplots()
-    sns.heatmap(
-        np.asarray(matrix),
-        annot=True,
-        fmt="d",
-        cmap="Blues",
-        cbar=False,
-        xticklabels=list(class_names),
-        yticklabels=list(class_names),
-        ax=axes,
-    )
-    axes.set(xlabel="predicted", ylabel="true", title=title)
+    draw_confusion_matrix(axes, matrix, class_names)
+    axes.set_title(title)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
