@@ -467,9 +467,7 @@ def test_tiny_allreduce_scripts_and_packing_measure_what_they_name(tiny_results)
     overhead = results["overhead"]
     # Each arm's runs in the order they started, warm or cold, from the runs' own records.
     assert {arm: raw["warm"] for arm, raw in overhead["raw"].items()} == {
-        "serial_one_at_a_time": [False, True],
-        "serial_packed2": [False, False, True],  # the packed pair starts cold, then a warm run
-        "distributed_packed2": [False, True],  # a 2-rank run holds both slots
+        "serial_one_at_a_time": [False, True]
     }
     assert overhead["config"]["runs_per_arm"] == {
         arm: len(raw["warm"]) for arm, raw in overhead["raw"].items()
@@ -599,14 +597,12 @@ def test_each_overhead_arm_takes_the_levels_runs_and_one_past_its_cold_start(run
     assert arm_runs("distributed", 4, 2) == 3  # two 2-rank runs fit 4 slots
 
 
-def test_the_tiny_overhead_level_runs_two_per_arm_and_three_packed_serial():
+def test_the_tiny_overhead_level_runs_the_goals_arm_twice_and_the_others_every_arm():
     from hiresmed_nb.bench.overhead import ARMS, arm_name, arm_runs, chosen_arms
 
     tiny = bench.LEVELS["tiny"]["overhead"]
     assert {arm_name(*arm): arm_runs(*arm, tiny["runs"]) for arm in chosen_arms(tiny["arms"])} == {
-        "serial_one_at_a_time": 2,
-        "serial_packed2": 3,
-        "distributed_packed2": 2,
+        "serial_one_at_a_time": 2
     }
     for level in ("quick", "full"):
         overhead = bench.LEVELS[level]["overhead"]

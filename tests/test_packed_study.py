@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,13 @@ def test_a_packed_grid_runs_side_by_side_on_its_own_slots_and_equals_runs_one_at
         assert len(set(keys)) == len(keys) == record["n_ranks"]
         assert all(rank["slot"]["threads"] >= 1 for rank in record["ranks"])
         assert all(isinstance(rank["slot"]["engine"], int) for rank in record["ranks"])
+    # Slots keep their engines warm: some engine (the same id and process) served two runs.
+    served = Counter(
+        (rank["slot"]["engine"], rank["pid"])
+        for record in records.values()
+        for rank in record["ranks"]
+    )
+    assert max(served.values()) >= 2, served
     ordered = list(records.values())
     assert any(spans_overlap(a, b) for i, a in enumerate(ordered) for b in ordered[i + 1 :]), (
         "no two runs trained at the same time"
