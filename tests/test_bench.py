@@ -105,11 +105,11 @@ def launch_figures(first_steps: dict[str, float]) -> dict:
 
 
 def fake_memory_series(*rss_mb: list[float]) -> dict:
-    """A warm.memory_series result: one list of MB per rank (after start, then each run)."""
+    """A warm.memory_series result: one list of MB per rank (after each run)."""
     return {
         "engine_pids": list(range(100, 100 + len(rss_mb))),
         "rss_bytes": [[value * warm.MB for value in rank] for rank in rss_mb],
-        "first_step_seconds": [5.0] + [1.0] * (len(rss_mb[0]) - 2),
+        "first_step_seconds": [5.0] + [1.0] * (len(rss_mb[0]) - 1),
     }
 
 
@@ -155,7 +155,7 @@ def test_warm_goals_are_three_seconds_and_four_tenths_of_horovodrun_in_the_same_
 
 
 def test_warm_memory_growth_is_per_rank_from_run_one_to_the_last():
-    met = fake_memory_series([300, 600, 650, 690], [300, 610, 615, 620])
+    met = fake_memory_series([600, 650, 690], [610, 615, 620])
     figures = warm.memory_figures(met)
     assert figures["warm_rss_first_run_mb"]["values"] == pytest.approx([600, 610])
     assert figures["warm_rss_last_run_mb"]["values"] == pytest.approx([690, 620])
@@ -164,7 +164,7 @@ def test_warm_memory_growth_is_per_rank_from_run_one_to_the_last():
     found = warm.memory_goal(met)
     assert found["met"] and found["value"] == pytest.approx(90) and found["op"] == "<"
     assert found["name"] == "engine RSS growth, warm run 1 -> run 3 (largest rank)"
-    missed = warm.memory_goal(fake_memory_series([300, 600, 650, 720], [300, 610, 615, 620]))
+    missed = warm.memory_goal(fake_memory_series([600, 650, 720], [610, 615, 620]))
     assert not missed["met"] and missed["value"] == pytest.approx(120)
     assert "rank 0 +120 MB, rank 1 +10 MB" in missed["limits"]
     assert "rank 0: 600, 650, 720 MB; rank 1: 610, 615, 620 MB" in missed["limits"]
@@ -178,8 +178,8 @@ def test_warm_memory_series_needs_two_runs():
 def test_two_warm_memory_runs_are_the_warm_paths_own_and_more_run_on_a_cluster_of_their_own(
     monkeypatch,
 ):
-    own = fake_memory_series([300, 600, 620], [300, 610, 615])
-    separate = fake_memory_series(*[[300] + [600] * 10] * 2)
+    own = fake_memory_series([600, 620], [610, 615])
+    separate = fake_memory_series(*[[600] * 10] * 2)
     started = []
 
     def fresh_cluster_series(params: dict, runs: int) -> dict:
@@ -417,17 +417,18 @@ def test_tiny_launch_paths_time_the_call_to_first_step_in_two_parts(tiny_results
         assert all(part > 0 for part in parts) and first_step == pytest.approx(sum(parts))
         assert figure_median(launch, f"{path}_step_seconds") > 0
     assert "two_hosts" in launch["skipped"] or "two_hosts_step_seconds" in launch["figures"]
-    # The warm path's second run reused the first run's two engines.
-    run = launch["raw"]["warm"][0]
+    # The warm path's run reused the two engines of the cold path's run: one pool, two runs.
+    run, cold = launch["raw"]["warm"][0], launch["raw"]["ipyparallel"][0]
     first_run, second_run = run["engine_pids"]
     assert first_run == second_run and len(set(first_run)) == 2 and run["pid"] == first_run[0]
+    assert cold["pid"] == first_run[0] and cold["batch_ends"][-1] < run["called"]
     assert run["called"] < run["entered"] < run["batch_ends"][0]
-    # The memory series: each rank's RSS after start and after each of its 2 runs.
+    # The memory series: each rank's RSS after each of its 2 runs.
     memory = launch["raw"]["warm_memory"]
     assert len(set(memory["engine_pids"])) == 2
     assert memory["engine_pids"] == first_run  # tiny: the warm path's own two runs
     assert "memory" not in run
-    assert [len(rss) for rss in memory["rss_bytes"]] == [3, 3]  # started, run 1, run 2
+    assert [len(rss) for rss in memory["rss_bytes"]] == [2, 2]  # after run 1 and run 2
     assert all(rss > 50 * warm.MB for rank in memory["rss_bytes"] for rss in rank)
     assert launch["figures"]["warm_rss_growth_mb"]["n"] == 2  # one per rank
     assert [found["name"] for found in launch["goals"]][-1] == (
@@ -530,7 +531,7 @@ def test_benchmarks_notebook_plots_every_benchmark_of_the_tiny_suite(tiny_result
 def test_benchmarks_notebook_plots_every_launch_path_and_the_warm_memory(tmp_path):
     import papermill
 
-    memory = fake_memory_series([300, 600, 620], [300, 610, 615])
+    memory = fake_memory_series([600, 620], [610, 615])
     figures = launch_figures({name: 2.5 for name in launchers.PATHS})
     figures.update(warm.memory_figures(memory))
     payload = {  # made-up figures (no measurement): what the notebook reads of launchers.json

@@ -1,12 +1,13 @@
 """Benchmark 1: the same training function, data and 2 ranks through each way of launching them.
 
-A launch path is a function ``(params) -> rank 0's timed_train result`` plus ``called`` (the
-``time.time()`` its clock starts from), and one line in :data:`PATHS` naming it, its
-first-step target and what limits that goal when missed. The paths: a cold ipyparallel
-cluster, ``horovodrun``, a second run on warm engines (:mod:`.warm`) and 2 hosts x 1 rank
-(:mod:`.two_hosts`, on the hosts ``HIRESMED_BENCH_HOSTS`` names). Every path gets the same four
-figures (steady s/step, call to first step, call to function running, function start to first
-step). Goals: steady state of
+A launch path is one line in :data:`PATHS` naming its first-step target, what limits that goal
+when missed, and its run: a function ``(params) -> {path name: rank 0's timed_train result}``
+plus ``called`` (the ``time.time()`` its clock starts from). The paths: the first run of a
+kernel's pool (``ipyparallel``: the pool starts the controller and engines in the call), its
+second run on those engines (``warm``; both from one call of :func:`.warm.pool_runs`),
+``horovodrun``, and 2 hosts x 1 rank (:mod:`.two_hosts`, on the hosts
+``HIRESMED_BENCH_HOSTS`` names). Every path gets the same four figures (steady s/step, call to
+first step, call to function running, function start to first step). Goals: steady state of
 ipyparallel against horovodrun, each path's first step, warm against horovodrun in the same
 run, and the warm engines' memory over :func:`.warm.memory_series`.
 
@@ -16,7 +17,6 @@ What the ranks run is :func:`hiresmed_nb.bench.timed.timed_train`.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,7 +28,6 @@ from hiresmed_nb.bench.timed import (
     first_step_seconds,
     in_fresh_results_dir,
     steady_seconds,
-    timed_train,
     train_params,
 )
 from hiresmed_nb.bench.timing import median_ratio, median_ratios, relative_iqr, summarize
@@ -36,34 +35,32 @@ from hiresmed_nb.bench.timing import median_ratio, median_ratios, relative_iqr, 
 # --- the launch paths ----------------------------------------------------------------------------
 
 
-def via_ipyparallel(params: dict[str, Any]) -> dict[str, Any]:
-    """2 ranks on ipyparallel engines: the clock starts just before HorovodCluster(2) is entered."""
-    from hiresmed_nb.cluster import HorovodCluster
-
-    started = time.time()
-    with HorovodCluster(2) as cluster:
-        results = cluster.run(timed_train, {"params": params})
-    return {**results[0], "called": started}
-
-
-def via_horovodrun(params: dict[str, Any]) -> dict[str, Any]:
+def via_horovodrun(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """2 ranks under horovodrun: the clock starts just before horovodrun is started."""
     # As the cluster sets for its engines: one OpenMP thread per rank.
     result, started = run_worker(
         "timed-train", {"params": params}, ranks=2, env={"OMP_NUM_THREADS": "1"}
     )
-    return {**result, "called": started}
+    return {"horovodrun": {**result, "called": started}}
+
+
+def via_two_hosts(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """:func:`.two_hosts.via_two_hosts`, by its path's name."""
+    return {"two_hosts": two_hosts.via_two_hosts(params)}
 
 
 class LaunchPath(NamedTuple):
     """One way to start the ranks, and its goal "call to first step, <goal_name>".
+
+    ``run``: gives this path's result under its name; paths sharing a ``run`` (the pool's
+    cold and warm runs) come from one call of it.
 
     ``target``: that goal's seconds (None: no goal, figures only). ``limits``: what limits the
     goal when it is missed, a ``str.format`` template over the medians of the launchers figures
     (``{ipyparallel_setup_seconds:.1f}``).
     """
 
-    run: Callable[[dict[str, Any]], dict[str, Any]]
+    run: Callable[[dict[str, Any]], dict[str, dict[str, Any]]]
     goal_name: str
     target: float | None
     limits: str
@@ -74,7 +71,7 @@ WARM_TARGET_SECONDS = 3.0  # warm engines: call to first step
 WARM_TO_HOROVODRUN_TARGET = 0.4  # warm call to first step / horovodrun's, same run
 PATHS: dict[str, LaunchPath] = {
     "ipyparallel": LaunchPath(
-        via_ipyparallel,
+        warm.pool_runs,
         "ipyparallel path",
         FIRST_STEP_TARGET_SECONDS,
         "Starting 2 engines and the controller takes {ipyparallel_launch_seconds:.1f} s; then "
@@ -90,7 +87,7 @@ PATHS: dict[str, LaunchPath] = {
         "Python start, TensorFlow import and graph tracing on 2 shared cores.",
     ),
     "warm": LaunchPath(
-        warm.via_warm_engines,
+        warm.pool_runs,
         "warm engines (second run)",
         WARM_TARGET_SECONDS,
         "From the call to the function running on rank 0 (fresh rendezvous, reachability "
@@ -98,7 +95,7 @@ PATHS: dict[str, LaunchPath] = {
         "(hvd.init, split, model build, tracing, first batch; TensorFlow and Horovod already "
         "imported): {warm_setup_seconds:.2f} s, on 2 cores shared by both ranks.",
     ),
-    "two_hosts": LaunchPath(two_hosts.via_two_hosts, "2 hosts x 1 rank", None, ""),
+    "two_hosts": LaunchPath(via_two_hosts, "2 hosts x 1 rank", None, ""),
 }
 
 
@@ -233,20 +230,28 @@ class _Unmeasured:
 def _run_paths(
     params: dict[str, Any], chosen: list[str], repeats: int, skipped: dict[str, str]
 ) -> dict[str, list[dict[str, Any]]]:
-    """Every chosen path ``repeats`` times, alternating the order per repeat. A failing 2-host
-    run is recorded in ``skipped`` (its runs dropped); any other failure is raised."""
+    """Every chosen path ``repeats`` times, alternating the order of the calls per repeat (one
+    call for the paths that share a run). A failing 2-host run is recorded in ``skipped`` (its
+    runs dropped); any other failure is raised."""
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen}
+    calls = list(dict.fromkeys(PATHS[name].run for name in chosen))
     for repeat in range(repeats):
-        for name in chosen if repeat % 2 == 0 else chosen[::-1]:
-            if name in skipped:
+        for call in calls if repeat % 2 == 0 else calls[::-1]:
+            names = [name for name in chosen if PATHS[name].run is call]
+            if any(name in skipped for name in names):
                 continue
             try:
-                runs[name].append(in_fresh_results_dir(PATHS[name].run, params))
+                results = in_fresh_results_dir(call, params)
             except Exception as error:
-                if name != "two_hosts":
+                if names != ["two_hosts"]:
                     raise
-                skipped[name] = f"the 2-host run failed: {type(error).__name__}: {error}"[:3000]
-                runs[name] = []
+                skipped["two_hosts"] = f"the 2-host run failed: {type(error).__name__}: {error}"[
+                    :3000
+                ]
+                runs["two_hosts"] = []
+                continue
+            for name in names:
+                runs[name].append(results[name])
     return {name: done for name, done in runs.items() if done}
 
 
@@ -254,8 +259,8 @@ def _warm_memory(
     params: dict[str, Any], series_runs: int, warm_runs: list[dict[str, Any]]
 ) -> dict[str, Any] | None:
     """The warm engines' memory over ``series_runs`` runs (None for 0 or without the warm
-    path). Two runs are what the warm path's first repeat did on its own cluster, so they are
-    taken from it; more run on a fresh cluster of their own. Every warm run's ``memory`` is
+    path). Two runs are what the first repeat's pool did (its cold run, then its warm one), so
+    they are taken from it; more run on a fresh cluster of their own. Every warm run's ``memory`` is
     moved out of it (the raw runs keep their timings only)."""
     own = [run.pop("memory") for run in warm_runs]
     if not series_runs or not warm_runs:
@@ -311,7 +316,7 @@ def measure(level: dict[str, Any], paths: Sequence[str] = tuple(PATHS)) -> dict[
 def _series_cluster(series_runs: int) -> str:
     """Which cluster ran the warm memory series of ``series_runs`` runs (:func:`_warm_memory`)."""
     if series_runs == 2:
-        return "the warm path's own, its two runs; the pool's first reading is its baseline"
+        return "the pool's own: its cold run, then its warm one"
     return "one of its own, started after the launch paths"
 
 
@@ -327,10 +332,10 @@ def _notes(
         "Steady state: rank 0's intervals between batch ends from the second epoch on "
         "(images cached in memory after the first), pooled over repeats; ratios' spreads are "
         "over repeat pairs.",
-        "Call: just before HorovodCluster(2) is entered (ipyparallel, cold: controller and "
-        "engines started), just before horovodrun is started, or just before the second "
-        "pool.run call on engines that ran the same training once (warm); first step: rank 0's "
-        "first batch end.",
+        "Call: just before a new pool's first pool.run call (ipyparallel, cold: the pool "
+        "starts the controller and engines in it), just before horovodrun is started, or just "
+        "before that pool's second pool.run call, on the engines that ran the same training "
+        "once (warm); first step: rank 0's first batch end.",
     ]
     if "two_hosts" in runs:
         placement = runs["two_hosts"][0]["placement"]

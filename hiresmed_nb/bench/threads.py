@@ -7,11 +7,12 @@ fresh process with ``MODE: serial`` and twice the batch.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from hiresmed_nb.bench import warm
 from hiresmed_nb.bench.goals import goal
-from hiresmed_nb.bench.launchers import via_ipyparallel
 from hiresmed_nb.bench.process import run_worker
 from hiresmed_nb.bench.timed import in_fresh_results_dir, steady_seconds, train_params
 from hiresmed_nb.bench.timing import median_ratio, median_ratios, summarize
@@ -30,7 +31,8 @@ def measure(level: dict[str, Any], launchers: dict[str, Any] | None = None) -> d
     params = train_params(level, Path("unused"))
     if launchers is None:
         two_ranks = [
-            in_fresh_results_dir(via_ipyparallel, params) for _ in range(level["launch_repeats"])
+            in_fresh_results_dir(partial(warm.pool_runs, warm_run=False), params)["ipyparallel"]
+            for _ in range(level["launch_repeats"])
         ]
         source = "measured here (ipyparallel path)"
     else:

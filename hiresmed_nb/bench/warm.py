@@ -1,8 +1,9 @@
-"""Warm engines: a second run's launch on engines that already trained, and their memory.
+"""A kernel's first run on engines it starts (cold), its second on the same engines (warm), and
+warm engines' memory.
 
-Both run on a :class:`~hiresmed_nb.cluster.pool.Pool`'s warm cluster, as a notebook's kernel
-does: 2 local ranks, kept between runs of :func:`~hiresmed_nb.bench.timed.timed_train` with the
-same parameters, each run in its own ``RESULTS_DIR``; the pool is closed afterwards.
+All run on a :class:`~hiresmed_nb.cluster.pool.Pool`'s cluster, as a notebook's kernel does: 2
+local ranks, kept between runs of :func:`~hiresmed_nb.bench.timed.timed_train` with the same
+parameters, each run in its own ``RESULTS_DIR``; the pool is closed afterwards.
 The cluster package is imported only when a run starts (it imports ipyparallel), so
 ``horovodrun``'s ranks, which import the benchmark modules, do not pay for it.
 """
@@ -40,34 +41,38 @@ def _same_engines(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> 
         raise HiresmedError(f"warm engines were replaced between runs: pids {pids[0]} -> {pids[1]}")
 
 
-def via_warm_engines(params: dict[str, Any]) -> dict[str, Any]:
-    """2 ranks on warm engines: one untimed run first (the engines import TensorFlow and
-    Horovod and train), then the clock starts just before the second run's ``pool.run`` call.
+def pool_runs(params: dict[str, Any], warm_run: bool = True) -> dict[str, dict[str, Any]]:
+    """2 ranks on a :class:`~hiresmed_nb.cluster.pool.Pool`'s engines, as a notebook's kernel
+    runs them: a first run on engines the pool starts for it, then (``warm_run``) a second on
+    the same engines, each in its own ``RESULTS_DIR``.
 
-    Returns rank 0's result of the second run plus ``called``, both runs' ``engine_pids``
-    (rank order) and ``memory``, these two runs as a :func:`memory_series` (the engines' RSS is
-    read after they started and after each run, outside the clock). Raises HiresmedError when
-    the second run did not reuse the engines.
+    Returns rank 0's result of each run plus ``called``, the ``time.time()`` just before its
+    ``pool.run`` call: ``"ipyparallel"``, the first (cold: its clock includes starting the
+    controller and engines) and, with ``warm_run``, ``"warm"``, the second, which also carries
+    both runs' ``engine_pids`` (rank order) and ``memory``, these two runs as a
+    :func:`memory_series` (the engines' RSS read after each run, outside the clocks). Raises
+    HiresmedError when the second run did not reuse the engines.
     """
     from hiresmed_nb.cluster import Placement, Pool
 
-    with Pool() as pool:  # 2 ranks on this machine, as the cold ipyparallel path
-        placement = Placement(2)
-        cluster = pool.cluster(placement)
-        engines, rss = list(cluster.engine_pids), [cluster.engine_memory()]
+    placement = Placement(2)  # 2 ranks on this machine, as horovodrun's path
+    with Pool() as pool:
         run = partial(_timed_run, partial(pool.run, placement))
-        first = in_fresh_results_dir(run, params)
-        rss.append(cluster.engine_memory())
+        first = in_fresh_results_dir(run, params)  # the pool starts the cluster in the call
+        if not warm_run:
+            return {"ipyparallel": first[0]}
+        cluster = pool.cluster(placement)
+        rss = [cluster.engine_memory()]
         second = in_fresh_results_dir(run, params)
         rss.append(cluster.engine_memory())
     _same_engines(first, second)
     pids = [[result["pid"] for result in run] for run in (first, second)]
-    memory = _series(engines, rss, [first_step_seconds(run[0]) for run in (first, second)])
-    return {**second[0], "engine_pids": pids, "memory": memory}
+    memory = _series(pids[0], rss, [first_step_seconds(run[0]) for run in (first, second)])
+    return {"ipyparallel": first[0], "warm": {**second[0], "engine_pids": pids, "memory": memory}}
 
 
 def _series(pids: list[int], rss: list[list[int]], first_steps: list[float]) -> dict[str, Any]:
-    """A :func:`memory_series` result from the readings in time order (each: every rank's)."""
+    """A :func:`memory_series` result from the readings after each run (each: every rank's)."""
     return {
         "engine_pids": pids,
         "rss_bytes": [list(column) for column in zip(*rss, strict=True)],
@@ -79,9 +84,9 @@ def memory_series(params: dict[str, Any], runs: int) -> dict[str, Any]:
     """``runs`` consecutive runs of the same training on one warm cluster, not recycled: this
     measures what an engine keeps per run, the growth that recycling bounds in use.
 
-    Returns ``engine_pids`` (rank order), ``rss_bytes`` (one list per rank: after the engines
-    started, then after each run) and ``first_step_seconds`` of each run. Raises HiresmedError
-    for fewer than 2 runs or when a run did not reuse the engines.
+    Returns ``engine_pids`` (rank order), ``rss_bytes`` (one list per rank: after each run) and
+    ``first_step_seconds`` of each run. Raises HiresmedError for fewer than 2 runs or when a
+    run did not reuse the engines.
     """
     from hiresmed_nb.cluster import Placement, Pool
 
@@ -90,8 +95,7 @@ def memory_series(params: dict[str, Any], runs: int) -> dict[str, Any]:
     with Pool() as pool:
         cluster = pool.cluster(Placement(2))
         pids = list(cluster.engine_pids)
-        rss = [cluster.engine_memory()]
-        first_steps = []
+        rss, first_steps = [], []
         for _ in range(runs):  # straight on the cluster: the pool would replace grown engines
             results = in_fresh_results_dir(partial(_timed_run, cluster.run), params)
             _same_engines([{"pid": pid} for pid in pids], results)
@@ -101,8 +105,8 @@ def memory_series(params: dict[str, Any], runs: int) -> dict[str, Any]:
 
 
 def _per_rank_mb(series: dict[str, Any]) -> np.ndarray:
-    """RSS in MB after each run: shape (ranks, runs) (the reading before run 1 dropped)."""
-    return np.asarray(series["rss_bytes"], dtype=float)[:, 1:] / MB
+    """RSS in MB after each run: shape (ranks, runs)."""
+    return np.asarray(series["rss_bytes"], dtype=float) / MB
 
 
 def memory_figures(series: dict[str, Any]) -> dict[str, Any]:

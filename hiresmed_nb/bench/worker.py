@@ -4,7 +4,7 @@ Each task takes a JSON config and returns a JSON-able dict;
 :func:`hiresmed_nb.bench.process.run_worker` starts it and the benchmark modules summarise what it
 returns. The same
 :func:`~hiresmed_nb.bench.timed.timed_train` runs on ipyparallel engines
-(``HorovodCluster(2).run(timed_train, config)``) and under Horovod's own launcher::
+(``Pool().run(Placement(2), timed_train, config)``) and under Horovod's own launcher::
 
     horovodrun -np 2 --gloo -H localhost:2 --network-interface lo \\
         python -m hiresmed_nb.bench.worker timed-train --config CONFIG.json --out OUT.json
