@@ -1,5 +1,6 @@
 """Shared fixtures: the embedded datasets, generated once into the project's data cache."""
 
+import json
 import os
 from pathlib import Path
 
@@ -55,13 +56,24 @@ def xray_dir() -> Path:
 def serial_twin(tmp_path_factory, skin_dir) -> tuple[Path, dict, Path]:
     """The run of ``serial_twin.SERIAL_TWIN`` through 01_train, trained once per test run: its
     folder (``runs/`` holds its record), its record and its executed notebook. Tests only read
-    it."""
+    it. On pytest-xdist workers the first worker to ask trains it, under a lock in the run's
+    temporary folder (above every worker's), and names its folder there; the others wait on
+    the lock and read that folder."""
     from serial_twin import SERIAL_TWIN
     from test_train_notebook import execute
 
-    folder = tmp_path_factory.mktemp("serial-twin")
-    record, executed = execute(folder, **SERIAL_TWIN)
-    return folder, record, executed
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    trained = shared / "serial-twin.folder"  # written once the run succeeded
+    with sessions.exclusive(shared / "serial-twin.lock"):
+        if not trained.exists():
+            folder = tmp_path_factory.mktemp("serial-twin")
+            execute(folder, **SERIAL_TWIN)
+            trained.write_text(str(folder))
+    folder = Path(trained.read_text())
+    [record_file] = (folder / "runs").glob("*.json")
+    return folder, json.loads(record_file.read_text()), folder / "executed.ipynb"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

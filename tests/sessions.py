@@ -52,6 +52,11 @@ def processes_of_this_session(naming: str) -> list[psutil.Process]:
     return found
 
 
+def exclusive(path: Path) -> contextlib.AbstractContextManager[None]:
+    """Hold an exclusive lock on the file ``path`` (created if missing) for the ``with`` block."""
+    return _flock(path, fcntl.LOCK_EX)
+
+
 @contextlib.contextmanager
 def _flock(path: Path, operation: int) -> Iterator[None]:
     with open(path, "a") as lock:
