@@ -234,10 +234,13 @@ def _run_paths(
     call for the paths that share a run). A failing 2-host run is recorded in ``skipped`` (its
     runs dropped); any other failure is raised."""
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen}
-    calls = list(dict.fromkeys(PATHS[name].run for name in chosen))
+    names_of: dict[Callable, list[str]] = {}  # each call, with the chosen paths it gives
+    for name in chosen:
+        names_of.setdefault(PATHS[name].run, []).append(name)
+    calls = list(names_of)
     for repeat in range(repeats):
         for call in calls if repeat % 2 == 0 else calls[::-1]:
-            names = [name for name in chosen if PATHS[name].run is call]
+            names = names_of[call]
             if any(name in skipped for name in names):
                 continue
             try:
@@ -245,9 +248,8 @@ def _run_paths(
             except Exception as error:
                 if names != ["two_hosts"]:
                     raise
-                skipped["two_hosts"] = f"the 2-host run failed: {type(error).__name__}: {error}"[
-                    :3000
-                ]
+                failed = f"the 2-host run failed: {type(error).__name__}: {error}"
+                skipped["two_hosts"] = failed[:3000]
                 runs["two_hosts"] = []
                 continue
             for name in names:
