@@ -16,6 +16,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 os.environ["HIRESMED_CALLBACKS"] = "faults:injected_callbacks"
 
 import sessions  # noqa: E402
+import small_images  # noqa: E402
 
 from hiresmed_nb.science import synthetic  # noqa: E402
 
@@ -44,6 +45,9 @@ LONGEST_FIRST = (
 
 @pytest.fixture(scope="session")
 def skin_dir() -> Path:
+    """The 1024 px dataset; also makes its 128 px copy (``small_images.SMALL_SKIN``), which the
+    tests' 32 px runs read through their ``DATA_DIR``."""
+    small_images.ensure_small("synthetic-skin")
     return synthetic.ensure_dataset("synthetic-skin")
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
+from small_images import SMALL_SKIN
 from test_stop import start_cluster_from_the_command_line
 
 from hiresmed_nb import study
@@ -37,8 +38,16 @@ ATTACHED_RUN = {
     "BATCH_SIZE": 4,
     "EPOCHS": 1,
     "MODE": "serial",
+    "DATA_DIR": SMALL_SKIN,
 }
-TINY = {"STUDY": "ends", "IMAGE_SIZE": 32, "IMAGES_PER_CLASS": 4, "EPOCHS": 1, "MODE": "serial"}
+TINY = {
+    "STUDY": "ends",
+    "DATA_DIR": SMALL_SKIN,
+    "IMAGE_SIZE": 32,
+    "IMAGES_PER_CLASS": 4,
+    "EPOCHS": 1,
+    "MODE": "serial",
+}
 
 
 class RankLost(Exception):

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from small_images import SMALL_SKIN
 from test_warm import interrupt_after_first_run, processes_of_clusters_owned_by
 
 from hiresmed_nb import study
@@ -19,6 +20,7 @@ from hiresmed_nb.study.occupancy import slot_overlaps
 TINY = {
     "STUDY": "packed",
     "DATASET": "synthetic-skin",
+    "DATA_DIR": SMALL_SKIN,
     "ARCH": "compact",
     "IMAGE_SIZE": 32,
     "IMAGES_PER_CLASS": 4,

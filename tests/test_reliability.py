@@ -8,6 +8,7 @@ import string
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -15,6 +16,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from small_images import SMALL_SKIN
 
 from hiresmed_nb import cluster, study
 from hiresmed_nb.cluster import HorovodCluster, RankLostError
@@ -24,6 +26,7 @@ from hiresmed_nb.params import PARAMETERS, validate
 from hiresmed_nb.science import checkpoints, data, records, training
 
 TINY = {
+    "DATA_DIR": SMALL_SKIN,
     "IMAGE_SIZE": 32,
     "IMAGES_PER_CLASS": 4,
     "TEST_IMAGES_PER_CLASS": 4,
@@ -312,8 +315,10 @@ def test_site_dirs_need_one_folder_per_distributed_rank(tmp_path):
 
 @pytest.mark.distributed
 def test_in_per_site_mode_each_rank_reads_only_its_own_site(tmp_path, skin_dir):
-    sites = make_sites(skin_dir, tmp_path)
-    params = tiny_params(tmp_path, MODE="distributed", N_RANKS=2, SITE_DIRS=sites, EPOCHS=1)
+    sites = make_sites(Path(SMALL_SKIN), tmp_path)
+    params = tiny_params(
+        tmp_path, MODE="distributed", N_RANKS=2, SITE_DIRS=sites, DATA_DIR="", EPOCHS=1
+    )
     ranks = cluster.run_training(params)
     head = ranks[0]
     assert head["n_train"] == head["n_test"] == 2 * 4 * 4  # test: capped at 4 per class

@@ -19,6 +19,7 @@ import pytest
 import simhosts
 import simslurm
 from ipyparallel import Client
+from small_images import SMALL_SKIN
 
 from hiresmed_nb import cluster
 from hiresmed_nb.cluster import command, slots_cluster
@@ -28,7 +29,13 @@ from hiresmed_nb.params import resolve_path, validate
 pytestmark = pytest.mark.slurm
 
 PROJECT = Path(__file__).resolve().parent.parent
-TINY = {"IMAGE_SIZE": 32, "IMAGES_PER_CLASS": 4, "BATCH_SIZE": 4, "EPOCHS": 1}
+TINY = {
+    "DATA_DIR": SMALL_SKIN,
+    "IMAGE_SIZE": 32,
+    "IMAGES_PER_CLASS": 4,
+    "BATCH_SIZE": 4,
+    "EPOCHS": 1,
+}
 
 
 def hiresmed(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -139,8 +146,9 @@ def test_a_slurm_job_still_pending_is_named_with_its_id_and_state(idle_slurm, mo
     assert job_state(idle_slurm, named) == "CANCELLED"
 
 
-STUDY = """STUDY: slurmstudy
+STUDY = f"""STUDY: slurmstudy
 DATASET: synthetic-skin
+DATA_DIR: {SMALL_SKIN}
 ARCH: compact
 WEIGHTS: None
 IMAGE_SIZE: 32

@@ -11,14 +11,21 @@ import pytest
 from papermill.exceptions import PapermillExecutionError
 from serial_twin import SERIAL_TWIN
 from sessions import processes_of_this_session
+from small_images import SMALL_SKIN
 from test_tensorboard_logs import assert_logs_match_record, writer_pids
 
 from hiresmed_nb.params import PARAMETERS, parameters_cell, project_root
 from hiresmed_nb.science import records
 
 NOTEBOOK = project_root() / "notebooks" / "01_train.ipynb"
-TINY = {"IMAGE_SIZE": 32, "IMAGES_PER_CLASS": 4, "EPOCHS": 1, "BATCH_SIZE": 4}
-# Test images per class where a test needs no more: rank 0 decodes each one (1024 px).
+TINY = {
+    "DATA_DIR": SMALL_SKIN,
+    "IMAGE_SIZE": 32,
+    "IMAGES_PER_CLASS": 4,
+    "EPOCHS": 1,
+    "BATCH_SIZE": 4,
+}
+# Test images per class where a test needs no more: rank 0 decodes each one.
 SMALL_TEST_SET = 5
 
 

@@ -11,6 +11,7 @@ import papermill
 import psutil
 import pytest
 from sessions import processes_of_this_session
+from small_images import SMALL_SKIN
 from test_tensorboard_logs import assert_logs_match_record
 
 from hiresmed_nb import cluster, study
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.distributed
 
 # Four test images per class: rank 0 decodes each (1024 px) once, whatever the result compares.
 TINY = {
+    "DATA_DIR": SMALL_SKIN,
     "IMAGE_SIZE": 32,
     "IMAGES_PER_CLASS": 4,
     "TEST_IMAGES_PER_CLASS": 4,
