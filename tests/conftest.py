@@ -1,5 +1,6 @@
 """Shared fixtures: the embedded datasets, generated once into the project's data cache."""
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -98,16 +99,38 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 REAPING_MARKERS = ("notebook", "distributed", "multihost", "slurm", "reaps")
 
 
+# The machine's test lock, held alone from the first of consecutive ``orphans`` tests of a
+# worker to the last: each wait for it drains every other worker's cluster tests first.
+_held_alone: contextlib.ExitStack | None = None
+
+
+def _markers(item: pytest.Item | None) -> set[str]:
+    return {marker.name for marker in item.iter_markers()} if item is not None else set()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
     """Hold the machine's test lock through a test's setup, call and teardown (module and
-    session fixtures included): alone for an ``orphans`` test, shared for every other test that
-    starts a cluster or reaps (:data:`REAPING_MARKERS`); the others take no lock."""
-    markers = {marker.name for marker in item.iter_markers()}
-    if "orphans" not in markers and not markers & set(REAPING_MARKERS):
+    session fixtures included): alone for an ``orphans`` test (kept for the next test when that
+    is one too), shared for every other test that starts a cluster or reaps
+    (:data:`REAPING_MARKERS`); the others take no lock."""
+    global _held_alone
+    markers = _markers(item)
+    if "orphans" in markers:
+        if _held_alone is None:  # the first of a run of `orphans` tests
+            _held_alone = contextlib.ExitStack()
+            _held_alone.enter_context(sessions.machine_share(alone=True))
+        try:
+            yield
+        finally:
+            if "orphans" not in _markers(nextitem):
+                _held_alone.close()
+                _held_alone = None
+        return
+    if not markers & set(REAPING_MARKERS):
         yield
         return
-    with sessions.machine_share(alone="orphans" in markers):
+    with sessions.machine_share(alone=False):
         yield
 
 
