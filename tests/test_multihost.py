@@ -14,9 +14,8 @@ import sys
 import psutil
 import pytest
 from simhosts import HostSpec
-from small_images import SMALL_SKIN
 from test_cluster import TEMPORARY_FILE
-from test_train_notebook import execute
+from test_train_notebook import TINY, execute
 
 from hiresmed_nb import cluster, study
 from hiresmed_nb.cluster import HorovodCluster, Placement, RankLostError, parse_hosts
@@ -28,13 +27,6 @@ from hiresmed_nb.study.occupancy import slot_overlaps
 pytestmark = pytest.mark.multihost
 
 PROFILE = resolve_path(cluster.IPP_PROFILE_DIR)
-TINY = {
-    "DATA_DIR": SMALL_SKIN,
-    "IMAGE_SIZE": 32,
-    "IMAGES_PER_CLASS": 4,
-    "BATCH_SIZE": 4,
-    "EPOCHS": 1,
-}
 # No test here checks accuracy: rank 0 evaluates 4 images per class, not the whole test set.
 SMALL_TEST_SET = {"TEST_IMAGES_PER_CLASS": 4}
 

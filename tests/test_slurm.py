@@ -20,6 +20,7 @@ import simhosts
 import simslurm
 from ipyparallel import Client
 from small_images import SMALL_SKIN
+from test_train_notebook import TINY
 
 from hiresmed_nb import cluster
 from hiresmed_nb.cluster import command, slots_cluster
@@ -29,13 +30,6 @@ from hiresmed_nb.params import resolve_path, validate
 pytestmark = pytest.mark.slurm
 
 PROJECT = Path(__file__).resolve().parent.parent
-TINY = {
-    "DATA_DIR": SMALL_SKIN,
-    "IMAGE_SIZE": 32,
-    "IMAGES_PER_CLASS": 4,
-    "BATCH_SIZE": 4,
-    "EPOCHS": 1,
-}
 
 
 def hiresmed(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
