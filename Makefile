@@ -144,10 +144,10 @@ lock: | $(VENV)/.installed-$(VARIANT)
 		--extra gpu --extra horovod --extra dev -c requirements.txt -o requirements-gpu.txt \
 		pyproject.toml
 
-# Four workers (pytest-xdist), each file on one, longest files first (tests/conftest.py): on 2
+# Three workers (pytest-xdist), each file on one, longest files first (tests/conftest.py): on 2
 # cores one process leaves a core idle about 40 % of the time (waits for engines, ssh, Slurm), two
-# workers 13 %, three 8 to 10 %, four 7 % (README). TEST_WORKERS=0: one process.
-TEST_WORKERS ?= 4
+# workers 13 %, three 8 to 10 %, four 7 % but a kernel start timed out once (README). 0: one process.
+TEST_WORKERS ?= 3
 test: venv
 	$(PY) -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 

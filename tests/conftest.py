@@ -22,7 +22,7 @@ import small_images  # noqa: E402
 from hiresmed_nb.science import synthetic  # noqa: E402
 
 sessions.tag_this_session()  # every process this session starts inherits it (tests/sessions.py)
-# `make test` runs files on four workers, each file on one, longest first (by their durations in
+# `make test` runs files on three workers, each file on one, longest first (by their durations in
 # one process on a 2-core VM, 2026-12-06): a long file started last leaves other workers idle.
 LONGEST_FIRST = (
     "test_bench.py",
