@@ -7,12 +7,12 @@ Made once beside the project's data cache and kept there, like the datasets them
 first process to ask makes it into a staging folder and renames that into place, under a lock.
 """
 
-import fcntl
 import shutil
 import tempfile
 from pathlib import Path
 
 from PIL import Image
+from sessions import exclusive
 
 from hiresmed_nb.science import synthetic
 
@@ -28,7 +28,6 @@ def small_dir(name: str) -> Path:
 
 
 SMALL_SKIN = str(small_dir("synthetic-skin"))
-SMALL_XRAY = str(small_dir("synthetic-xray"))
 
 
 def ensure_small(name: str) -> Path:
@@ -37,8 +36,7 @@ def ensure_small(name: str) -> Path:
     if (small / _MARKER).exists():
         return small
     full = synthetic.ensure_dataset(name)
-    with open(small.parent / f".{small.name}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    with exclusive(small.parent / f".{small.name}.lock"):
         if not (small / _MARKER).exists():  # or another process made it while this one waited
             _reduce_into(full, small)
     return small
