@@ -71,6 +71,15 @@ def test_a_study_without_runs_to_come_starts_no_spare(tmp_path):
     assert not live_kernels() and list(tmp_path.iterdir()) == []
 
 
+def test_the_runner_gives_a_kernel_three_minutes_to_start_on_busy_cores(tmp_path, monkeypatch):
+    import papermill
+
+    given: dict = {}
+    monkeypatch.setattr(papermill, "execute_notebook", lambda *_, **options: given.update(options))
+    papermill_executor(tmp_path / "in.ipynb", tmp_path / "out.ipynb", {}, tmp_path)
+    assert given["start_timeout"] == 180  # papermill's own default, 60 s, failed a loaded run
+
+
 def executed_values(output: Path) -> tuple[list, dict]:
     """The executed notebook's execution counts, and what its last cell printed (JSON)."""
     cells = [cell for cell in nbformat.read(output, as_version=4).cells if cell.cell_type == "code"]

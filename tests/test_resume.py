@@ -89,6 +89,7 @@ def execute(params: dict, out) -> None:
         kernel_name="hiresmed",
         cwd=str(project_root()),
         progress_bar=False,
+        start_timeout=180,  # as the runner (60 s failed once with four test workers on 2 cores)
     )
 
 

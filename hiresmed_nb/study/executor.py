@@ -32,6 +32,9 @@ from hiresmed_nb.study.kernels import (
 # the plots and the record): the ranks' own bound fires first and gives the named error.
 NOTEBOOK_GRACE_SECONDS = 300
 WATCHDOG_RETRY_SECONDS = 1.0  # a kernel not yet started when the limit passed: look again
+# A run's kernel starts while a packed study's other runs keep every core busy: papermill's 60 s
+# failed a run on a loaded 2-core VM (its kernel answered later), so the bound is 180 s.
+KERNEL_START_SECONDS = 180
 
 
 def kernel_log_path(output: Path) -> Path:
@@ -87,6 +90,7 @@ def papermill_executor(
             kernel_name=KERNEL_NAME,
             cwd=str(cwd),
             progress_bar={"position": 1, "leave": False, "desc": "  cells"} if verbose else False,
+            start_timeout=KERNEL_START_SECONDS,
             # Both passed on to nbclient's NotebookClient, which starts a kernel when km is None.
             kernel_manager_class=RunnerKernelManager,
             km=spare,
