@@ -89,6 +89,12 @@ class FakeEngines:
     def stop(self):
         self.stopped = True
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
 
 def fake_executor(failing_engine: int, ran_on: dict[str, list[int]]):
     """Write the run's record, except on ``failing_engine``, where a rank is lost."""
@@ -114,7 +120,7 @@ def test_a_packed_run_whose_slot_replacement_fails_is_recorded_and_its_slot_leav
     runs = study.expand({**TINY, "SEEDS": [0, 1, 2, 3]})
     slots = [Slot("localhost", 0, "", None, 1), Slot("localhost", 1, "", None, 1)]
     engines = FakeEngines(slots, broken_slot=slots[0].key)
-    monkeypatch.setattr(runner, "start_slot_engines", lambda request, planned: engines)
+    monkeypatch.setattr(runner, "slot_engines", lambda request, planned: engines)
     monkeypatch.setattr(runner, "study_slots", lambda request: slots)
     ran_on: dict[str, list[int]] = {}
     lines: list[str] = []
@@ -214,7 +220,7 @@ def write_params(tmp_path: Path, **values) -> Path:
 def test_the_study_exits_non_zero_when_a_run_failed(tmp_path, monkeypatch):
     slots = [Slot("localhost", 0, "", None, 1)]
     engines = FakeEngines(slots, broken_slot="")
-    monkeypatch.setattr(runner, "start_slot_engines", lambda request, planned: engines)
+    monkeypatch.setattr(runner, "slot_engines", lambda request, planned: engines)
     monkeypatch.setattr(runner, "study_slots", lambda request: slots)
     ran_on: dict[str, list[int]] = {}
     monkeypatch.setattr(runner, "papermill_executor", fake_executor(0, ran_on), raising=True)

@@ -8,6 +8,7 @@ with ``IPP_CLUSTER_FILE`` and leave it running. ``stop FILE`` stops it on every 
 from __future__ import annotations
 
 from hiresmed_nb.cluster.horovod_cluster import HorovodCluster
+from hiresmed_nb.cluster.lifecycle import start_or_stop
 from hiresmed_nb.cluster.processes import cluster_processes, describe_process, summarize
 from hiresmed_nb.cluster.stopping import stop_cluster_file
 from hiresmed_nb.errors import HiresmedError
@@ -40,13 +41,7 @@ def start_detached(
         remote_python=remote_python,
         rendezvous_addr=rendezvous_addr,
     )
-    cluster = HorovodCluster(placement=placement, detached=True)
-    try:
-        cluster.start()
-    except BaseException:
-        cluster.stop()
-        raise
-    return cluster
+    return start_or_stop(HorovodCluster(placement=placement, detached=True))
 
 
 def stop(cluster_file: str) -> str:

@@ -307,10 +307,6 @@ class HorovodCluster(Started):
             self.engines.lost_cause(rank),
         )
 
-    def lost_ranks(self) -> list[int]:
-        """Ranks whose engine is gone (checks engines on other hosts too)."""
-        return self.engines.lost(check_remote=True) if self.engines else []
-
     def usable(self) -> bool:
         """Whether another run can use these engines: not broken, not grown past the memory
         bound (:mod:`.memory`), every engine still here."""
@@ -318,7 +314,7 @@ class HorovodCluster(Started):
             self.engines is not None
             and not self.broken
             and not self.memory.outgrown()
-            and not self.lost_ranks()
+            and not self.engines.lost(check_remote=True)  # on other hosts too
         )
 
     def observe_memory(self) -> int:

@@ -11,8 +11,7 @@ bound of :mod:`.memory` since their first run. Closing the pool stops every clus
   placement replaces it. The kernel's exit closes it; if the kernel is killed instead, each
   cluster's undertaker (:mod:`.undertaker`) stops it on every host.
 - The study runner's pool holds one cluster per placement and hands its cluster file to each
-  distributed notebook, which attaches to it (:meth:`Pool.attach_parameters`). A packed study's
-  engines, one per slot (:mod:`.slots_cluster`), are held by the pool too (:meth:`Pool.hold`).
+  distributed notebook, which attaches to it (:meth:`Pool.attach_parameters`).
 """
 
 from __future__ import annotations
@@ -20,19 +19,13 @@ from __future__ import annotations
 import atexit
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from hiresmed_nb.cluster import scripts
 from hiresmed_nb.cluster.horovod_cluster import HorovodCluster
+from hiresmed_nb.cluster.lifecycle import start_or_stop
 from hiresmed_nb.params import RunConfig, resolve_path
 from hiresmed_nb.placement import Placement
-
-
-class Stoppable(Protocol):
-    def stop(self) -> None: ...
-
-
-StoppableT = TypeVar("StoppableT", bound=Stoppable)
 
 
 class Pool:
@@ -45,7 +38,6 @@ class Pool:
     def __init__(self, *, one_at_a_time: bool = False) -> None:
         self.one_at_a_time = one_at_a_time
         self._clusters: dict[Placement, HorovodCluster] = {}
-        self._held: list[Stoppable] = []
 
     def __enter__(self) -> Pool:
         return self
@@ -68,12 +60,7 @@ class Pool:
         if cluster is None:
             if self.one_at_a_time:
                 self.close()
-            cluster = HorovodCluster(placement=placement)
-            try:
-                cluster.start()
-            except BaseException:
-                cluster.stop()
-                raise
+            cluster = start_or_stop(HorovodCluster(placement=placement))
             self._clusters[placement] = cluster
         return cluster
 
@@ -155,18 +142,11 @@ class Pool:
         """The running clusters by placement (for checks and tests)."""
         return dict(self._clusters)
 
-    def hold(self, engines: StoppableT) -> StoppableT:
-        """Keep ``engines`` (a packed study's slot engines) until the pool closes."""
-        self._held.append(engines)
-        return engines
-
     def close(self) -> None:
-        """Stop every cluster of the pool, and the engines it holds."""
+        """Stop every cluster of the pool."""
         while self._clusters:
             _, cluster = self._clusters.popitem()
             cluster.stop()
-        while self._held:
-            self._held.pop().stop()
 
 
 _kernel_pool: Pool | None = None

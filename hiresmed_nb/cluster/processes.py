@@ -31,6 +31,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,20 @@ class EngineLaunch:
     output_file: str = ""  # on this machine, or on ``location``
     remote_folder: str = ""  # the engine's folder on ``location`` (ssh engines)
     remote_python: str = ""  # the interpreter on ``location`` (ssh engines)
+
+
+def state_values(state: Any, keys: tuple[str, ...]) -> Iterator[str]:
+    """Every non-empty string under one of ``keys`` anywhere in an ipyparallel cluster's state
+    (``Cluster.to_dict()``: its controller's and engine sets' launchers), in order."""
+    if isinstance(state, dict):
+        for key, value in state.items():
+            if key in keys and isinstance(value, str) and value:
+                yield value
+            else:
+                yield from state_values(value, keys)
+    elif isinstance(state, list):
+        for item in state:
+            yield from state_values(item, keys)
 
 
 def engine_launches(cluster_state: dict[str, Any]) -> list[EngineLaunch]:

@@ -15,11 +15,11 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from hiresmed_nb.cluster.engine_tasks import route_address
+from hiresmed_nb.cluster.processes import state_values
 from hiresmed_nb.errors import HiresmedError
 
 SLURM_SECONDS = 30  # bound on one squeue or scontrol call
@@ -81,16 +81,7 @@ def controller_address() -> str:
 
 def job_ids(cluster_state: dict[str, Any]) -> list[str]:
     """The Slurm jobs an ipyparallel cluster's state names (its engine sets, its controller)."""
-    return list(dict.fromkeys(_job_ids(cluster_state)))
-
-
-def _job_ids(state: Any) -> Iterator[str]:
-    if isinstance(state, dict):
-        for key, value in state.items():
-            if key == "job_id" and isinstance(value, str) and value:
-                yield value
-            else:
-                yield from _job_ids(value)
+    return list(dict.fromkeys(state_values(cluster_state, ("job_id",))))
 
 
 def job_states(ids: list[str]) -> dict[str, str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from hiresmed_nb.cluster.processes import (
     process_alive,
     reap_processes,
     ssh,
+    state_values,
     summarize,
 )
 from hiresmed_nb.errors import HiresmedError
@@ -74,25 +74,13 @@ def cluster_files(profile_dir: Path, cluster_id: str, cluster_state: dict[str, A
     cluster's files."""
     prefix = f"ipcontroller-{cluster_id}" if cluster_id else "ipcontroller"
     found = [profile_dir / "security" / f"{prefix}-{kind}.json" for kind in ("client", "engine")]
-    found += [Path(p) for p in _named_files(cluster_state) if Path(p).is_absolute()]
+    named = state_values(cluster_state, ("output_file", "batch_file_name"))  # logs, batch scripts
+    found += [Path(p) for p in named if Path(p).is_absolute()]
     if cluster_id:  # the profile folder itself holds the Slurm launcher's batch scripts
         for folder in ("", "log", "security"):
             found.extend((profile_dir / folder).glob(f"*{cluster_id}*"))
     inside = [p for p in found if p.resolve().is_relative_to(profile_dir.resolve())]
     return [p for p in dict.fromkeys(inside) if p.is_file()]
-
-
-def _named_files(state: Any) -> Iterator[str]:
-    """Every launcher's output file and batch script named in a cluster's state."""
-    if isinstance(state, dict):
-        for key, value in state.items():
-            if key in ("output_file", "batch_file_name") and isinstance(value, str) and value:
-                yield value
-            else:
-                yield from _named_files(value)
-    elif isinstance(state, list):
-        for item in state:
-            yield from _named_files(item)
 
 
 def _stop_on_host(launch: EngineLaunch, cluster_id: str) -> list[str]:

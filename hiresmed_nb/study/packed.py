@@ -33,7 +33,6 @@ from hiresmed_nb.cluster.devices import (
     installed_gpus,
     parse_slot_hosts,
 )
-from hiresmed_nb.cluster.lifecycle import start_or_stop
 from hiresmed_nb.cluster.slots_cluster import SlotsCluster, planned_slots
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.study.grid import Run
@@ -238,14 +237,15 @@ def study_slots(request: SlotRequest) -> list[Slot] | None:
     return planned_slots(request.slots, [])
 
 
-def start_slot_engines(request: SlotRequest, slots: list[Slot] | None) -> SlotsCluster:
-    """The engines of a packed study, one per slot: attached (a cluster file) or started. A run
-    fails when its slots cannot have engines again: ``replace`` and ``check`` then raise."""
+def slot_engines(request: SlotRequest, slots: list[Slot] | None) -> SlotsCluster:
+    """The engines of a packed study, one per slot, not started yet (``with`` starts them, and
+    stops them however the study ends): attached (a cluster file) or started here. A run fails
+    when its slots cannot have engines again: ``replace`` and ``check`` then raise."""
     if request.cluster_file:
-        return start_or_stop(SlotsCluster(cluster_file=request.cluster_file))
+        return SlotsCluster(cluster_file=request.cluster_file)
     if slots is None:
         raise ValueError("no slots to start engines for")
-    return start_or_stop(SlotsCluster(slots))
+    return SlotsCluster(slots)
 
 
 class RunOnSlots:

@@ -34,7 +34,7 @@ from hiresmed_nb.study.kernels import SpareKernels, kill_running_kernels
 from hiresmed_nb.study.packed import (
     SlotRequest,
     run_on_slots,
-    start_slot_engines,
+    slot_engines,
     study_slots,
 )
 from hiresmed_nb.study.packing import check_fits
@@ -235,8 +235,7 @@ def _run_packed(
             bar.update(1)
         return ok
 
-    with Pool() as pool:  # closing it stops the engines, also on Ctrl-C or an error
-        engines = pool.hold(start_slot_engines(slots, planned))
+    with slot_engines(slots, planned) as engines:  # stopped also on Ctrl-C or an error
         if planned is None:  # an attached cluster: its engines are the slots
             check_fits(pending, engines.slots)
         packed = run_on_slots(
