@@ -11,6 +11,7 @@ from serial_twin import SERIAL_TWIN
 from hiresmed_nb.errors import HiresmedError
 from hiresmed_nb.params import project_root, validate
 from hiresmed_nb.science import checkpoints, epochs
+from hiresmed_nb.study.executor import KERNEL_START_SECONDS
 
 NOTEBOOK = project_root() / "notebooks" / "01_train.ipynb"
 # The session's serial twin: 20 training images, batch 8, so an epoch (3 steps, 24 images)
@@ -89,7 +90,7 @@ def execute(params: dict, out) -> None:
         kernel_name="hiresmed",
         cwd=str(project_root()),
         progress_bar=False,
-        start_timeout=180,  # as the runner (60 s failed once with four test workers on 2 cores)
+        start_timeout=KERNEL_START_SECONDS,  # as the runner: 60 s failed once on loaded cores
     )
 
 
